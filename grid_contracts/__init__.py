@@ -1,0 +1,1 @@
+"""The protocol contracts: compiling the Solidity sources and deploying them."""
