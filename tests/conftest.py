@@ -1,0 +1,3 @@
+"""Shared fixtures: each component's fixtures live in tests/fixtures/."""
+
+pytest_plugins = ["tests.fixtures.chain"]
