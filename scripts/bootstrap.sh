@@ -35,7 +35,7 @@ install_debian_packages() {
 install_npm_tools() {
     mkdir -p "$TOOLS/bin" "$TOOLS/npm"
     local stamp="$TOOLS/npm/.versions"
-    local want="anvil=$ANVIL_VERSION solc=$SOLC_VERSION oz=$OPENZEPPELIN_VERSION"
+    local want="anvil=$ANVIL_VERSION solc=$SOLC_VERSION oz=$OPENZEPPELIN_VERSION shim=3"
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$TOOLS/bin/anvil" ] && [ -x "$TOOLS/bin/solc" ]; then
         return 0
     fi
@@ -56,6 +56,7 @@ install_npm_tools() {
 
 # py-solc-x expects a native solc: answer --version in its format, drop the flags solcjs lacks and
 # strip the notice solcjs prints before its JSON.
+# The stamp names the shim revision so that a changed shim is rewritten.
 write_solc_shim() {
     local solcjs="$TOOLS/npm/node_modules/solc/solc.js"
     local full
@@ -78,7 +79,16 @@ for arg in "\$@"; do
         *) args+=("\$arg") ;;
     esac
 done
-node "$solcjs" "\${args[@]}" | sed '/^>>> Cannot retry compilation/d'
+# solcjs reads its standard input in one synchronous call, which fails on a pipe that is not ready yet,
+# and exits before a pipe has taken all of a large output: both ends go through files.
+input="\$(mktemp)"
+output="\$(mktemp)"
+trap 'rm -f "\$input" "\$output"' EXIT
+cat > "\$input"
+status=0
+node "$solcjs" "\${args[@]}" < "\$input" > "\$output" || status=\$?
+sed '/^>>> Cannot retry compilation/d' "\$output"
+exit \$status
 SHIM
     chmod 0755 "$TOOLS/bin/solc"
 }
