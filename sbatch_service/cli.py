@@ -1,0 +1,56 @@
+"""The `grid-sbatch` command: `serve` runs both APIs, `render FILE` prints a workflow's script."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sbatch_service.loader import load_workflow
+from sbatch_service.models import WorkflowError
+from sbatch_service.names import SeededNames
+from sbatch_service.renderer import render
+from sbatch_service.settings import load_settings
+
+EXIT_INVALID_WORKFLOW = 2
+
+app = typer.Typer(help="The sbatch service: workflows in, batch scripts out.", no_args_is_help=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML settings file (environment variables override it)."),
+]
+
+
+@app.command("render")
+def render_command(
+    file: Annotated[Path, typer.Argument(help="Workflow file, YAML or JSON.")],
+    config: ConfigOption = None,
+    seed: Annotated[int, typer.Option(help="Seed of the generated names, for reproducible output.")] = 0,
+) -> None:
+    """Print the batch script of a workflow, or its validation errors (exit status 2)."""
+    settings = load_settings(config)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        typer.echo(f"cannot read {file}: {error}", err=True)
+        raise typer.Exit(EXIT_INVALID_WORKFLOW) from None
+    try:
+        job = load_workflow(text, settings.limits)
+    except WorkflowError as error:
+        for problem in error.errors:
+            typer.echo(str(problem), err=True)
+        raise typer.Exit(EXIT_INVALID_WORKFLOW) from None
+    sys.stdout.write(render(job, SeededNames(seed), settings.render_options))
+
+
+@app.command("serve")
+def serve_command(config: ConfigOption = None) -> None:
+    """Run the customer GraphQL API and the supervisor gRPC API until SIGTERM or Ctrl-C."""
+    from sbatch_service.server import serve_forever
+
+    settings = load_settings(config)
+    asyncio.run(serve_forever(settings))
