@@ -1,3 +1,3 @@
 """Shared fixtures: each component's fixtures live in tests/fixtures/."""
 
-pytest_plugins = ["tests.fixtures.chain", "tests.fixtures.contracts"]
+pytest_plugins = ["tests.fixtures.chain", "tests.fixtures.contracts", "tests.fixtures.chain_layer"]
