@@ -1,0 +1,78 @@
+"""Where the protocol's ABIs come from: the compiled artifacts in `abi/`, else the packaged copies.
+
+The artifacts in the repository's `abi/` folder are the deployed contracts' interfaces. The package
+keeps its own copy of the protocol's custom errors (`data/Errors.json`) so error decoding works even
+where the artifacts are not installed.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+PACKAGE_DATA = Path(__file__).resolve().parent / "data"
+DEFAULT_ABI_DIR = Path(__file__).resolve().parents[2] / "abi"
+
+ABIEntry = dict[str, Any]
+
+
+class AbiNotFoundError(FileNotFoundError):
+    """A contract's artifact is missing from the ABI folder."""
+
+
+def _entries(document: Any, source: Path) -> list[ABIEntry]:
+    if isinstance(document, list):
+        return [e for e in document if isinstance(e, dict)]
+    if isinstance(document, dict) and isinstance(document.get("abi"), list):
+        return [e for e in document["abi"] if isinstance(e, dict)]
+    raise ValueError(f"{source} holds neither an ABI list nor an artifact with an 'abi' list")
+
+
+@cache
+def load_contract_abi(name: str, abi_dir: Path = DEFAULT_ABI_DIR) -> tuple[ABIEntry, ...]:
+    """The ABI of one contract from `<abi_dir>/<name>.json`, then from the packaged data."""
+    for folder in (abi_dir, PACKAGE_DATA):
+        path = folder / f"{name}.json"
+        if path.is_file():
+            return tuple(_entries(json.loads(path.read_text(encoding="utf-8")), path))
+    raise AbiNotFoundError(f"no ABI for {name} in {abi_dir} (run the contract build: grid-contracts compile)")
+
+
+@cache
+def protocol_errors(abi_dir: Path = DEFAULT_ABI_DIR) -> tuple[ABIEntry, ...]:
+    """Every custom error the protocol can revert with, deduplicated by signature.
+
+    The packaged Errors.json is the baseline; errors declared by the compiled contracts in `abi_dir`
+    are added, so an extension's new errors decode too.
+    """
+    found: dict[str, ABIEntry] = {}
+    sources = [PACKAGE_DATA / "Errors.json"]
+    if abi_dir.is_dir():
+        sources.extend(sorted(abi_dir.glob("*.json")))
+    for path in sources:
+        try:
+            entries = _entries(json.loads(path.read_text(encoding="utf-8")), path)
+        except (OSError, ValueError):
+            continue
+        for entry in entries:
+            if entry.get("type") == "error":
+                signature = (
+                    f"{entry['name']}({','.join(_canonical_type(i) for i in entry.get('inputs', []))})"
+                )
+                found.setdefault(signature, entry)
+    return tuple(found.values())
+
+
+def _canonical_type(param: dict[str, Any]) -> str:
+    """The ABI type string of a parameter, with tuples expanded (as used in selectors)."""
+    kind = str(param["type"])
+    if kind.startswith("tuple"):
+        inner = ",".join(_canonical_type(c) for c in param.get("components", []))
+        return f"({inner}){kind[len('tuple') :]}"
+    return kind
+
+
+def signature_of(entry: ABIEntry) -> str:
+    return f"{entry['name']}({','.join(_canonical_type(i) for i in entry.get('inputs', []))})"

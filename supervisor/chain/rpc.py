@@ -1,0 +1,116 @@
+"""Connecting to the chain's JSON-RPC and telling passing failures from real answers.
+
+Reads are retried with tenacity on transient failures (connection refused, timeouts, garbage
+answers); an RPC error answer that is a real verdict (a revert) is never retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import aiohttp
+import structlog
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3.exceptions import (
+    BadResponseFormat,
+    ContractLogicError,
+    ProviderConnectionError,
+    TimeExhausted,
+    Web3RPCError,
+)
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_RPC_TIMEOUT_S = 10.0
+
+
+class ChainIdMismatchError(RuntimeError):
+    """The RPC serves another chain than the one configured."""
+
+
+def connect_http(url: str, *, timeout_s: float = DEFAULT_RPC_TIMEOUT_S) -> AsyncWeb3[AsyncHTTPProvider]:
+    """An AsyncWeb3 over HTTP with a per-request timeout; retries are ours (tenacity), not web3's."""
+    provider = AsyncHTTPProvider(
+        url,
+        request_kwargs={"timeout": aiohttp.ClientTimeout(total=timeout_s)},
+        exception_retry_configuration=None,
+    )
+    return AsyncWeb3(provider)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A failure worth retrying: the node was unreachable, slow, or answered nonsense."""
+    if isinstance(exc, ContractLogicError):
+        return False
+    if isinstance(exc, Web3RPCError):
+        message = str(getattr(exc, "message", exc)).lower()
+        # A node's internal trouble is passing; any other error answer is a verdict.
+        return any(word in message for word in ("timeout", "timed out", "internal error", "unavailable"))
+    return isinstance(
+        exc,
+        (
+            aiohttp.ClientError,
+            asyncio.TimeoutError,
+            TimeoutError,
+            ConnectionError,
+            OSError,
+            ProviderConnectionError,
+            BadResponseFormat,
+            TimeExhausted,
+            json.JSONDecodeError,
+            UnicodeDecodeError,
+        ),
+    ) or (isinstance(exc, (ValueError, KeyError, TypeError)) and not isinstance(exc, Web3RPCError))
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line description of a failure, for logs."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome is not None else None
+    log.warning(
+        "rpc read failed, retrying",
+        attempt=state.attempt_number,
+        error=describe(exc) if exc else None,
+    )
+
+
+async def read(call: Callable[[], Awaitable[T]], *, attempts: int = 4, max_wait_s: float = 2.0) -> T:
+    """Run an RPC read, retrying transient failures with jittered exponential backoff."""
+    retrying = AsyncRetrying(
+        retry=retry_if_exception(is_transient),
+        stop=stop_after_attempt(attempts),
+        wait=wait_exponential_jitter(multiplier=0.1, max=max_wait_s, jitter=0.1),
+        before_sleep=_log_retry,
+        reraise=True,
+    )
+
+    async def attempt() -> T:
+        return await call()
+
+    return await retrying(attempt)
+
+
+async def check_chain_id(w3: AsyncWeb3[Any], expected: int | None) -> int:
+    """The RPC's chain id; raises ChainIdMismatchError when it is not the expected one."""
+    chain_id = int(await read(lambda: w3.eth.chain_id))
+    if expected is not None and chain_id != expected:
+        raise ChainIdMismatchError(
+            f"the RPC serves chain id {chain_id}, but chain id {expected} is configured"
+        )
+    return chain_id

@@ -1,0 +1,598 @@
+"""The transaction sender: the only owner of the provider's nonce.
+
+Callers queue chain writes in the SQLite outbox (`submit`) and may wait for their outcome (`wait`).
+One task (the dispatcher) pre-flights queued actions with `eth_estimateGas` (which also surfaces
+reverts), assigns nonces in order, signs, saves the signed bytes and hash in the outbox, and only
+then broadcasts. Several transactions are in flight at once. A second task (the watcher) follows
+them to their receipts, re-broadcasts the same bytes when a transaction left the pool, and replaces
+the oldest pending one with higher fees when it misses its receipt deadline.
+
+After a crash, `start()` re-broadcasts every signed but unmined transaction with its saved bytes,
+so nothing is re-signed with a new nonce and nothing is sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from eth_typing import ChecksumAddress, HexStr
+from hexbytes import HexBytes
+from web3 import AsyncWeb3, Web3
+from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
+
+from supervisor.chain.errors import DecodedRevert, ErrorDecoder, revert_data_of
+from supervisor.chain.keys import Signer
+from supervisor.chain.rpc import check_chain_id, describe, is_transient, read
+from supervisor.store import OutboxAction, OutboxState, Store, TxAttempt
+
+log = structlog.get_logger(__name__)
+
+GWEI = 10**9
+
+
+@dataclass(frozen=True)
+class SenderSettings:
+    """Tuning of the sender; the defaults suit a chain with blocks every few seconds."""
+
+    chain_id: int | None = None  # refuse to run against another chain when set
+    gas_margin: float = 1.25  # gas limit = estimate x margin
+    receipt_deadline_s: float = 30.0  # after this without a receipt: resend if dropped, else replace
+    fee_bump: float = 1.25  # replacement fee factor (nodes require at least +10 %)
+    max_fee_per_gas_cap: int | None = None  # never bid above this (wei)
+    default_priority_fee: int = 1 * GWEI
+    poll_interval_s: float = 1.0  # watcher period
+    batch_size: int = 64  # actions pre-flighted together
+    backoff_max_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class TxOutcome:
+    """What became of an outbox action."""
+
+    action_id: int
+    state: OutboxState
+    tx_hash: str | None
+    block_number: int | None
+    success: bool  # mined with status 1
+    error: str | None  # decoded revert, e.g. "InvalidTransition(from=2, to=5)"
+    already_done: bool  # the revert says the goal already holds
+
+    @property
+    def delivered(self) -> bool:
+        """The chain is in the state the action asked for."""
+        return self.success or self.already_done
+
+
+@dataclass(frozen=True)
+class FeeBid:
+    max_fee_per_gas: int | None = None
+    max_priority_fee_per_gas: int | None = None
+    gas_price: int | None = None
+
+    @property
+    def is_eip1559(self) -> bool:
+        return self.max_fee_per_gas is not None
+
+
+class PreflightRevert(Exception):
+    """eth_estimateGas says the call reverts."""
+
+    def __init__(self, revert: DecodedRevert) -> None:
+        super().__init__(str(revert))
+        self.revert = revert
+
+
+def bump_fees(previous: FeeBid, current: FeeBid, factor: float, cap: int | None) -> FeeBid:
+    """A replacement bid: at least `factor` times the previous one and no lower than the market now."""
+
+    def up(value: int) -> int:
+        return max(math.ceil(value * factor), value + 1)
+
+    def capped(value: int) -> int:
+        return value if cap is None else min(value, cap)
+
+    if previous.is_eip1559:
+        assert previous.max_fee_per_gas is not None and previous.max_priority_fee_per_gas is not None
+        priority = max(up(previous.max_priority_fee_per_gas), current.max_priority_fee_per_gas or 0)
+        max_fee = max(up(previous.max_fee_per_gas), current.max_fee_per_gas or 0, priority)
+        return FeeBid(max_fee_per_gas=capped(max_fee), max_priority_fee_per_gas=capped(priority))
+    assert previous.gas_price is not None
+    return FeeBid(gas_price=capped(max(up(previous.gas_price), current.gas_price or 0)))
+
+
+# Node answers meaning "bid more" (geth, anvil, erigon, nethermind wordings).
+FEE_REFUSALS = (
+    "underpriced",
+    "less than block base fee",
+    "fee too low",
+    "feetoolow",
+    "fee cap less than",
+    "max fee per gas less than",
+)
+
+
+def _rpc_message(exc: BaseException) -> str:
+    return str(getattr(exc, "message", None) or exc).lower()
+
+
+class TransactionSender:
+    """Queue, sign, broadcast and follow the provider's transactions. See the module docstring."""
+
+    def __init__(
+        self,
+        w3: AsyncWeb3[Any],
+        signer: Signer,
+        store: Store,
+        settings: SenderSettings | None = None,
+        decoder: ErrorDecoder | None = None,
+    ) -> None:
+        self._w3 = w3
+        self._signer = signer
+        self._store = store
+        self.settings = settings or SenderSettings()
+        self._decoder = decoder or ErrorDecoder.for_protocol()
+        self._chain_id: int | None = None
+        self._next_nonce: int | None = None
+        self._resync_nonce = False
+        self._wake_dispatcher = asyncio.Event()
+        self._wake_watcher = asyncio.Event()
+        self._waiters: dict[int, list[asyncio.Future[TxOutcome]]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._broadcasting: set[str] = set()  # hashes the dispatcher is about to broadcast
+        self._stopping = False
+        self.last_error: str | None = None
+
+    @property
+    def address(self) -> ChecksumAddress:
+        return self._signer.address
+
+    # -- public interface ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Check the chain, resync the nonce, re-broadcast what was signed but not mined, start the tasks."""
+        self._chain_id = await check_chain_id(self._w3, self.settings.chain_id)
+        self._store.bind_chain_id(self._chain_id)
+        await self._resync(initial=True)
+        for action in self._store.actions(OutboxState.SENT):
+            attempts = self._store.attempts(action.id)
+            if attempts:
+                log.info(
+                    "resending signed transaction after restart",
+                    action=action.id,
+                    nonce=action.nonce,
+                    tx_hash=attempts[-1].tx_hash,
+                )
+                await self._broadcast(action, attempts[-1])
+        self._tasks = [
+            asyncio.create_task(self._dispatch_loop(), name="tx-dispatcher"),
+            asyncio.create_task(self._watch_loop(), name="tx-watcher"),
+        ]
+
+    async def stop(self, *, drain_timeout_s: float | None = None) -> None:
+        """Stop the tasks; with a drain timeout, first wait (bounded) for the outbox to empty."""
+        if drain_timeout_s is not None:
+            deadline = time.monotonic() + drain_timeout_s
+            while self._store.outbox_depth() > 0 and time.monotonic() < deadline:
+                self._wake_watcher.set()
+                await asyncio.sleep(min(0.1, self.settings.poll_interval_s))
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    def submit(
+        self,
+        to: str,
+        data: bytes = b"",
+        *,
+        value: int = 0,
+        kind: str = "call",
+        dedup_key: str | None = None,
+        serial_key: str | None = None,
+    ) -> int:
+        """Queue a write in the outbox (durable on return) and return its id.
+
+        `dedup_key`: queuing the same key again returns the first action instead of a second one.
+        `serial_key`: actions sharing it (e.g. one job's reports) are sent one after the other,
+        each pre-flighted only once the previous one is mined.
+        """
+        action_id = self._store.enqueue(
+            kind=kind,
+            to_address=Web3.to_checksum_address(to),
+            data=bytes(data),
+            value=value,
+            dedup_key=dedup_key,
+            serial_key=serial_key,
+        )
+        self._wake_dispatcher.set()
+        return action_id
+
+    async def wait(self, action_id: int, timeout_s: float | None = None) -> TxOutcome:
+        """The outcome of an action once it is mined or failed."""
+        outcome = self.outcome(action_id)
+        if outcome.state in (OutboxState.MINED, OutboxState.FAILED):
+            return outcome
+        future: asyncio.Future[TxOutcome] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(action_id, []).append(future)
+        return await asyncio.wait_for(future, timeout_s)
+
+    async def send(self, to: str, data: bytes = b"", **kwargs: Any) -> TxOutcome:
+        """Submit and wait."""
+        return await self.wait(self.submit(to, data, **kwargs))
+
+    def outcome(self, action_id: int) -> TxOutcome:
+        action = self._store.get_action(action_id)
+        if action is None:
+            raise KeyError(f"no outbox action {action_id}")
+        return TxOutcome(
+            action_id=action.id,
+            state=action.state,
+            tx_hash=action.tx_hash,
+            block_number=action.block_number,
+            success=action.state == OutboxState.MINED and action.receipt_status == 1,
+            error=action.error,
+            already_done=action.already_done,
+        )
+
+    # -- nonce --------------------------------------------------------------------------------
+
+    async def _resync(self, *, initial: bool = False) -> None:
+        """Local nonce = the next after both the chain's pending count and our signed transactions."""
+        pending = int(await read(lambda: self._w3.eth.get_transaction_count(self._signer.address, "pending")))
+        max_sent = self._store.max_sent_nonce()
+        ours = 0 if max_sent is None else max_sent + 1
+        candidate = max(pending, ours)
+        if not initial and self._next_nonce is not None:
+            candidate = max(candidate, pending)
+        if self._next_nonce != candidate:
+            log.info("nonce resynced", address=self._signer.address, nonce=candidate, chain_pending=pending)
+        self._next_nonce = candidate
+        self._resync_nonce = False
+
+    # -- dispatcher -----------------------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        backoff = 0.2
+        while not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_dispatcher.wait(), self.settings.poll_interval_s)
+            self._wake_dispatcher.clear()
+            try:
+                while await self._dispatch_batch():
+                    pass
+                backoff = 0.2
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.last_error = describe(exc)
+                log.error("sending transactions paused", error=describe(exc), retry_in_s=round(backoff, 2))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.settings.backoff_max_s)
+
+    def _eligible(self, queued: Sequence[OutboxAction]) -> list[OutboxAction]:
+        busy = {a.serial_key for a in self._store.actions(OutboxState.SENT) if a.serial_key is not None}
+        chosen: list[OutboxAction] = []
+        for action in queued:
+            if action.serial_key is not None:
+                if action.serial_key in busy:
+                    continue
+                busy.add(action.serial_key)
+            chosen.append(action)
+        return chosen
+
+    async def _dispatch_batch(self) -> bool:
+        """Pre-flight, sign, save and broadcast one batch; True when more may be waiting."""
+        queued = self._store.actions(OutboxState.QUEUED, limit=self.settings.batch_size * 4)
+        batch = self._eligible(queued)[: self.settings.batch_size]
+        if not batch:
+            return False
+        if self._resync_nonce or self._next_nonce is None:
+            await self._resync()
+        fees = await self._current_fees()
+        estimates = await asyncio.gather(*(self._estimate(a) for a in batch), return_exceptions=True)
+        signed: list[tuple[OutboxAction, TxAttempt]] = []
+        failed = 0
+        for action, estimate in zip(batch, estimates, strict=True):
+            if isinstance(estimate, PreflightRevert):
+                self._store.mark_failed(
+                    action.id, str(estimate.revert), already_done=estimate.revert.already_done
+                )
+                log.warning(
+                    "transaction not sent: it would revert",
+                    action=action.id,
+                    kind=action.kind,
+                    error=str(estimate.revert),
+                    already_done=estimate.revert.already_done,
+                )
+                self._resolve(action.id)
+                failed += 1
+                continue
+            if isinstance(estimate, BaseException):
+                if isinstance(estimate, asyncio.CancelledError):
+                    raise estimate
+                # Stays queued; a later batch retries it.
+                log.warning("gas estimate failed, will retry", action=action.id, error=describe(estimate))
+                self.last_error = describe(estimate)
+                continue
+            assert self._next_nonce is not None
+            nonce = self._next_nonce
+            gas_limit = math.ceil(estimate * self.settings.gas_margin)
+            attempt = self._sign(action, nonce, gas_limit, fees)
+            self._store.record_attempt(action.id, attempt)  # durable before broadcast
+            self._next_nonce = nonce + 1
+            signed.append((action, attempt))
+            self._broadcasting.add(attempt.tx_hash)
+        for action, attempt in signed:
+            try:
+                await self._broadcast(action, attempt)
+            finally:
+                self._broadcasting.discard(attempt.tx_hash)
+        if signed:
+            self._wake_watcher.set()
+        return bool(signed) or failed > 0
+
+    async def _estimate(self, action: OutboxAction) -> int:
+        params: dict[str, Any] = {
+            "from": self._signer.address,
+            "to": action.to_address,
+            "value": action.value,
+            "data": HexBytes(action.data),
+        }
+        try:
+            return int(await read(lambda: self._w3.eth.estimate_gas(params)))  # type: ignore[arg-type]
+        except ContractLogicError as exc:
+            raise PreflightRevert(self._decoder.decode(revert_data_of(exc))) from None
+        except Web3RPCError as exc:
+            if "revert" in _rpc_message(exc):
+                raise PreflightRevert(self._decoder.decode(revert_data_of(exc))) from None
+            raise
+
+    async def _current_fees(self) -> FeeBid:
+        block = await read(lambda: self._w3.eth.get_block("latest"))
+        base_fee = block.get("baseFeePerGas")
+        cap = self.settings.max_fee_per_gas_cap
+        if base_fee is not None:
+            try:
+                priority = int(await read(lambda: self._w3.eth.max_priority_fee))
+            except Web3RPCError:
+                priority = self.settings.default_priority_fee
+            max_fee = 2 * int(base_fee) + priority
+            if cap is not None:
+                max_fee, priority = min(max_fee, cap), min(priority, cap)
+            return FeeBid(max_fee_per_gas=max_fee, max_priority_fee_per_gas=priority)
+        gas_price = int(await read(lambda: self._w3.eth.gas_price))
+        return FeeBid(gas_price=gas_price if cap is None else min(gas_price, cap))
+
+    def _sign(self, action: OutboxAction, nonce: int, gas_limit: int, fees: FeeBid) -> TxAttempt:
+        tx: dict[str, Any] = {
+            "chainId": self._chain_id,
+            "nonce": nonce,
+            "to": action.to_address,
+            "value": action.value,
+            "data": action.data,
+            "gas": gas_limit,
+        }
+        if fees.is_eip1559:
+            tx.update(
+                type=2,
+                maxFeePerGas=fees.max_fee_per_gas,
+                maxPriorityFeePerGas=fees.max_priority_fee_per_gas,
+            )
+        else:
+            tx["gasPrice"] = fees.gas_price
+        signed = self._signer.sign_transaction(tx)
+        return TxAttempt(
+            tx_hash="0x" + bytes(signed.hash).hex(),
+            outbox_id=action.id,
+            nonce=nonce,
+            raw=bytes(signed.raw_transaction),
+            gas_limit=gas_limit,
+            max_fee_per_gas=fees.max_fee_per_gas,
+            max_priority_fee_per_gas=fees.max_priority_fee_per_gas,
+            gas_price=fees.gas_price,
+            created_at=time.time(),
+            broadcast_at=None,
+        )
+
+    async def _broadcast(self, action: OutboxAction, attempt: TxAttempt) -> str:
+        """Send saved bytes: "ok", "fee_too_low", "refused" or "unreachable"; receipts decide the rest."""
+        try:
+            await self._w3.eth.send_raw_transaction(HexBytes(attempt.raw))
+        except Web3RPCError as exc:
+            message = _rpc_message(exc)
+            if any(m in message for m in ("already known", "known transaction", "already imported")):
+                self._store.mark_broadcast(attempt.tx_hash)
+                return "ok"
+            if "nonce too low" in message or "nonce is too low" in message:
+                # Mined already (ours) or taken by another transaction: the watcher tells which.
+                log.info("node says nonce too low, checking receipts", action=action.id, nonce=attempt.nonce)
+                self._store.mark_broadcast(attempt.tx_hash)
+                self._wake_watcher.set()
+                return "ok"
+            if any(m in message for m in FEE_REFUSALS):
+                log.warning(
+                    "node refuses the fee", action=action.id, nonce=attempt.nonce, error=describe(exc)
+                )
+                return "fee_too_low"
+            log.error("broadcast refused", action=action.id, nonce=attempt.nonce, error=describe(exc))
+            self.last_error = describe(exc)
+            return "refused"
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning(
+                "broadcast failed, will resend", action=action.id, nonce=attempt.nonce, error=describe(exc)
+            )
+            self.last_error = describe(exc)
+            return "unreachable"
+        self._store.mark_broadcast(attempt.tx_hash)
+        return "ok"
+
+    # -- watcher --------------------------------------------------------------------------------
+
+    async def _watch_loop(self) -> None:
+        backoff = 0.2
+        while not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_watcher.wait(), self.settings.poll_interval_s)
+            self._wake_watcher.clear()
+            try:
+                await self._watch_once()
+                backoff = 0.2
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.last_error = describe(exc)
+                log.error("following transactions paused", error=describe(exc), retry_in_s=round(backoff, 2))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.settings.backoff_max_s)
+
+    async def _watch_once(self) -> None:
+        sent = self._store.actions(OutboxState.SENT)
+        if not sent:
+            return
+        mined_count = int(
+            await read(lambda: self._w3.eth.get_transaction_count(self._signer.address, "latest"))
+        )
+        settled = [a for a in sent if a.nonce is not None and a.nonce < mined_count]
+        pending = [a for a in sent if a.nonce is not None and a.nonce >= mined_count]
+        if settled:
+            await asyncio.gather(*(self._settle(a) for a in settled))
+        now = time.time()
+        for action in pending:
+            attempts = self._store.attempts(action.id)
+            if not attempts:
+                continue
+            last = attempts[-1]
+            if last.broadcast_at is None:
+                if last.tx_hash not in self._broadcasting:
+                    await self._broadcast(action, last)
+                continue
+            if now - last.broadcast_at < self.settings.receipt_deadline_s:
+                continue
+            await self._unstick(action, last, is_head=action.nonce == mined_count)
+
+    async def _settle(self, action: OutboxAction) -> None:
+        """The action's nonce is used on chain: find which of its attempts was mined."""
+        for attempt in reversed(self._store.attempts(action.id)):
+            receipt = await self._receipt(attempt.tx_hash)
+            if receipt is None:
+                continue
+            status = int(receipt["status"])
+            block_number = int(receipt["blockNumber"])
+            self._store.mark_mined(
+                action.id, tx_hash=attempt.tx_hash, block_number=block_number, receipt_status=status
+            )
+            if status != 1:
+                revert = await self._replay_revert(action, block_number)
+                self._store.set_error(action.id, str(revert), already_done=revert.already_done)
+                log.warning(
+                    "transaction mined but reverted",
+                    action=action.id,
+                    tx_hash=attempt.tx_hash,
+                    error=str(revert),
+                    already_done=revert.already_done,
+                )
+            else:
+                log.info(
+                    "transaction mined",
+                    action=action.id,
+                    nonce=attempt.nonce,
+                    tx_hash=attempt.tx_hash,
+                    block=block_number,
+                )
+            self._resolve(action.id)
+            return
+        # None of ours was mined with this nonce: another transaction of the same account took it.
+        log.warning(
+            "nonce taken by another transaction, sending again with a new nonce",
+            action=action.id,
+            nonce=action.nonce,
+        )
+        self._store.requeue(action.id, f"nonce {action.nonce} was used by another transaction")
+        self._resync_nonce = True
+        self._wake_dispatcher.set()
+
+    async def _receipt(self, tx_hash: str) -> Any:
+        try:
+            return await read(lambda: self._w3.eth.get_transaction_receipt(HexStr(tx_hash)))
+        except TransactionNotFound:
+            return None
+
+    async def _replay_revert(self, action: OutboxAction, block_number: int) -> DecodedRevert:
+        params: dict[str, Any] = {
+            "from": self._signer.address,
+            "to": action.to_address,
+            "value": action.value,
+            "data": HexBytes(action.data),
+            "gas": action.gas_limit,
+        }
+        try:
+            await self._w3.eth.call(params, max(block_number - 1, 0))  # type: ignore[arg-type]
+        except ContractLogicError as exc:
+            return self._decoder.decode(revert_data_of(exc))
+        except Exception as exc:
+            return DecodedRevert("UnknownRevert", {"reason": describe(exc)})
+        return DecodedRevert("UnknownRevert", {"reason": "the call succeeds when replayed"})
+
+    async def _unstick(self, action: OutboxAction, last: TxAttempt, *, is_head: bool) -> None:
+        """Past the receipt deadline: resend if the node forgot it, replace if it is the blocking one."""
+        try:
+            in_pool = await read(lambda: self._w3.eth.get_transaction(HexStr(last.tx_hash)))
+        except TransactionNotFound:
+            in_pool = None
+        if in_pool is None:
+            log.warning(
+                "transaction dropped from the pool, resending",
+                action=action.id,
+                nonce=last.nonce,
+                tx_hash=last.tx_hash,
+            )
+            result = await self._broadcast(action, last)
+            if result != "fee_too_low":
+                self._store.mark_broadcast(last.tx_hash)  # restart the deadline
+                return
+        elif not is_head:
+            return  # it waits behind the oldest pending nonce, which is the one to replace
+        await self._replace(action, last)
+
+    async def _replace(self, action: OutboxAction, last: TxAttempt) -> None:
+        current = await self._current_fees()
+        previous = FeeBid(last.max_fee_per_gas, last.max_priority_fee_per_gas, last.gas_price)
+        bid = bump_fees(previous, current, self.settings.fee_bump, self.settings.max_fee_per_gas_cap)
+        if bid == previous:
+            log.error("transaction stuck at the fee cap", action=action.id, nonce=last.nonce)
+            self._store.mark_broadcast(last.tx_hash)
+            return
+        replacement = self._sign(action, last.nonce, last.gas_limit, bid)
+        self._store.record_attempt(action.id, replacement)  # durable before broadcast
+        log.warning(
+            "transaction stuck, replacing with a higher fee",
+            action=action.id,
+            nonce=last.nonce,
+            old_tx_hash=last.tx_hash,
+            new_tx_hash=replacement.tx_hash,
+            max_fee_per_gas=bid.max_fee_per_gas,
+            gas_price=bid.gas_price,
+        )
+        if await self._broadcast(action, replacement) == "fee_too_low":
+            self._store.mark_broadcast(replacement.tx_hash)  # bid again at the next deadline
+
+    def _resolve(self, action_id: int) -> None:
+        futures = self._waiters.pop(action_id, [])
+        if not futures:
+            return
+        outcome = self.outcome(action_id)
+        for future in futures:
+            if not future.done():
+                future.set_result(outcome)

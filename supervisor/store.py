@@ -1,0 +1,639 @@
+"""The supervisor's durable state: one SQLite file (WAL) holding the chain cursor, the jobs and the outbox.
+
+Nothing is acknowledged before it is written here. Every write happens inside `Store.transaction()`,
+so the cursor of the log follower moves in the same local transaction as the effects of the logs it
+covers, and a transaction's signed bytes are saved before they are broadcast.
+
+The store is used from one asyncio event loop: its calls are short local writes and do not await,
+so two tasks never interleave inside one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from supervisor.core.status import JobStatus
+
+# Each entry upgrades the schema by one version; applied in order, each in its own transaction.
+MIGRATIONS: tuple[str, ...] = (
+    # 1: cursor, processed events, jobs, outbox and the attempts of each outbox action.
+    """
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE chain_cursor (
+        stream       TEXT PRIMARY KEY,
+        block_number INTEGER NOT NULL,
+        block_hash   TEXT NOT NULL,
+        updated_at   REAL NOT NULL
+    );
+    CREATE TABLE cursor_checkpoint (
+        stream       TEXT NOT NULL,
+        block_number INTEGER NOT NULL,
+        block_hash   TEXT NOT NULL,
+        PRIMARY KEY (stream, block_number)
+    );
+    CREATE TABLE processed_event (
+        stream       TEXT NOT NULL,
+        tx_hash      TEXT NOT NULL,
+        log_index    INTEGER NOT NULL,
+        block_number INTEGER NOT NULL,
+        block_hash   TEXT NOT NULL,
+        address      TEXT NOT NULL,
+        name         TEXT NOT NULL,
+        args_json    TEXT NOT NULL,
+        outcome      TEXT NOT NULL,
+        handled_at   REAL NOT NULL,
+        PRIMARY KEY (stream, tx_hash, log_index)
+    );
+    CREATE INDEX processed_event_block ON processed_event (stream, block_number);
+    CREATE TABLE job (
+        job_id                TEXT PRIMARY KEY,
+        status                INTEGER NOT NULL,
+        customer              TEXT,
+        slurm_job_id          INTEGER,
+        last_reported_status  INTEGER,
+        max_duration_minute   INTEGER,
+        definition_json       TEXT,
+        claimed_block         INTEGER,
+        created_at            REAL NOT NULL,
+        updated_at            REAL NOT NULL
+    );
+    CREATE TABLE outbox (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind          TEXT NOT NULL,
+        dedup_key     TEXT UNIQUE,
+        serial_key    TEXT,
+        to_address    TEXT NOT NULL,
+        data          BLOB NOT NULL,
+        value         TEXT NOT NULL,
+        state         TEXT NOT NULL CHECK (state IN ('queued', 'sent', 'mined', 'failed')),
+        nonce         INTEGER,
+        gas_limit     INTEGER,
+        tx_hash       TEXT,
+        block_number  INTEGER,
+        receipt_status INTEGER,
+        error         TEXT,
+        already_done  INTEGER NOT NULL DEFAULT 0,
+        created_at    REAL NOT NULL,
+        updated_at    REAL NOT NULL
+    );
+    CREATE INDEX outbox_state ON outbox (state, id);
+    CREATE TABLE tx_attempt (
+        tx_hash                  TEXT PRIMARY KEY,
+        outbox_id                INTEGER NOT NULL REFERENCES outbox (id),
+        nonce                    INTEGER NOT NULL,
+        raw                      BLOB NOT NULL,
+        gas_limit                INTEGER NOT NULL,
+        max_fee_per_gas          TEXT,
+        max_priority_fee_per_gas TEXT,
+        gas_price                TEXT,
+        created_at               REAL NOT NULL,
+        broadcast_at             REAL
+    );
+    CREATE INDEX tx_attempt_outbox ON tx_attempt (outbox_id, created_at);
+    """,
+)
+
+
+class StoreError(RuntimeError):
+    """The state file cannot be used as it is (newer schema, other chain, unreadable)."""
+
+
+class OutboxState(StrEnum):
+    QUEUED = "queued"
+    SENT = "sent"
+    MINED = "mined"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """The last block whose logs are fully processed, with its hash to detect reorgs."""
+
+    block_number: int
+    block_hash: str
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    job_id: str
+    status: JobStatus
+    customer: str | None
+    slurm_job_id: int | None
+    last_reported_status: JobStatus | None
+    max_duration_minute: int | None
+    definition: dict[str, Any] | None
+    claimed_block: int | None
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class OutboxAction:
+    """A chain write to deliver; `nonce` and `tx_hash` are set once it has been signed."""
+
+    id: int
+    kind: str
+    dedup_key: str | None
+    serial_key: str | None
+    to_address: str
+    data: bytes
+    value: int
+    state: OutboxState
+    nonce: int | None
+    gas_limit: int | None
+    tx_hash: str | None
+    block_number: int | None
+    receipt_status: int | None
+    error: str | None
+    already_done: bool
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class TxAttempt:
+    """One signed transaction for an outbox action; replacements share the nonce."""
+
+    tx_hash: str
+    outbox_id: int
+    nonce: int
+    raw: bytes
+    gas_limit: int
+    max_fee_per_gas: int | None
+    max_priority_fee_per_gas: int | None
+    gas_price: int | None
+    created_at: float
+    broadcast_at: float | None
+
+
+def _int_or_none(text: str | None) -> int | None:
+    return None if text is None else int(text)
+
+
+def _str_or_none(number: int | None) -> str | None:
+    return None if number is None else str(number)
+
+
+class Store:
+    """The SQLite state file. Open with `Store.open(path)`; close with `close()`."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+        self._in_transaction = False
+
+    @classmethod
+    def open(cls, path: Path | str) -> Store:
+        """Open (or create) the state file, switch it to WAL and apply pending migrations."""
+        path = Path(path)
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open state file {path}: {exc}") from exc
+        conn.row_factory = sqlite3.Row
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            store = cls(conn, path)
+            store._migrate()
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StoreError(f"state file {path} is not a usable SQLite database: {exc}") from exc
+        except StoreError:
+            conn.close()
+            raise
+        return store
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @property
+    def schema_version(self) -> int:
+        row = self._conn.execute("PRAGMA user_version").fetchone()
+        return int(row[0])
+
+    def _migrate(self) -> None:
+        current = self.schema_version
+        if current > len(MIGRATIONS):
+            raise StoreError(
+                f"state file {self.path} has schema version {current}, newer than this program "
+                f"knows ({len(MIGRATIONS)}): upgrade the supervisor"
+            )
+        for version in range(current + 1, len(MIGRATIONS) + 1):
+            script = MIGRATIONS[version - 1]
+            # executescript commits on its own; wrap the script so the version bump is atomic with it.
+            self._conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {version};\nCOMMIT;")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic local transaction; nested uses join the outer one."""
+        if self._in_transaction:
+            yield self._conn
+            return
+        self._conn.execute("BEGIN IMMEDIATE")
+        self._in_transaction = True
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        else:
+            self._conn.execute("COMMIT")
+        finally:
+            self._in_transaction = False
+
+    @contextmanager
+    def savepoint(self, name: str) -> Iterator[sqlite3.Connection]:
+        """A nested unit inside a transaction, undone alone when its body raises."""
+        self._conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute(f"ROLLBACK TO {name}")
+            self._conn.execute(f"RELEASE {name}")
+            raise
+        else:
+            self._conn.execute(f"RELEASE {name}")
+
+    # -- meta ---------------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row["value"])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    def bind_chain_id(self, chain_id: int) -> None:
+        """Tie the state file to one chain; a file made for another chain is refused."""
+        known = self.get_meta("chain_id")
+        if known is None:
+            self.set_meta("chain_id", str(chain_id))
+        elif int(known) != chain_id:
+            raise StoreError(
+                f"state file {self.path} belongs to chain id {known}, but the RPC serves chain id {chain_id}"
+            )
+
+    # -- cursor -------------------------------------------------------------------------------
+
+    def get_cursor(self, stream: str) -> Cursor | None:
+        row = self._conn.execute(
+            "SELECT block_number, block_hash FROM chain_cursor WHERE stream = ?", (stream,)
+        ).fetchone()
+        return None if row is None else Cursor(int(row["block_number"]), str(row["block_hash"]))
+
+    def set_cursor(self, stream: str, cursor: Cursor, *, keep_checkpoints: int = 256) -> None:
+        """Move the cursor and remember its hash as a checkpoint for finding a common ancestor."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO chain_cursor (stream, block_number, block_hash, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (stream) DO UPDATE SET block_number = excluded.block_number, "
+                "block_hash = excluded.block_hash, updated_at = excluded.updated_at",
+                (stream, cursor.block_number, cursor.block_hash, time.time()),
+            )
+            conn.execute(
+                "INSERT OR REPLACE INTO cursor_checkpoint (stream, block_number, block_hash) "
+                "VALUES (?, ?, ?)",
+                (stream, cursor.block_number, cursor.block_hash),
+            )
+            conn.execute(
+                "DELETE FROM cursor_checkpoint WHERE stream = ? AND block_number NOT IN "
+                "(SELECT block_number FROM cursor_checkpoint WHERE stream = ? "
+                "ORDER BY block_number DESC LIMIT ?)",
+                (stream, stream, keep_checkpoints),
+            )
+
+    def checkpoints(self, stream: str) -> list[Cursor]:
+        """Saved cursor positions, newest first."""
+        rows = self._conn.execute(
+            "SELECT block_number, block_hash FROM cursor_checkpoint WHERE stream = ? "
+            "ORDER BY block_number DESC",
+            (stream,),
+        ).fetchall()
+        return [Cursor(int(r["block_number"]), str(r["block_hash"])) for r in rows]
+
+    def drop_checkpoints_after(self, stream: str, block_number: int) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "DELETE FROM cursor_checkpoint WHERE stream = ? AND block_number > ?", (stream, block_number)
+            )
+
+    # -- processed events ---------------------------------------------------------------------
+
+    def is_event_processed(self, stream: str, tx_hash: str, log_index: int) -> bool:
+        row = self._conn.execute(
+            "SELECT 1 FROM processed_event WHERE stream = ? AND tx_hash = ? AND log_index = ?",
+            (stream, tx_hash, log_index),
+        ).fetchone()
+        return row is not None
+
+    def record_event(
+        self,
+        stream: str,
+        *,
+        tx_hash: str,
+        log_index: int,
+        block_number: int,
+        block_hash: str,
+        address: str,
+        name: str,
+        args_json: str,
+        outcome: str,
+    ) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO processed_event (stream, tx_hash, log_index, block_number, block_hash, address, "
+                "name, args_json, outcome, handled_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    stream,
+                    tx_hash,
+                    log_index,
+                    block_number,
+                    block_hash,
+                    address,
+                    name,
+                    args_json,
+                    outcome,
+                    time.time(),
+                ),
+            )
+
+    def events_after(self, stream: str, block_number: int) -> list[sqlite3.Row]:
+        """Processed events above a block, newest first (the order in which to undo them)."""
+        return self._conn.execute(
+            "SELECT * FROM processed_event WHERE stream = ? AND block_number > ? "
+            "ORDER BY block_number DESC, log_index DESC",
+            (stream, block_number),
+        ).fetchall()
+
+    def forget_events_after(self, stream: str, block_number: int) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "DELETE FROM processed_event WHERE stream = ? AND block_number > ?", (stream, block_number)
+            )
+
+    def prune_events_before(self, stream: str, block_number: int) -> int:
+        """Forget dedup records older than the reorg window; returns how many were removed."""
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "DELETE FROM processed_event WHERE stream = ? AND block_number < ?", (stream, block_number)
+            )
+            return cur.rowcount
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    def upsert_job(
+        self,
+        job_id: str,
+        status: JobStatus,
+        *,
+        customer: str | None = None,
+        max_duration_minute: int | None = None,
+        definition: dict[str, Any] | None = None,
+        claimed_block: int | None = None,
+    ) -> None:
+        """Create the job or update its chain status (other fields only when given)."""
+        now = time.time()
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO job (job_id, status, customer, max_duration_minute, definition_json, "
+                "claimed_block, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (job_id) DO UPDATE SET status = excluded.status, "
+                "customer = COALESCE(excluded.customer, job.customer), "
+                "max_duration_minute = COALESCE(excluded.max_duration_minute, job.max_duration_minute), "
+                "definition_json = COALESCE(excluded.definition_json, job.definition_json), "
+                "claimed_block = COALESCE(excluded.claimed_block, job.claimed_block), "
+                "updated_at = excluded.updated_at",
+                (
+                    job_id,
+                    int(status),
+                    customer,
+                    max_duration_minute,
+                    None if definition is None else json.dumps(definition, sort_keys=True),
+                    claimed_block,
+                    now,
+                    now,
+                ),
+            )
+
+    def set_job_slurm_id(self, job_id: str, slurm_job_id: int) -> None:
+        self._update_job(job_id, "slurm_job_id", slurm_job_id)
+
+    def set_job_reported_status(self, job_id: str, status: JobStatus) -> None:
+        self._update_job(job_id, "last_reported_status", int(status))
+
+    def _update_job(self, job_id: str, column: str, value: int) -> None:
+        with self.transaction() as conn:
+            cur = conn.execute(
+                f"UPDATE job SET {column} = ?, updated_at = ? WHERE job_id = ?", (value, time.time(), job_id)
+            )
+            if cur.rowcount == 0:
+                raise KeyError(f"unknown job {job_id}")
+
+    def delete_job(self, job_id: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM job WHERE job_id = ?", (job_id,))
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        row = self._conn.execute("SELECT * FROM job WHERE job_id = ?", (job_id,)).fetchone()
+        return None if row is None else _job_from_row(row)
+
+    def list_jobs(self, statuses: Sequence[JobStatus] | None = None) -> list[JobRecord]:
+        if statuses is None:
+            rows = self._conn.execute("SELECT * FROM job ORDER BY created_at, job_id").fetchall()
+        else:
+            marks = ",".join("?" for _ in statuses)
+            rows = self._conn.execute(
+                f"SELECT * FROM job WHERE status IN ({marks}) ORDER BY created_at, job_id",
+                [int(s) for s in statuses],
+            ).fetchall()
+        return [_job_from_row(r) for r in rows]
+
+    # -- outbox -------------------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        *,
+        kind: str,
+        to_address: str,
+        data: bytes,
+        value: int = 0,
+        dedup_key: str | None = None,
+        serial_key: str | None = None,
+    ) -> int:
+        """Queue a chain write; with a dedup key already queued, return the existing action's id."""
+        with self.transaction() as conn:
+            if dedup_key is not None:
+                row = conn.execute("SELECT id FROM outbox WHERE dedup_key = ?", (dedup_key,)).fetchone()
+                if row is not None:
+                    return int(row["id"])
+            now = time.time()
+            cur = conn.execute(
+                "INSERT INTO outbox (kind, dedup_key, serial_key, to_address, data, value, state, "
+                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+                (kind, dedup_key, serial_key, to_address, data, str(value), now, now),
+            )
+            assert cur.lastrowid is not None
+            return int(cur.lastrowid)
+
+    def get_action(self, action_id: int) -> OutboxAction | None:
+        row = self._conn.execute("SELECT * FROM outbox WHERE id = ?", (action_id,)).fetchone()
+        return None if row is None else _action_from_row(row)
+
+    def actions(self, state: OutboxState, limit: int | None = None) -> list[OutboxAction]:
+        """Actions in one state, oldest first."""
+        sql = "SELECT * FROM outbox WHERE state = ? ORDER BY id"
+        params: list[Any] = [state.value]
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [_action_from_row(r) for r in self._conn.execute(sql, params).fetchall()]
+
+    def outbox_depth(self) -> int:
+        row = self._conn.execute("SELECT COUNT(*) FROM outbox WHERE state IN ('queued', 'sent')").fetchone()
+        return int(row[0])
+
+    def max_sent_nonce(self) -> int | None:
+        row = self._conn.execute("SELECT MAX(nonce) FROM outbox WHERE state = 'sent'").fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def record_attempt(self, action_id: int, attempt: TxAttempt) -> None:
+        """Save a signed transaction before it is broadcast; the action becomes 'sent' with its nonce."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO tx_attempt (tx_hash, outbox_id, nonce, raw, gas_limit, max_fee_per_gas, "
+                "max_priority_fee_per_gas, gas_price, created_at, broadcast_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    attempt.tx_hash,
+                    action_id,
+                    attempt.nonce,
+                    attempt.raw,
+                    attempt.gas_limit,
+                    _str_or_none(attempt.max_fee_per_gas),
+                    _str_or_none(attempt.max_priority_fee_per_gas),
+                    _str_or_none(attempt.gas_price),
+                    attempt.created_at,
+                    attempt.broadcast_at,
+                ),
+            )
+            conn.execute(
+                "UPDATE outbox SET state = 'sent', nonce = ?, gas_limit = ?, tx_hash = ?, updated_at = ? "
+                "WHERE id = ?",
+                (attempt.nonce, attempt.gas_limit, attempt.tx_hash, time.time(), action_id),
+            )
+
+    def mark_broadcast(self, tx_hash: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("UPDATE tx_attempt SET broadcast_at = ? WHERE tx_hash = ?", (time.time(), tx_hash))
+
+    def attempts(self, action_id: int) -> list[TxAttempt]:
+        """Signed attempts of an action, oldest first (the last one is the current one)."""
+        rows = self._conn.execute(
+            "SELECT * FROM tx_attempt WHERE outbox_id = ? ORDER BY created_at, rowid", (action_id,)
+        ).fetchall()
+        return [
+            TxAttempt(
+                tx_hash=str(r["tx_hash"]),
+                outbox_id=int(r["outbox_id"]),
+                nonce=int(r["nonce"]),
+                raw=bytes(r["raw"]),
+                gas_limit=int(r["gas_limit"]),
+                max_fee_per_gas=_int_or_none(r["max_fee_per_gas"]),
+                max_priority_fee_per_gas=_int_or_none(r["max_priority_fee_per_gas"]),
+                gas_price=_int_or_none(r["gas_price"]),
+                created_at=float(r["created_at"]),
+                broadcast_at=None if r["broadcast_at"] is None else float(r["broadcast_at"]),
+            )
+            for r in rows
+        ]
+
+    def mark_mined(self, action_id: int, *, tx_hash: str, block_number: int, receipt_status: int) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE outbox SET state = 'mined', tx_hash = ?, block_number = ?, receipt_status = ?, "
+                "updated_at = ? WHERE id = ?",
+                (tx_hash, block_number, receipt_status, time.time(), action_id),
+            )
+
+    def set_error(self, action_id: int, error: str, *, already_done: bool = False) -> None:
+        """Attach a decoded revert to an action (a mined transaction that reverted keeps 'mined')."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE outbox SET error = ?, already_done = ?, updated_at = ? WHERE id = ?",
+                (error, int(already_done), time.time(), action_id),
+            )
+
+    def mark_failed(self, action_id: int, error: str, *, already_done: bool = False) -> None:
+        """The action will not be sent (its pre-flight reverted): never retried."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE outbox SET state = 'failed', error = ?, already_done = ?, updated_at = ? "
+                "WHERE id = ?",
+                (error, int(already_done), time.time(), action_id),
+            )
+
+    def requeue(self, action_id: int, reason: str) -> None:
+        """Send again with a fresh nonce: its nonce was taken by a transaction that is not ours."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE outbox SET state = 'queued', nonce = NULL, tx_hash = NULL, error = ?, updated_at = ? "
+                "WHERE id = ?",
+                (reason, time.time(), action_id),
+            )
+
+
+def _job_from_row(row: sqlite3.Row) -> JobRecord:
+    return JobRecord(
+        job_id=str(row["job_id"]),
+        status=JobStatus(int(row["status"])),
+        customer=row["customer"],
+        slurm_job_id=row["slurm_job_id"],
+        last_reported_status=None
+        if row["last_reported_status"] is None
+        else JobStatus(int(row["last_reported_status"])),
+        max_duration_minute=row["max_duration_minute"],
+        definition=None if row["definition_json"] is None else json.loads(row["definition_json"]),
+        claimed_block=row["claimed_block"],
+        created_at=float(row["created_at"]),
+        updated_at=float(row["updated_at"]),
+    )
+
+
+def _action_from_row(row: sqlite3.Row) -> OutboxAction:
+    return OutboxAction(
+        id=int(row["id"]),
+        kind=str(row["kind"]),
+        dedup_key=row["dedup_key"],
+        serial_key=row["serial_key"],
+        to_address=str(row["to_address"]),
+        data=bytes(row["data"]),
+        value=int(row["value"]),
+        state=OutboxState(row["state"]),
+        nonce=row["nonce"],
+        gas_limit=row["gas_limit"],
+        tx_hash=row["tx_hash"],
+        block_number=row["block_number"],
+        receipt_status=row["receipt_status"],
+        error=row["error"],
+        already_done=bool(row["already_done"]),
+        created_at=float(row["created_at"]),
+        updated_at=float(row["updated_at"]),
+    )

@@ -1,0 +1,112 @@
+"""The SQLite state store: migrations, cursor with checkpoints, jobs and the outbox."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from supervisor.core.status import JobStatus
+from supervisor.store import MIGRATIONS, Cursor, OutboxState, Store, StoreError, TxAttempt
+
+
+def test_new_file_is_migrated_to_the_latest_version_in_wal_mode(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "state.db")
+    assert store.schema_version == len(MIGRATIONS)
+    mode = sqlite3.connect(tmp_path / "state.db").execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    store.close()
+    reopened = Store.open(tmp_path / "state.db")  # a second open applies nothing and keeps the data
+    assert reopened.schema_version == len(MIGRATIONS)
+    reopened.close()
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "state.db")
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer than this program knows"):
+        Store.open(tmp_path / "state.db")
+
+
+def test_a_file_that_is_not_sqlite_is_refused_clearly(tmp_path: Path) -> None:
+    (tmp_path / "state.db").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match="not a usable SQLite database"):
+        Store.open(tmp_path / "state.db")
+
+
+def test_the_file_is_bound_to_one_chain(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "state.db")
+    store.bind_chain_id(31337)
+    store.bind_chain_id(31337)
+    with pytest.raises(StoreError, match="belongs to chain id 31337, but the RPC serves chain id 1"):
+        store.bind_chain_id(1)
+
+
+def test_cursor_and_checkpoints(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "state.db")
+    assert store.get_cursor("main") is None
+    for n in range(10):
+        store.set_cursor("main", Cursor(n, f"0x{n:064x}"), keep_checkpoints=4)
+    assert store.get_cursor("main") == Cursor(9, f"0x{9:064x}")
+    assert [c.block_number for c in store.checkpoints("main")] == [9, 8, 7, 6]
+    store.drop_checkpoints_after("main", 7)
+    assert [c.block_number for c in store.checkpoints("main")] == [7, 6]
+    assert store.get_cursor("other") is None
+
+
+def test_a_failed_transaction_leaves_nothing_behind(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "state.db")
+    with pytest.raises(RuntimeError), store.transaction():
+        store.set_cursor("main", Cursor(5, "0x05"))
+        store.upsert_job("0x01", JobStatus.SCHEDULED)
+        raise RuntimeError("handler failed")
+    assert store.get_cursor("main") is None
+    assert store.get_job("0x01") is None
+
+
+def test_jobs_round_trip(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "state.db")
+    store.upsert_job(
+        "0xab", JobStatus.SCHEDULED, customer="0xc", max_duration_minute=18, definition={"gpus": 1}
+    )
+    store.upsert_job("0xab", JobStatus.RUNNING)
+    store.set_job_slurm_id("0xab", 42)
+    store.set_job_reported_status("0xab", JobStatus.RUNNING)
+    job = store.get_job("0xab")
+    assert job is not None
+    assert (job.status, job.customer, job.max_duration_minute, job.definition) == (
+        JobStatus.RUNNING,
+        "0xc",
+        18,
+        {"gpus": 1},
+    )
+    assert (job.slurm_job_id, job.last_reported_status) == (42, JobStatus.RUNNING)
+    assert [j.job_id for j in store.list_jobs([JobStatus.RUNNING])] == ["0xab"]
+    assert store.list_jobs([JobStatus.FINISHED]) == []
+    with pytest.raises(KeyError):
+        store.set_job_slurm_id("0xunknown", 1)
+
+
+def test_outbox_lifecycle_and_dedup(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "state.db")
+    first = store.enqueue(kind="report", to_address="0xto", data=b"\x01", value=2**200, dedup_key="k")
+    assert store.enqueue(kind="report", to_address="0xto", data=b"\x01", dedup_key="k") == first
+    second = store.enqueue(kind="report", to_address="0xto", data=b"\x02")
+    assert [a.id for a in store.actions(OutboxState.QUEUED)] == [first, second]
+    assert store.get_action(first).value == 2**200  # type: ignore[union-attr]
+    attempt = TxAttempt("0xh1", first, 7, b"raw", 21000, 10**30, 10**9, None, 1.0, None)
+    store.record_attempt(first, attempt)
+    action = store.get_action(first)
+    assert action is not None and (action.state, action.nonce, action.tx_hash) == (
+        OutboxState.SENT,
+        7,
+        "0xh1",
+    )
+    assert store.attempts(first) == [attempt]
+    assert store.max_sent_nonce() == 7 and store.outbox_depth() == 2
+    store.mark_mined(first, tx_hash="0xh1", block_number=3, receipt_status=1)
+    store.mark_failed(second, "NoJob()")
+    assert store.outbox_depth() == 0
+    assert store.get_action(second).error == "NoJob()"  # type: ignore[union-attr]
