@@ -1,3 +1,8 @@
 """Shared fixtures: each component's fixtures live in tests/fixtures/."""
 
-pytest_plugins = ["tests.fixtures.chain", "tests.fixtures.contracts", "tests.fixtures.chain_layer"]
+pytest_plugins = [
+    "tests.fixtures.chain",
+    "tests.fixtures.contracts",
+    "tests.fixtures.chain_layer",
+    "tests.fixtures.sbatch",
+]
