@@ -1,0 +1,80 @@
+"""Durable storage of rendered scripts in SQLite (WAL), keyed by the hex SHA-256 of the script.
+
+A script expires `ttl` seconds after it was stored; fetching it for a job that is still hot on chain
+extends its life (see `extend`), so a script stays available while its job may still need it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS scripts (
+    key TEXT PRIMARY KEY,
+    script TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS scripts_expires_at ON scripts (expires_at);
+"""
+
+
+def script_key(script: str) -> str:
+    """The storage key of a script: the hex SHA-256 of its UTF-8 bytes, which the fetcher can verify."""
+    return hashlib.sha256(script.encode()).hexdigest()
+
+
+class ScriptStore:
+    """Thread-safe; every write is committed (synchronous=FULL) before it returns."""
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    def put(self, script: str, ttl_seconds: float) -> str:
+        """Store a script and return its key; storing it again only pushes its expiry later."""
+        key = script_key(script)
+        now = self._clock()
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO scripts (key, script, created_at, expires_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET expires_at = MAX(expires_at, excluded.expires_at)",
+                (key, script, now, now + ttl_seconds),
+            )
+        return key
+
+    def get(self, key: str) -> str | None:
+        """The script under `key`, or None when it is unknown or expired."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT script FROM scripts WHERE key = ? AND expires_at > ?", (key, self._clock())
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def extend(self, key: str, seconds: float) -> None:
+        """Keep a live script at least `seconds` more (never shortens its life)."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE scripts SET expires_at = MAX(expires_at, ?) WHERE key = ? AND expires_at > ?",
+                (self._clock() + seconds, key, self._clock()),
+            )
+
+    def purge_expired(self) -> int:
+        """Delete expired scripts; returns how many."""
+        with self._lock:
+            cursor = self._db.execute("DELETE FROM scripts WHERE expires_at <= ?", (self._clock(),))
+        return cursor.rowcount
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
