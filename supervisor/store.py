@@ -220,6 +220,11 @@ class Store:
         self._conn.close()
 
     @property
+    def connection(self) -> sqlite3.Connection:
+        """The raw connection, for event handlers that keep tables of their own (inside `transaction()`)."""
+        return self._conn
+
+    @property
     def schema_version(self) -> int:
         row = self._conn.execute("PRAGMA user_version").fetchone()
         return int(row[0])

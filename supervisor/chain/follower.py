@@ -1,0 +1,388 @@
+"""The log follower: reads the chain from a saved cursor and hands each event to a handler exactly once.
+
+Logs come from `eth_getLogs` over bounded block ranges, from the block after the cursor up to
+`head - confirmations`. The handler runs inside the same SQLite transaction that moves the cursor,
+so after a crash either both the effects and the cursor are saved, or neither is. A changed block
+hash at the cursor is a reorganisation: the follower walks back its saved checkpoints to a block the
+chain still has, undoes (newest first) the events above it, and reads again from there.
+
+A WebSocket `newHeads` subscription is only a wake-up hint that makes the next read happen at once;
+it reconnects with backoff on its own, and polling goes on meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+from eth_typing import BlockNumber
+from web3 import AsyncWeb3, WebSocketProvider
+from web3.exceptions import BlockNotFound, Web3RPCError
+from web3.types import FilterParams
+
+from supervisor.chain.abi import ABIEntry
+from supervisor.chain.events import ChainEvent, EventDecoder, LogDecodeError
+from supervisor.chain.rpc import ChainIdMismatchError, check_chain_id, describe, read
+from supervisor.store import Cursor, Store
+
+log = structlog.get_logger(__name__)
+
+UNDECODABLE = "<undecodable>"
+
+
+class EventHandler(Protocol):
+    """Records an event's effects in the store (inside the cursor's transaction); must not await."""
+
+    def handle(self, event: ChainEvent, store: Store) -> None: ...
+
+    def undo(self, event: ChainEvent, store: Store) -> None:
+        """Revert what `handle` recorded: the event's block left the chain."""
+        ...
+
+
+@dataclass(frozen=True)
+class EventSource:
+    """Events to follow at one contract address; `accept` keeps only the relevant ones."""
+
+    address: str
+    events: Sequence[ABIEntry]
+    accept: Callable[[ChainEvent], bool] | None = None
+
+
+@dataclass(frozen=True)
+class FollowerSettings:
+    stream: str = "main"  # cursor name in the store
+    start_block: int = 0  # first block to read when there is no cursor yet
+    confirmations: int = 0  # read up to head - confirmations
+    max_range: int = 2000  # blocks per eth_getLogs call (halved when the node refuses)
+    poll_interval_s: float = 2.0  # reading period when no hint arrives
+    chain_id: int | None = None  # refuse another chain when set
+    keep_checkpoints: int = 256  # cursor positions kept to find a common ancestor
+    ws_backoff_initial_s: float = 0.5
+    ws_backoff_max_s: float = 30.0
+    ws_ping_interval_s: float = 10.0
+    error_backoff_max_s: float = 30.0
+
+
+@dataclass
+class FollowerHealth:
+    """What the follower last saw, for health and metrics."""
+
+    last_block: int | None = None
+    last_read_at: float | None = None
+    last_error: str | None = None
+    ws_connected: bool = False
+    ws_reconnects: int = 0
+    reorgs: int = 0
+    events_handled: int = 0
+    undecodable_logs: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class LogFollower:
+    """Follow `sources` on the chain behind `w3` and deliver their events to `handler`. See module doc."""
+
+    def __init__(
+        self,
+        w3: AsyncWeb3[Any],
+        store: Store,
+        sources: Sequence[EventSource],
+        handler: EventHandler,
+        settings: FollowerSettings | None = None,
+        *,
+        ws_url: str | None = None,
+    ) -> None:
+        self._w3 = w3
+        self._store = store
+        self._sources = list(sources)
+        self._handler = handler
+        self.settings = settings or FollowerSettings()
+        self._ws_url = ws_url
+        self._decoders = {
+            AsyncWeb3.to_checksum_address(s.address): (EventDecoder(s.events), s.accept)
+            for s in self._sources
+        }
+        self._topics = sorted({t for decoder, _ in self._decoders.values() for t in decoder.topics})
+        self._range = self.settings.max_range
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._chain_checked = False
+        self.health = FollowerHealth()
+
+    # -- running ------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Read now (e.g. after sending a transaction whose events are awaited)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Follow until `stop()`; failures are logged and retried, never raised."""
+        hint = asyncio.create_task(self._hint_loop(), name="ws-hint") if self._ws_url else None
+        backoff = 0.2
+        try:
+            while not self._stopping:
+                try:
+                    caught_up = await self.poll_once()
+                    backoff = 0.2
+                    self.health.last_error = None
+                    if not caught_up:
+                        continue
+                except asyncio.CancelledError:
+                    raise
+                except ChainIdMismatchError as exc:
+                    self._chain_checked = False
+                    self.health.last_error = str(exc)
+                    log.error("wrong chain, following paused", error=str(exc), retry_in_s=round(backoff, 2))
+                    await self._sleep(backoff)
+                    backoff = min(backoff * 2, self.settings.error_backoff_max_s)
+                    continue
+                except Exception as exc:
+                    self._chain_checked = False
+                    self.health.last_error = describe(exc)
+                    log.error(
+                        "reading the chain failed, will retry",
+                        error=describe(exc),
+                        retry_in_s=round(backoff, 2),
+                    )
+                    await self._sleep(backoff)
+                    backoff = min(backoff * 2, self.settings.error_backoff_max_s)
+                    continue
+                await self._sleep(self.settings.poll_interval_s)
+        finally:
+            if hint is not None:
+                hint.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await hint
+
+    async def _sleep(self, seconds: float) -> None:
+        """Wait for a hint or the timeout, whichever comes first."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
+
+    # -- one read -----------------------------------------------------------------------------
+
+    async def _block_hash(self, number: int) -> str | None:
+        try:
+            block = await read(lambda: self._w3.eth.get_block(BlockNumber(number)))
+        except BlockNotFound:
+            return None
+        if block is None or block.get("hash") is None:
+            return None
+        return "0x" + bytes(block["hash"]).hex()
+
+    def _initial_cursor(self) -> Cursor:
+        return Cursor(self.settings.start_block - 1, "")
+
+    async def poll_once(self) -> bool:
+        """Read one range (or handle a reorg); True when caught up with head - confirmations."""
+        if not self._chain_checked:
+            chain_id = await check_chain_id(self._w3, self.settings.chain_id)
+            self._store.bind_chain_id(chain_id)
+            self._chain_checked = True
+        stream = self.settings.stream
+        head = int(await read(lambda: self._w3.eth.block_number))
+        safe = head - self.settings.confirmations
+        cursor = self._store.get_cursor(stream) or self._initial_cursor()
+        if cursor.block_hash and cursor.block_number >= 0:
+            current = await self._block_hash(cursor.block_number)
+            if current != cursor.block_hash:
+                await self._rollback(cursor, head)
+                return False
+        self.health.last_read_at = time.time()
+        if safe <= cursor.block_number:
+            self.health.last_block = cursor.block_number
+            return True
+        first = cursor.block_number + 1
+        last = min(cursor.block_number + self._range, safe)
+        last_hash = await self._block_hash(last)
+        logs = await self._get_logs(first, last)
+        if logs is None:
+            return False  # range was halved: read again at once
+        # The range must still be canonical: same hash at its end and at the cursor as before the read.
+        if last_hash is None or await self._block_hash(last) != last_hash:
+            return False
+        if cursor.block_hash and await self._block_hash(cursor.block_number) != cursor.block_hash:
+            return False
+        self._commit(logs, Cursor(last, last_hash))
+        self.health.last_block = last
+        return last >= safe
+
+    async def _get_logs(self, first: int, last: int) -> list[Any] | None:
+        params: FilterParams = {
+            "fromBlock": BlockNumber(first),
+            "toBlock": BlockNumber(last),
+            "address": list(self._decoders),
+            "topics": [self._topics],
+        }
+        try:
+            logs = await read(lambda: self._w3.eth.get_logs(params))
+        except Web3RPCError as exc:
+            if last > first:
+                self._range = max(1, (last - first + 1) // 2)
+                log.warning(
+                    "node refused the log range, halving it",
+                    first=first,
+                    last=last,
+                    new_range=self._range,
+                    error=describe(exc),
+                )
+                return None
+            raise
+        if self._range < self.settings.max_range:
+            self._range = min(self.settings.max_range, self._range * 2)
+        return sorted(
+            (entry for entry in logs if not entry.get("removed")),
+            key=lambda entry: (int(entry["blockNumber"]), int(entry["logIndex"])),
+        )
+
+    def _commit(self, logs: Sequence[Any], cursor: Cursor) -> None:
+        """Handle the range's events and move the cursor, in one local transaction."""
+        stream = self.settings.stream
+        handled = 0
+        with self._store.transaction():
+            for entry in logs:
+                address = AsyncWeb3.to_checksum_address(entry["address"])
+                tx_hash = "0x" + bytes(entry["transactionHash"]).hex()
+                log_index = int(entry["logIndex"])
+                if self._store.is_event_processed(stream, tx_hash, log_index):
+                    continue
+                decoder, accept = self._decoders[address]
+                try:
+                    event = decoder.decode(entry)
+                except LogDecodeError as exc:
+                    self.health.undecodable_logs += 1
+                    log.error(
+                        "log does not decode, skipped",
+                        reason=str(exc),
+                        block=int(entry["blockNumber"]),
+                        address=address,
+                    )
+                    self._record(entry, UNDECODABLE, {}, f"undecodable: {exc}")
+                    continue
+                if accept is not None and not accept(event):
+                    continue
+                try:
+                    with self._store.savepoint("event"):
+                        self._handler.handle(event, self._store)
+                    outcome = "handled"
+                    handled += 1
+                except Exception as exc:
+                    outcome = f"handler failed: {describe(exc)}"
+                    log.error(
+                        "event handler failed, event skipped",
+                        event=event.name,
+                        tx_hash=event.tx_hash,
+                        log_index=event.log_index,
+                        error=describe(exc),
+                    )
+                self._record(entry, event.name, dict(event.args), outcome)
+            self._store.set_cursor(stream, cursor, keep_checkpoints=self.settings.keep_checkpoints)
+        self.health.events_handled += handled
+
+    def _record(self, entry: Any, name: str, args: dict[str, Any], outcome: str) -> None:
+        self._store.record_event(
+            self.settings.stream,
+            tx_hash="0x" + bytes(entry["transactionHash"]).hex(),
+            log_index=int(entry["logIndex"]),
+            block_number=int(entry["blockNumber"]),
+            block_hash="0x" + bytes(entry["blockHash"]).hex(),
+            address=AsyncWeb3.to_checksum_address(entry["address"]),
+            name=name,
+            args_json=json.dumps(args),
+            outcome=outcome,
+        )
+
+    # -- reorganisations ----------------------------------------------------------------------
+
+    async def _rollback(self, cursor: Cursor, head: int) -> None:
+        stream = self.settings.stream
+        ancestor: Cursor | None = None
+        for checkpoint in self._store.checkpoints(stream):
+            if checkpoint.block_number > head:
+                continue
+            if await self._block_hash(checkpoint.block_number) == checkpoint.block_hash:
+                ancestor = checkpoint
+                break
+        if ancestor is None:
+            ancestor = self._initial_cursor()
+            log.error(
+                "reorganisation deeper than the kept checkpoints, reading again from the start block",
+                start_block=self.settings.start_block,
+            )
+        undone = 0
+        with self._store.transaction():
+            for row in self._store.events_after(stream, ancestor.block_number):
+                if row["outcome"] != "handled":
+                    continue
+                event = ChainEvent(
+                    name=str(row["name"]),
+                    args=json.loads(row["args_json"]),
+                    address=str(row["address"]),
+                    block_number=int(row["block_number"]),
+                    block_hash=str(row["block_hash"]),
+                    tx_hash=str(row["tx_hash"]),
+                    log_index=int(row["log_index"]),
+                )
+                self._handler.undo(event, self._store)
+                undone += 1
+            self._store.forget_events_after(stream, ancestor.block_number)
+            self._store.drop_checkpoints_after(stream, ancestor.block_number)
+            self._store.set_cursor(stream, ancestor, keep_checkpoints=self.settings.keep_checkpoints)
+        self.health.reorgs += 1
+        log.warning(
+            "chain reorganisation, events rolled back",
+            cursor_was=cursor.block_number,
+            common_ancestor=ancestor.block_number,
+            undone=undone,
+        )
+
+    # -- WebSocket hint -----------------------------------------------------------------------
+
+    async def _hint_loop(self) -> None:
+        assert self._ws_url is not None
+        backoff = self.settings.ws_backoff_initial_s
+        while not self._stopping:
+            try:
+                provider = WebSocketProvider(
+                    self._ws_url,
+                    websocket_kwargs={
+                        "ping_interval": self.settings.ws_ping_interval_s,
+                        "ping_timeout": self.settings.ws_ping_interval_s,
+                        "open_timeout": 10,
+                    },
+                    max_connection_retries=1,
+                )
+                async with AsyncWeb3(provider) as w3:
+                    await w3.eth.subscribe("newHeads")
+                    self.health.ws_connected = True
+                    backoff = self.settings.ws_backoff_initial_s
+                    log.info("websocket hint connected", url=self._ws_url)
+                    self._wake.set()  # heads may have passed while it was down
+                    async for _message in w3.socket.process_subscriptions():
+                        self._wake.set()
+                reason = "connection closed"
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                reason = describe(exc)
+            was_connected = self.health.ws_connected
+            self.health.ws_connected = False
+            if self._stopping:
+                return
+            if was_connected:
+                self.health.ws_reconnects += 1
+            log.warning("websocket hint down, polling meanwhile", reason=reason, retry_in_s=round(backoff, 2))
+            await asyncio.sleep(backoff * (0.5 + random.random() / 2))
+            backoff = min(backoff * 2, self.settings.ws_backoff_max_s)
