@@ -182,7 +182,7 @@ class _Renderer:
         out.line("#!/bin/bash")
         out.line("# Rendered by grid-sbatch from a workflow. Resources come from the sbatch command line.")
         out.line("# Workflow values are single-quoted on purpose: they expand in the step's shell, not here.")
-        out.line("# shellcheck disable=SC2016")
+        out.line("# shellcheck disable=SC2016,SC1003")
         out.line("true")
         out.line("set -euo pipefail")
         out.line("umask 077")

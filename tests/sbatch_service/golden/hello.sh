@@ -1,7 +1,7 @@
 #!/bin/bash
 # Rendered by grid-sbatch from a workflow. Resources come from the sbatch command line.
 # Workflow values are single-quoted on purpose: they expand in the step's shell, not here.
-# shellcheck disable=SC2016
+# shellcheck disable=SC2016,SC1003
 true
 set -euo pipefail
 umask 077
