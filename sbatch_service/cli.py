@@ -13,9 +13,10 @@ from sbatch_service.loader import load_workflow
 from sbatch_service.models import WorkflowError
 from sbatch_service.names import SeededNames
 from sbatch_service.renderer import render
-from sbatch_service.settings import load_settings
+from sbatch_service.settings import Settings, load_settings
 
 EXIT_INVALID_WORKFLOW = 2
+EXIT_BAD_SETTINGS = 1
 
 app = typer.Typer(help="The sbatch service: workflows in, batch scripts out.", no_args_is_help=True)
 
@@ -25,6 +26,15 @@ ConfigOption = Annotated[
 ]
 
 
+def _settings(config: Path | None) -> Settings:
+    """Settings, or a clear message and exit status 1 when the file or a value is wrong."""
+    try:
+        return load_settings(config)
+    except (OSError, ValueError) as error:
+        typer.echo(f"bad settings: {error}", err=True)
+        raise typer.Exit(EXIT_BAD_SETTINGS) from None
+
+
 @app.command("render")
 def render_command(
     file: Annotated[Path, typer.Argument(help="Workflow file, YAML or JSON.")],
@@ -32,7 +42,7 @@ def render_command(
     seed: Annotated[int, typer.Option(help="Seed of the generated names, for reproducible output.")] = 0,
 ) -> None:
     """Print the batch script of a workflow, or its validation errors (exit status 2)."""
-    settings = load_settings(config)
+    settings = _settings(config)
     try:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
@@ -52,5 +62,14 @@ def serve_command(config: ConfigOption = None) -> None:
     """Run the customer GraphQL API and the supervisor gRPC API until SIGTERM or Ctrl-C."""
     from sbatch_service.server import serve_forever
 
-    settings = load_settings(config)
-    asyncio.run(serve_forever(settings))
+    settings = _settings(config)
+    if not settings.metascheduler_address:
+        typer.echo(
+            "bad settings: metascheduler_address is required (GRID_SBATCH_METASCHEDULER_ADDRESS)", err=True
+        )
+        raise typer.Exit(EXIT_BAD_SETTINGS)
+    try:
+        asyncio.run(serve_forever(settings))
+    except OSError as error:
+        typer.echo(f"cannot serve: {error}", err=True)
+        raise typer.Exit(EXIT_BAD_SETTINGS) from None
