@@ -8,9 +8,12 @@ where the artifacts are not installed.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
+
+from eth_utils.address import to_checksum_address
 
 PACKAGE_DATA = Path(__file__).resolve().parent / "data"
 DEFAULT_ABI_DIR = Path(__file__).resolve().parents[2] / "abi"
@@ -76,3 +79,19 @@ def _canonical_type(param: dict[str, Any]) -> str:
 
 def signature_of(entry: ABIEntry) -> str:
     return f"{entry['name']}({','.join(_canonical_type(i) for i in entry.get('inputs', []))})"
+
+
+def plain_value(value: Any, param: Mapping[str, Any]) -> Any:
+    """An ABI-decoded value as plain JSON, structs as dicts by field name."""
+    kind = str(param["type"])
+    if kind.endswith("]"):
+        inner = dict(param, type=kind[: kind.rindex("[")])
+        return [plain_value(v, inner) for v in value]
+    if kind == "tuple":
+        components = param.get("components", [])
+        return {str(c["name"]): plain_value(v, c) for v, c in zip(value, components, strict=True)}
+    if kind == "address":
+        return to_checksum_address(value)
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    return value

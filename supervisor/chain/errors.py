@@ -16,7 +16,14 @@ from eth_abi.abi import decode as abi_decode
 from eth_abi.exceptions import DecodingError
 from eth_utils.crypto import keccak
 
-from supervisor.chain.abi import DEFAULT_ABI_DIR, ABIEntry, _canonical_type, protocol_errors, signature_of
+from supervisor.chain.abi import (
+    DEFAULT_ABI_DIR,
+    ABIEntry,
+    _canonical_type,
+    plain_value,
+    protocol_errors,
+    signature_of,
+)
 
 ERROR_STRING_SELECTOR = bytes.fromhex("08c379a0")  # Error(string)
 PANIC_SELECTOR = bytes.fromhex("4e487b71")  # Panic(uint256)
@@ -90,10 +97,11 @@ class ErrorDecoder:
                 )
             inputs = entry.get("inputs", [])
             values = abi_decode([_canonical_type(i) for i in inputs], body)
-            names = [str(i.get("name") or f"arg{n}") for n, i in enumerate(inputs)]
-            return DecodedRevert(
-                str(entry["name"]), dict(zip(names, values, strict=True)), selector.hex(), raw_hex
-            )
+            args = {
+                str(param.get("name") or f"arg{n}"): plain_value(value, param)
+                for n, (param, value) in enumerate(zip(inputs, values, strict=True))
+            }
+            return DecodedRevert(str(entry["name"]), args, selector.hex(), raw_hex)
         except (DecodingError, ValueError, OverflowError):
             return DecodedRevert(
                 "UnknownRevert", {"selector": "0x" + selector.hex()}, selector.hex(), raw_hex

@@ -16,7 +16,7 @@ from eth_abi.exceptions import DecodingError
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
-from supervisor.chain.abi import ABIEntry, _canonical_type, signature_of
+from supervisor.chain.abi import ABIEntry, _canonical_type, plain_value, signature_of
 
 
 @dataclass(frozen=True)
@@ -44,22 +44,6 @@ def _hex(value: Any) -> str:
     if isinstance(value, str):
         return value.lower() if value.startswith("0x") else "0x" + value.lower()
     return "0x" + bytes(value).hex()
-
-
-def _plain(value: Any, param: Mapping[str, Any]) -> Any:
-    """An ABI-decoded value as plain JSON, structs as dicts by field name."""
-    kind = str(param["type"])
-    if kind.endswith("]"):
-        inner = dict(param, type=kind[: kind.rindex("[")])
-        return [_plain(v, inner) for v in value]
-    if kind == "tuple":
-        components = param.get("components", [])
-        return {str(c["name"]): _plain(v, c) for v, c in zip(value, components, strict=True)}
-    if kind == "address":
-        return to_checksum_address(value)
-    if isinstance(value, bytes):
-        return "0x" + value.hex()
-    return value
 
 
 def topic_of(event: ABIEntry) -> str:
@@ -113,9 +97,9 @@ class EventDecoder:
                         args[name] = "0x" + topic.hex()  # only the hash of a dynamic value is logged
                     else:
                         (decoded,) = abi_decode([kind], topic)
-                        args[name] = _plain(decoded, param)
+                        args[name] = plain_value(decoded, param)
                 else:
-                    args[name] = _plain(plain_values[name], param)
+                    args[name] = plain_value(plain_values[name], param)
         except (DecodingError, ValueError, OverflowError, TypeError) as exc:
             raise LogDecodeError(f"{where}: data does not decode as {signature_of(event)}: {exc}") from None
         return ChainEvent(

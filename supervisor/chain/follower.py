@@ -282,7 +282,7 @@ class LogFollower:
                     outcome = f"handler failed: {describe(exc)}"
                     log.error(
                         "event handler failed, event skipped",
-                        event=event.name,
+                        event_name=event.name,
                         tx_hash=event.tx_hash,
                         log_index=event.log_index,
                         error=describe(exc),

@@ -217,6 +217,12 @@ class TransactionSender:
         self._wake_dispatcher.set()
         return action_id
 
+    def submit_call(self, call: Any) -> int:
+        """Queue a contract write built by `ProtocolContracts` (a `TxCall`)."""
+        return self.submit(
+            call.to, call.data, kind=call.kind, dedup_key=call.dedup_key, serial_key=call.serial_key
+        )
+
     async def wait(self, action_id: int, timeout_s: float | None = None) -> TxOutcome:
         """The outcome of an action once it is mined or failed."""
         outcome = self.outcome(action_id)

@@ -1,0 +1,375 @@
+"""Typed access to the protocol's contracts, found from the MetaScheduler address alone.
+
+Reads return dataclasses; writes return `TxCall`s for the transaction sender. Functions beyond the
+reference interface (extensions) are used only when the deployed code has them: `discover` looks
+for each extension's selector in the contract's dispatcher, so a deployment without them still works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eth_typing import ChecksumAddress
+from eth_utils.crypto import keccak
+from web3 import AsyncWeb3, Web3
+from web3.contract import AsyncContract
+
+from supervisor.chain.abi import (
+    DEFAULT_ABI_DIR,
+    ABIEntry,
+    load_contract_abi,
+    plain_value,
+    signature_of,
+)
+from supervisor.chain.events import ChainEvent
+from supervisor.chain.follower import EventSource
+from supervisor.chain.rpc import read
+from supervisor.core.status import JobStatus
+
+ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
+
+#: Functions the supervisor can use when a deployment has them; never assumed.
+EXTENSIONS: dict[str, tuple[str, ...]] = {
+    "JobRepository": ("getStatusAndProvider",),
+    "MetaScheduler": ("withdrawableCut",),
+    "ProviderManager": ("autoApprove",),
+}
+
+#: The events the supervisor follows, by contract.
+FOLLOWED_EVENTS: dict[str, tuple[str, ...]] = {
+    "MetaScheduler": (
+        "ClaimJobEvent",
+        "ClaimNextCancellingJobEvent",
+        "ClaimNextTopUpJobEvent",
+        "JobRefusedEvent",
+    ),
+    "JobRepository": ("JobTransitionEvent",),
+}
+
+
+class DeploymentError(RuntimeError):
+    """The address given is not a usable deployment of the protocol."""
+
+
+@dataclass(frozen=True)
+class TxCall:
+    """A contract write for the transaction sender (`TransactionSender.submit_call`)."""
+
+    to: str
+    data: bytes
+    kind: str
+    serial_key: str | None = None
+    dedup_key: str | None = None
+
+
+@dataclass(frozen=True)
+class JobDefinition:
+    gpus: int
+    mem_per_cpu: int
+    cpus_per_task: int
+    ntasks: int
+    batch_location_hash: str
+    storage_type: int
+    uses: tuple[tuple[str, str], ...]
+    affinity: tuple[Mapping[str, Any], ...]
+
+    @classmethod
+    def from_plain(cls, d: Mapping[str, Any]) -> JobDefinition:
+        """From the plain dict of an event argument or a decoded struct."""
+        return cls(
+            gpus=int(d["gpus"]),
+            mem_per_cpu=int(d["memPerCpu"]),
+            cpus_per_task=int(d["cpusPerTask"]),
+            ntasks=int(d["ntasks"]),
+            batch_location_hash=str(d["batchLocationHash"]),
+            storage_type=int(d["storageType"]),
+            uses=tuple((str(u["key"]), str(u["value"])) for u in d.get("uses", [])),
+            affinity=tuple(d.get("affinity", [])),
+        )
+
+
+@dataclass(frozen=True)
+class Job:
+    """JobRepository.get, with names."""
+
+    job_id: str
+    status: JobStatus
+    customer: str
+    provider: str
+    definition: JobDefinition
+    max_cost: int
+    final_cost: int
+    pending_top_up: int
+    delegate_spending_authority: bool
+    submit: int
+    start: int
+    end: int
+    cancel_request_timestamp: int
+    block_number_state_change: int
+    panic_timestamp: int
+    job_name: str
+    has_cancel_request: bool
+    last_error: str
+    exit_code: int
+
+    @classmethod
+    def from_plain(cls, d: Mapping[str, Any]) -> Job:
+        cost, times = d["cost"], d["time"]
+        return cls(
+            job_id=str(d["jobId"]),
+            status=JobStatus(int(d["status"])),
+            customer=str(d["customerAddr"]),
+            provider=str(d["providerAddr"]),
+            definition=JobDefinition.from_plain(d["definition"]),
+            max_cost=int(cost["maxCost"]),
+            final_cost=int(cost["finalCost"]),
+            pending_top_up=int(cost["pendingTopUp"]),
+            delegate_spending_authority=bool(cost["delegateSpendingAuthority"]),
+            submit=int(times["submit"]),
+            start=int(times["start"]),
+            end=int(times["end"]),
+            cancel_request_timestamp=int(times["cancelRequestTimestamp"]),
+            block_number_state_change=int(times["blockNumberStateChange"]),
+            panic_timestamp=int(times["panicTimestamp"]),
+            job_name=str(d["jobName"]),
+            has_cancel_request=bool(d["hasCancelRequest"]),
+            last_error=str(d["lastError"]),
+            exit_code=int(d["exitCode"]),
+        )
+
+
+@dataclass(frozen=True)
+class ProviderPrices:
+    gpu_price_per_min: int
+    cpu_price_per_min: int
+    mem_price_per_min: int
+
+
+def job_id_hex(job_id: bytes | str) -> str:
+    """A job id as 0x + 64 lowercase hex digits (the Slurm job name too)."""
+    raw = (
+        bytes.fromhex(job_id[2:] if job_id.startswith("0x") else job_id)
+        if isinstance(job_id, str)
+        else job_id
+    )
+    if len(raw) != 32:
+        raise ValueError(f"a job id has 32 bytes, got {len(raw)}")
+    return "0x" + raw.hex()
+
+
+def _function(abi: Sequence[ABIEntry], name: str) -> ABIEntry:
+    for entry in abi:
+        if entry.get("type") == "function" and entry.get("name") == name:
+            return entry
+    raise KeyError(name)
+
+
+def selector_of(entry: ABIEntry) -> bytes:
+    return keccak(text=signature_of(entry))[:4]
+
+
+def code_has_function(code: bytes, entry: ABIEntry) -> bool:
+    """Whether deployed code dispatches `entry` (its selector is pushed with PUSH4 in the dispatcher)."""
+    return b"\x63" + selector_of(entry) in code
+
+
+@dataclass(frozen=True)
+class ProtocolContracts:
+    """The deployment reached from one MetaScheduler address."""
+
+    w3: AsyncWeb3[Any]
+    meta_scheduler: AsyncContract
+    job_repository: AsyncContract
+    provider_manager: AsyncContract
+    provider_job_queues: AsyncContract
+    credit_address: ChecksumAddress
+    constants_address: ChecksumAddress
+    extensions: frozenset[str] = field(default_factory=frozenset)
+
+    @classmethod
+    async def discover(
+        cls, w3: AsyncWeb3[Any], meta_scheduler_address: str, *, abi_dir: Path = DEFAULT_ABI_DIR
+    ) -> ProtocolContracts:
+        """Find the other contracts through MetaScheduler's views and detect the extensions they have."""
+        if not Web3.is_address(meta_scheduler_address):
+            raise DeploymentError(f"MetaScheduler address {meta_scheduler_address!r} is not an address")
+        address = Web3.to_checksum_address(meta_scheduler_address)
+        codes: dict[str, bytes] = {}
+
+        async def code_at(name: str, where: ChecksumAddress) -> bytes:
+            code = bytes(await read(lambda: w3.eth.get_code(where)))
+            if not code:
+                raise DeploymentError(f"no contract code at the {name} address {where}")
+            codes[name] = code
+            return code
+
+        await code_at("MetaScheduler", address)
+        scheduler = w3.eth.contract(address=address, abi=list(load_contract_abi("MetaScheduler", abi_dir)))
+        found: dict[str, ChecksumAddress] = {}
+        for name, view in (
+            ("JobRepository", "jobs"),
+            ("ProviderManager", "providerManager"),
+            ("ProviderJobQueues", "providerJobQueues"),
+            ("Credit", "credit"),
+            ("Constants", "constants"),
+        ):
+            try:
+                value = await read(lambda v=view: scheduler.functions[v]().call())  # type: ignore[misc]
+            except Exception as exc:
+                raise DeploymentError(f"{address} does not answer MetaScheduler.{view}(): {exc}") from None
+            found[name] = Web3.to_checksum_address(value)
+            await code_at(name, found[name])
+
+        def contract(name: str) -> AsyncContract:
+            return w3.eth.contract(address=found[name], abi=list(load_contract_abi(name, abi_dir)))
+
+        extensions: set[str] = set()
+        for name, functions in EXTENSIONS.items():
+            abi = load_contract_abi(name, abi_dir)
+            for function in functions:
+                try:
+                    entry = _function(abi, function)
+                except KeyError:
+                    continue
+                if code_has_function(codes[name], entry):
+                    extensions.add(function)
+        return cls(
+            w3=w3,
+            meta_scheduler=scheduler,
+            job_repository=contract("JobRepository"),
+            provider_manager=contract("ProviderManager"),
+            provider_job_queues=contract("ProviderJobQueues"),
+            credit_address=found["Credit"],
+            constants_address=found["Constants"],
+            extensions=frozenset(extensions),
+        )
+
+    # -- reads --------------------------------------------------------------------------------
+
+    async def _call(self, contract: AsyncContract, function: str, *args: Any) -> Any:
+        return await read(lambda: contract.functions[function](*args).call())
+
+    async def get_job(self, job_id: bytes | str) -> Job:
+        raw = await self._call(self.job_repository, "get", bytes.fromhex(job_id_hex(job_id)[2:]))
+        outputs = _function(self.job_repository.abi, "get")["outputs"][0]  # type: ignore[arg-type]
+        return Job.from_plain(plain_value(raw, outputs))
+
+    async def job_status_and_provider(self, job_id: bytes | str) -> tuple[JobStatus, str]:
+        """Status and provider of a job; the cheap extension when deployed, else the full record."""
+        if "getStatusAndProvider" in self.extensions:
+            status, provider = await self._call(
+                self.job_repository, "getStatusAndProvider", bytes.fromhex(job_id_hex(job_id)[2:])
+            )
+            return JobStatus(int(status)), Web3.to_checksum_address(provider)
+        job = await self.get_job(job_id)
+        return job.status, job.provider
+
+    async def has_next_claimable_job(self, provider: str) -> bool:
+        return bool(await self._call(self.provider_job_queues, "hasNextClaimableJob", provider))
+
+    async def has_cancelling_job(self, provider: str) -> bool:
+        return bool(await self._call(self.provider_job_queues, "hasCancellingJob", provider))
+
+    async def has_top_up_job(self, provider: str) -> bool:
+        return bool(await self._call(self.provider_job_queues, "hasTopUpJob", provider))
+
+    async def is_valid_for_scheduling(self, provider: str) -> bool:
+        return bool(await self._call(self.provider_manager, "isValidForScheduling", provider))
+
+    async def provider_prices(self, provider: str) -> ProviderPrices:
+        gpu, cpu, mem = await self._call(self.provider_manager, "getProviderPrices", provider)
+        return ProviderPrices(int(gpu), int(cpu), int(mem))
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def _tx(
+        self,
+        contract: AsyncContract,
+        function: str,
+        args: Sequence[Any],
+        kind: str,
+        *,
+        serial_key: str | None = None,
+        dedup_key: str | None = None,
+    ) -> TxCall:
+        data = contract.encode_abi(function, args=list(args))
+        return TxCall(contract.address, bytes.fromhex(data[2:]), kind, serial_key, dedup_key)
+
+    def claim_next_job(self) -> TxCall:
+        return self._tx(self.meta_scheduler, "claimNextJob", [], "claim_next_job")
+
+    def claim_next_cancelling_job(self) -> TxCall:
+        return self._tx(self.meta_scheduler, "claimNextCancellingJob", [], "claim_next_cancelling_job")
+
+    def claim_next_top_up_job(self) -> TxCall:
+        return self._tx(self.meta_scheduler, "claimNextTopUpJob", [], "claim_next_top_up_job")
+
+    def refuse_job(self, job_id: bytes | str) -> TxCall:
+        jid = job_id_hex(job_id)
+        return self._tx(
+            self.meta_scheduler,
+            "refuseJob",
+            [bytes.fromhex(jid[2:])],
+            "refuse_job",
+            serial_key=jid,
+            dedup_key=f"refuse:{jid}",
+        )
+
+    def provider_set_job_status(
+        self,
+        job_id: bytes | str,
+        status: JobStatus,
+        *,
+        duration_minute: int = 0,
+        last_error: str = "",
+        exit_code: int = 0,
+    ) -> TxCall:
+        """A status report; one per (job, status), sent after the job's earlier reports."""
+        jid = job_id_hex(job_id)
+        return self._tx(
+            self.meta_scheduler,
+            "providerSetJobStatus",
+            [bytes.fromhex(jid[2:]), int(status), duration_minute, last_error, exit_code],
+            "provider_set_job_status",
+            serial_key=jid,
+            dedup_key=f"status:{jid}:{int(status)}",
+        )
+
+    def top_up_job_delegate(self, job_id: bytes | str, slice_index: int) -> TxCall:
+        jid = job_id_hex(job_id)
+        return self._tx(
+            self.meta_scheduler,
+            "topUpJobDelegate",
+            [bytes.fromhex(jid[2:])],
+            "top_up_job_delegate",
+            serial_key=jid,
+            dedup_key=f"topup:{jid}:{slice_index}",
+        )
+
+    # -- events -------------------------------------------------------------------------------
+
+    def follower_sources(self, provider: str) -> list[EventSource]:
+        """The events the supervisor of `provider` acts on: its claims, cancellations, top-ups and
+        refusals, and every transition to META_SCHEDULED as the hint that a job may be claimable."""
+        me = Web3.to_checksum_address(provider)
+
+        def mine(event: ChainEvent) -> bool:
+            who = event.args.get("providerAddr", event.args.get("_providerAddr"))
+            return isinstance(who, str) and Web3.to_checksum_address(who) == me
+
+        def meta_scheduled(event: ChainEvent) -> bool:
+            return int(event.args.get("_to", -1)) == int(JobStatus.META_SCHEDULED)
+
+        def events(contract: AsyncContract, name: str) -> list[ABIEntry]:
+            wanted = FOLLOWED_EVENTS[name]
+            return [e for e in contract.abi if e.get("type") == "event" and e.get("name") in wanted]  # type: ignore[misc]
+
+        return [
+            EventSource(self.meta_scheduler.address, events(self.meta_scheduler, "MetaScheduler"), mine),
+            EventSource(
+                self.job_repository.address, events(self.job_repository, "JobRepository"), meta_scheduled
+            ),
+        ]
