@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.contracts",
     "tests.fixtures.chain_layer",
     "tests.fixtures.sbatch",
+    "tests.fixtures.slurm",
 ]
