@@ -385,7 +385,9 @@ class _Renderer:
             f"--cpus-per-task={quote(cpus)}",
             f"--mem-per-cpu={quote(f'{mem}M')}",
         ]
-        if run.resources.gpus_per_task > 0:
+        # Without GPU flags a step would see every GPU of the job; a job without GPUs needs none
+        # (and a site without GPU resources may refuse them).
+        if res.gpus > 0 or run.resources.gpus_per_task > 0:
             options.append(f"--gpus-per-task={quote(run.resources.gpus_per_task)}")
             options.append(f"--gpus={quote(tasks * run.resources.gpus_per_task)}")
         if run.mpi is not None:

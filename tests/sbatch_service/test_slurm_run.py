@@ -451,3 +451,24 @@ def test_apptainer_steps_pull_once_then_exec(slurm: None, tmp_path: Path, out: P
         "entrypoint-ran",
     ]
     assert (out / "entrypoint-ran").exists()
+
+
+def test_gpu_steps_get_their_gpus(slurm: None, tmp_path: Path, out: Path) -> None:
+    workflow = {
+        "resources": {"tasks": 1, "cpusPerTask": 1, "memPerCpu": 100, "gpus": 2},
+        "env": [{"key": "OUT", "value": str(out)}],
+        "steps": [
+            {
+                "name": "one-gpu",
+                **host(
+                    'echo "${CUDA_VISIBLE_DEVICES:-none}" > "$OUT/one"',
+                    resources={"tasks": 1, "gpusPerTask": 1},
+                ),
+            },
+            {"name": "no-gpu", **host('echo "${SLURM_STEP_GPUS:-none}" > "$OUT/none"')},
+        ],
+    }
+    finished, _ = run(workflow, tmp_path)
+    assert (finished.state, finished.exit_code) == ("COMPLETED", 0), finished.output
+    assert len((out / "one").read_text().strip().split(",")) == 1
+    assert (out / "none").read_text() == "none\n"

@@ -85,7 +85,7 @@ if [ "$grid_status_1" -ne 0 ]; then
     set -e
     export DEEPSQUARE_ERROR_CODE="$grid_status_1"
     grid_load_env
-    srun --ntasks='1' --cpus-per-task='8' --mem-per-cpu='4000M' --export=ALL --chdir="$STORAGE_PATH" \
+    srun --ntasks='1' --cpus-per-task='8' --mem-per-cpu='4000M' --gpus-per-task='0' --gpus='0' --export=ALL --chdir="$STORAGE_PATH" \
       '/bin/sh' -c 'echo "failed with $DEEPSQUARE_ERROR_CODE"'
   )
   grid_status_1=$?
@@ -93,6 +93,6 @@ if [ "$grid_status_1" -ne 0 ]; then
 fi
 if [ "$grid_status_1" -ne 0 ]; then exit "$grid_status_1"; fi
 grid_load_env
-srun --ntasks='1' --cpus-per-task='8' --mem-per-cpu='4000M' --export=ALL \
+srun --ntasks='1' --cpus-per-task='8' --mem-per-cpu='4000M' --gpus-per-task='0' --gpus='0' --export=ALL \
   env 'APPTAINERENV_STORAGE_PATH=/deepsquare' 'APPTAINERENV_DEEPSQUARE_INPUT=/deepsquare/input' 'APPTAINERENV_DEEPSQUARE_OUTPUT=/deepsquare/output' 'APPTAINERENV_DEEPSQUARE_ENV=/deepsquare/env' apptainer run --contain --nv --pwd '/deepsquare' --bind "$STORAGE_PATH:/deepsquare" '/opt/images/tool.sif' '--help'
 wait
