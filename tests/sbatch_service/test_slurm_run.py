@@ -9,39 +9,22 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.fixtures.slurm import SlurmCluster
 from tests.sbatch_service.slurm_helpers import Finished, render_for_slurm, run_on_slurm
 
 STANDINS = Path(__file__).parent / "standins"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def _cluster_up() -> bool:
-    return (
-        shutil.which("sbatch") is not None
-        and subprocess.run(["sinfo", "-h"], capture_output=True).returncode == 0
-    )
 
 
 @pytest.fixture(scope="module")
-def slurm(request: pytest.FixtureRequest) -> Iterator[None]:
-    """The project's single-node cluster: its session fixture if any, else `scripts/cluster.sh up`."""
-    try:
-        request.getfixturevalue("slurm_cluster")
-    except pytest.FixtureLookupError:
-        if not _cluster_up():
-            started = subprocess.run(
-                ["bash", str(REPO_ROOT / "scripts" / "cluster.sh"), "up"], capture_output=True
-            )
-            assert started.returncode == 0, started.stderr.decode()[-2000:]
-    yield
+def slurm(slurm_cluster: SlurmCluster) -> SlurmCluster:
+    """The project's single-node cluster (scripts/cluster.sh up, once per session)."""
+    return slurm_cluster
 
 
 @pytest.fixture
@@ -66,7 +49,9 @@ def host(command: str, **run_fields: Any) -> dict[str, Any]:
     return {"run": {"command": command, **run_fields}}
 
 
-def test_loops_environment_passing_and_storage_cleanup(slurm: None, tmp_path: Path, out: Path) -> None:
+def test_loops_environment_passing_and_storage_cleanup(
+    slurm: SlurmCluster, tmp_path: Path, out: Path
+) -> None:
     workflow = {
         "resources": {"tasks": 2, "cpusPerTask": 1, "memPerCpu": 100, "gpus": 0},
         "env": [{"key": "OUT", "value": str(out)}],
@@ -116,7 +101,9 @@ def test_loops_environment_passing_and_storage_cleanup(slurm: None, tmp_path: Pa
     assert storage_left(tmp_path) == [], "the per-job storage folder is removed at exit"
 
 
-def test_catch_runs_after_a_failure_and_finally_always_runs(slurm: None, tmp_path: Path, out: Path) -> None:
+def test_catch_runs_after_a_failure_and_finally_always_runs(
+    slurm: SlurmCluster, tmp_path: Path, out: Path
+) -> None:
     workflow = {
         "resources": {"tasks": 1, "cpusPerTask": 1, "memPerCpu": 100, "gpus": 0},
         "env": [{"key": "OUT", "value": str(out)}],
@@ -148,7 +135,7 @@ def test_catch_runs_after_a_failure_and_finally_always_runs(slurm: None, tmp_pat
     assert storage_left(tmp_path) == []
 
 
-def test_launch_depends_on_and_signal_on_parent_exit(slurm: None, tmp_path: Path, out: Path) -> None:
+def test_launch_depends_on_and_signal_on_parent_exit(slurm: SlurmCluster, tmp_path: Path, out: Path) -> None:
     workflow = {
         "resources": {"tasks": 3, "cpusPerTask": 1, "memPerCpu": 100, "gpus": 0},
         "env": [{"key": "OUT", "value": str(out)}],
@@ -200,7 +187,7 @@ HOSTILE = [
 ]
 
 
-def test_hostile_values_never_escape_their_quoting(slurm: None, tmp_path: Path, out: Path) -> None:
+def test_hostile_values_never_escape_their_quoting(slurm: SlurmCluster, tmp_path: Path, out: Path) -> None:
     canary = tmp_path / "canary"
     values = [v.format(canary=canary) for v in HOSTILE]
     reads = " ".join(f'"$HOSTILE_{i}"' for i in range(len(values)))
@@ -284,7 +271,7 @@ ENROOT_COMMAND = 'echo "$item $FOO $STORAGE_PATH" > "$OUT/enroot-$item-$SLURM_PR
 
 
 def test_enroot_steps_import_once_then_create_start_remove_per_task(
-    slurm: None, tmp_path: Path, out: Path
+    slurm: SlurmCluster, tmp_path: Path, out: Path
 ) -> None:
     env, log = standin_env(tmp_path)
     workflow = {
@@ -365,7 +352,7 @@ def test_enroot_steps_import_once_then_create_start_remove_per_task(
     assert storage_left(tmp_path) == []
 
 
-def test_apptainer_steps_pull_once_then_exec(slurm: None, tmp_path: Path, out: Path) -> None:
+def test_apptainer_steps_pull_once_then_exec(slurm: SlurmCluster, tmp_path: Path, out: Path) -> None:
     env, log = standin_env(tmp_path)
     command = 'echo "$FOO $STORAGE_PATH $DEEPSQUARE_OUTPUT" > "$OUT/apptainer-$SLURM_PROCID"'
     workflow = {
@@ -453,7 +440,7 @@ def test_apptainer_steps_pull_once_then_exec(slurm: None, tmp_path: Path, out: P
     assert (out / "entrypoint-ran").exists()
 
 
-def test_gpu_steps_get_their_gpus(slurm: None, tmp_path: Path, out: Path) -> None:
+def test_gpu_steps_get_their_gpus(slurm: SlurmCluster, tmp_path: Path, out: Path) -> None:
     workflow = {
         "resources": {"tasks": 1, "cpusPerTask": 1, "memPerCpu": 100, "gpus": 2},
         "env": [{"key": "OUT", "value": str(out)}],
