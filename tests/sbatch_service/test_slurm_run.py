@@ -267,6 +267,8 @@ def calls(log: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in log.read_text().splitlines()]
 
 
+# A step variable that the container tools receive: it must arrive intact, never executed.
+CONTAINER_VALUE = 'it\'s "$(touch canary)" `touch canary` a,b  $HOME'
 ENROOT_COMMAND = 'echo "$item $FOO $STORAGE_PATH" > "$OUT/enroot-$item-$SLURM_PROCID"'
 
 
@@ -294,7 +296,7 @@ def test_enroot_steps_import_once_then_create_start_remove_per_task(
                                     "username": "robot",
                                     "password": "s3cr'et",
                                 },
-                                "env": [{"key": "FOO", "value": "bar baz"}],
+                                "env": [{"key": "FOO", "value": CONTAINER_VALUE}],
                                 "command": ENROOT_COMMAND,
                             },
                         }
@@ -309,7 +311,7 @@ def test_enroot_steps_import_once_then_create_start_remove_per_task(
     storage = str(tmp_path / "storage" / str(os.getuid()) / f"job-{finished.job_id}")
     for item in "ab":
         for task in "01":
-            assert (out / f"enroot-{item}-{task}").read_text() == f"{item} bar baz /deepsquare\n"
+            assert (out / f"enroot-{item}-{task}").read_text() == f"{item} {CONTAINER_VALUE} /deepsquare\n"
     assert (out / "credentials").read_text() == "machine registry.example.com login robot password s3cr'et\n"
 
     recorded = calls(log)
@@ -341,7 +343,7 @@ def test_enroot_steps_import_once_then_create_start_remove_per_task(
             "DEEPSQUARE_ENV=/deepsquare/env",
         ]
         assert start[start.index("item") - 1 : start.index("item") + 1] == ["--env", "item"]
-        assert "FOO=bar baz" in start and "OUT" in start
+        assert f"FOO={CONTAINER_VALUE}" in start and "OUT" in start
         assert start[start.index(name) :] == [
             name,
             "/bin/sh",
@@ -350,6 +352,7 @@ def test_enroot_steps_import_once_then_create_start_remove_per_task(
         ]
         assert name.endswith(f"-{finished.job_id}-{name.split('-')[-2]}-{name.split('-')[-1]}")
     assert storage_left(tmp_path) == []
+    assert not Path("/tmp/canary").exists() and not (tmp_path / "job" / "canary").exists()
 
 
 def test_apptainer_steps_pull_once_then_exec(slurm: SlurmCluster, tmp_path: Path, out: Path) -> None:
@@ -372,7 +375,7 @@ def test_apptainer_steps_pull_once_then_exec(slurm: SlurmCluster, tmp_path: Path
                         "username": "bot",
                         "password": "tok",
                     },
-                    "env": [{"key": "FOO", "value": "it's"}],
+                    "env": [{"key": "FOO", "value": CONTAINER_VALUE}],
                     "command": command,
                 },
             },
@@ -399,7 +402,9 @@ def test_apptainer_steps_pull_once_then_exec(slurm: SlurmCluster, tmp_path: Path
     assert (finished.state, finished.exit_code) == ("COMPLETED", 0), finished.output
     storage = str(tmp_path / "storage" / str(os.getuid()) / f"job-{finished.job_id}")
     for task in "01":
-        assert (out / f"apptainer-{task}").read_text() == "it's /deepsquare /deepsquare/output\n"
+        assert (
+            out / f"apptainer-{task}"
+        ).read_text() == f"{CONTAINER_VALUE} /deepsquare /deepsquare/output\n"
     recorded = calls(log)
     assert [c["argv"][0] for c in recorded] == ["pull", "exec", "exec", "run"]
     image = recorded[0]["argv"][1]
@@ -422,7 +427,7 @@ def test_apptainer_steps_pull_once_then_exec(slurm: SlurmCluster, tmp_path: Path
             "-c",
             command,
         ]
-        assert call["env"]["APPTAINERENV_FOO"] == "it's"
+        assert call["env"]["APPTAINERENV_FOO"] == CONTAINER_VALUE
         assert call["env"]["APPTAINERENV_STORAGE_PATH"] == "/deepsquare"
     assert sorted(c["procid"] for c in recorded[1:3]) == ["0", "1"]
     assert recorded[3]["argv"] == [
@@ -438,6 +443,7 @@ def test_apptainer_steps_pull_once_then_exec(slurm: SlurmCluster, tmp_path: Path
         "entrypoint-ran",
     ]
     assert (out / "entrypoint-ran").exists()
+    assert not (out / "canary").exists() and not (tmp_path / "job" / "canary").exists()
 
 
 def test_gpu_steps_get_their_gpus(slurm: SlurmCluster, tmp_path: Path, out: Path) -> None:
