@@ -574,7 +574,7 @@ class Store:
         with self.transaction() as conn:
             conn.execute(
                 "UPDATE outbox SET state = 'mined', tx_hash = ?, block_number = ?, receipt_status = ?, "
-                "updated_at = ? WHERE id = ?",
+                "error = NULL, already_done = 0, updated_at = ? WHERE id = ?",
                 (tx_hash, block_number, receipt_status, time.time(), action_id),
             )
 

@@ -289,6 +289,9 @@ class LogFollower:
                     )
                 self._record(entry, event.name, dict(event.args), outcome)
             self._store.set_cursor(stream, cursor, keep_checkpoints=self.settings.keep_checkpoints)
+            # Dedup records are needed only as far back as a rollback can reach.
+            oldest = self._store.checkpoints(stream)[-1]
+            self._store.prune_events_before(stream, oldest.block_number)
         self.health.events_handled += handled
 
     def _record(self, entry: Any, name: str, args: dict[str, Any], outcome: str) -> None:

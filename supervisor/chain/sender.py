@@ -146,6 +146,7 @@ class TransactionSender:
         self._waiters: dict[int, list[asyncio.Future[TxOutcome]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._broadcasting: set[str] = set()  # hashes the dispatcher is about to broadcast
+        self._receipt_missing_since: dict[int, float] = {}  # nonce used on chain, no receipt of ours
         self._stopping = False
         self.last_error: str | None = None
 
@@ -333,16 +334,23 @@ class TransactionSender:
             assert self._next_nonce is not None
             nonce = self._next_nonce
             gas_limit = math.ceil(estimate * self.settings.gas_margin)
-            attempt = self._sign(action, nonce, gas_limit, fees)
-            self._store.record_attempt(action.id, attempt)  # durable before broadcast
+            signed.append((action, self._sign(action, nonce, gas_limit, fees)))
             self._next_nonce = nonce + 1
-            signed.append((action, attempt))
-            self._broadcasting.add(attempt.tx_hash)
-        for action, attempt in signed:
-            try:
-                await self._broadcast(action, attempt)
-            finally:
-                self._broadcasting.discard(attempt.tx_hash)
+        # Durable before any broadcast: one local transaction for the whole batch.
+        with self._store.transaction():
+            for action, attempt in signed:
+                self._store.record_attempt(action.id, attempt)
+        self._broadcasting.update(attempt.tx_hash for _, attempt in signed)
+        broadcast: list[str] = []
+        try:
+            for action, attempt in signed:
+                if await self._broadcast(action, attempt, mark=False) != "unreachable":
+                    broadcast.append(attempt.tx_hash)
+        finally:
+            with self._store.transaction():
+                for tx_hash in broadcast:
+                    self._store.mark_broadcast(tx_hash)
+            self._broadcasting.difference_update(attempt.tx_hash for _, attempt in signed)
         if signed:
             self._wake_watcher.set()
         return bool(signed) or failed > 0
@@ -410,19 +418,27 @@ class TransactionSender:
             broadcast_at=None,
         )
 
-    async def _broadcast(self, action: OutboxAction, attempt: TxAttempt) -> str:
-        """Send saved bytes: "ok", "fee_too_low", "refused" or "unreachable"; receipts decide the rest."""
+    async def _broadcast(self, action: OutboxAction, attempt: TxAttempt, *, mark: bool = True) -> str:
+        """Send saved bytes: "ok", "fee_too_low", "refused" or "unreachable"; receipts decide the rest.
+
+        Unless the node was unreachable, the attempt's broadcast time is set (`mark`), so that the
+        receipt deadline paces the next try.
+        """
+        result = await self._try_broadcast(action, attempt)
+        if mark and result != "unreachable":
+            self._store.mark_broadcast(attempt.tx_hash)
+        return result
+
+    async def _try_broadcast(self, action: OutboxAction, attempt: TxAttempt) -> str:
         try:
             await self._w3.eth.send_raw_transaction(HexBytes(attempt.raw))
         except Web3RPCError as exc:
             message = _rpc_message(exc)
             if any(m in message for m in ("already known", "known transaction", "already imported")):
-                self._store.mark_broadcast(attempt.tx_hash)
                 return "ok"
             if "nonce too low" in message or "nonce is too low" in message:
                 # Mined already (ours) or taken by another transaction: the watcher tells which.
                 log.info("node says nonce too low, checking receipts", action=action.id, nonce=attempt.nonce)
-                self._store.mark_broadcast(attempt.tx_hash)
                 self._wake_watcher.set()
                 return "ok"
             if any(m in message for m in FEE_REFUSALS):
@@ -441,7 +457,6 @@ class TransactionSender:
             )
             self.last_error = describe(exc)
             return "unreachable"
-        self._store.mark_broadcast(attempt.tx_hash)
         return "ok"
 
     # -- watcher --------------------------------------------------------------------------------
@@ -473,7 +488,7 @@ class TransactionSender:
         settled = [a for a in sent if a.nonce is not None and a.nonce < mined_count]
         pending = [a for a in sent if a.nonce is not None and a.nonce >= mined_count]
         if settled:
-            await asyncio.gather(*(self._settle(a) for a in settled))
+            await self._settle(settled)
         now = time.time()
         for action in pending:
             attempts = self._store.attempts(action.id)
@@ -488,46 +503,66 @@ class TransactionSender:
                 continue
             await self._unstick(action, last, is_head=action.nonce == mined_count)
 
-    async def _settle(self, action: OutboxAction) -> None:
-        """The action's nonce is used on chain: find which of its attempts was mined."""
+    async def _find_mined(
+        self, action: OutboxAction
+    ) -> tuple[TxAttempt, int, int, DecodedRevert | None] | None:
+        """The mined attempt of an action whose nonce is used: (attempt, block, status, revert)."""
         for attempt in reversed(self._store.attempts(action.id)):
             receipt = await self._receipt(attempt.tx_hash)
             if receipt is None:
                 continue
-            status = int(receipt["status"])
-            block_number = int(receipt["blockNumber"])
-            self._store.mark_mined(
-                action.id, tx_hash=attempt.tx_hash, block_number=block_number, receipt_status=status
-            )
-            if status != 1:
-                revert = await self._replay_revert(action, block_number)
-                self._store.set_error(action.id, str(revert), already_done=revert.already_done)
-                log.warning(
-                    "transaction mined but reverted",
-                    action=action.id,
-                    tx_hash=attempt.tx_hash,
-                    error=str(revert),
-                    already_done=revert.already_done,
+            status, block_number = int(receipt["status"]), int(receipt["blockNumber"])
+            revert = None if status == 1 else await self._replay_revert(action, block_number)
+            return attempt, block_number, status, revert
+        return None
+
+    async def _settle(self, actions: Sequence[OutboxAction]) -> None:
+        """Record the receipts of actions whose nonces are used on chain, in one local transaction."""
+        found = await asyncio.gather(*(self._find_mined(a) for a in actions))
+        with self._store.transaction():
+            for action, mined in zip(actions, found, strict=True):
+                if mined is None:
+                    # None of ours was mined with this nonce: another transaction of the account took it,
+                    # unless the node has not indexed the receipt yet; so wait a deadline before deciding.
+                    first_missed = self._receipt_missing_since.setdefault(action.id, time.monotonic())
+                    if time.monotonic() - first_missed < self.settings.receipt_deadline_s:
+                        continue
+                    del self._receipt_missing_since[action.id]
+                    log.warning(
+                        "nonce taken by another transaction, sending again with a new nonce",
+                        action=action.id,
+                        nonce=action.nonce,
+                    )
+                    self._store.requeue(action.id, f"nonce {action.nonce} was used by another transaction")
+                    self._resync_nonce = True
+                    continue
+                self._receipt_missing_since.pop(action.id, None)
+                attempt, block_number, status, revert = mined
+                self._store.mark_mined(
+                    action.id, tx_hash=attempt.tx_hash, block_number=block_number, receipt_status=status
                 )
-            else:
-                log.info(
-                    "transaction mined",
-                    action=action.id,
-                    nonce=attempt.nonce,
-                    tx_hash=attempt.tx_hash,
-                    block=block_number,
-                )
-            self._resolve(action.id)
-            return
-        # None of ours was mined with this nonce: another transaction of the same account took it.
-        log.warning(
-            "nonce taken by another transaction, sending again with a new nonce",
-            action=action.id,
-            nonce=action.nonce,
-        )
-        self._store.requeue(action.id, f"nonce {action.nonce} was used by another transaction")
-        self._resync_nonce = True
-        self._wake_dispatcher.set()
+                if revert is not None:
+                    self._store.set_error(action.id, str(revert), already_done=revert.already_done)
+                    log.warning(
+                        "transaction mined but reverted",
+                        action=action.id,
+                        tx_hash=attempt.tx_hash,
+                        error=str(revert),
+                        already_done=revert.already_done,
+                    )
+                else:
+                    log.info(
+                        "transaction mined",
+                        action=action.id,
+                        nonce=attempt.nonce,
+                        tx_hash=attempt.tx_hash,
+                        block=block_number,
+                    )
+        for action, mined in zip(actions, found, strict=True):
+            if mined is not None:
+                self._resolve(action.id)
+        if self._resync_nonce:
+            self._wake_dispatcher.set()
 
     async def _receipt(self, tx_hash: str) -> Any:
         try:
@@ -564,9 +599,7 @@ class TransactionSender:
                 nonce=last.nonce,
                 tx_hash=last.tx_hash,
             )
-            result = await self._broadcast(action, last)
-            if result != "fee_too_low":
-                self._store.mark_broadcast(last.tx_hash)  # restart the deadline
+            if await self._broadcast(action, last) != "fee_too_low":
                 return
         elif not is_head:
             return  # it waits behind the oldest pending nonce, which is the one to replace
@@ -591,8 +624,7 @@ class TransactionSender:
             max_fee_per_gas=bid.max_fee_per_gas,
             gas_price=bid.gas_price,
         )
-        if await self._broadcast(action, replacement) == "fee_too_low":
-            self._store.mark_broadcast(replacement.tx_hash)  # bid again at the next deadline
+        await self._broadcast(action, replacement)
 
     def _resolve(self, action_id: int) -> None:
         futures = self._waiters.pop(action_id, [])

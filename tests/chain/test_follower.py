@@ -255,3 +255,20 @@ async def test_wrong_chain_id_pauses_with_a_clear_log_line(own_anvil: Anvil, tmp
     assert "the RPC serves chain id 31337, but chain id 1 is configured" in line["error"]
     assert store.get_cursor("main") is None and recorded(store) == []
     store.close()
+
+
+async def test_dedup_records_are_kept_only_within_the_rollback_window(
+    own_anvil: Anvil, tmp_path: Path
+) -> None:
+    probe = deploy_probe(own_anvil)
+    store = Store.open(tmp_path / "state.db")
+    settings = FollowerSettings(poll_interval_s=0.05, max_range=1, keep_checkpoints=3)
+    async with following(store, own_anvil.http_url, probe, settings):
+        for first in range(0, 12, 2):
+            await asyncio.to_thread(emit, own_anvil, probe, first, 2)
+        await eventually(lambda: len(recorded(store)) == 12, what="12 events")
+        oldest = store.checkpoints("main")[-1].block_number
+        kept = store.connection.execute("SELECT MIN(block_number), COUNT(*) FROM processed_event").fetchone()
+        assert kept[0] >= oldest and kept[1] <= 2 * 3
+    assert recorded(store) == list(range(12))
+    store.close()

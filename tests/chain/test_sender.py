@@ -199,6 +199,24 @@ async def test_killed_sender_resends_exactly_the_unmined_transactions(
     assert w3.eth.get_balance(SINK) - sink_before == sum(1000 + i for i in range(10))  # nothing twice
 
 
+async def test_nonce_taken_by_another_transaction_is_recovered_silently(
+    own_anvil: Anvil, make_sender: SenderFactory
+) -> None:
+    sender = make_sender(own_anvil)
+    await sender.start()  # its local nonce is now 0
+    # Another program signs with the same key and takes nonce 0.
+    account = anvil_account(3)
+    w3 = sync_w3(own_anvil)
+    foreign = account.sign_transaction(
+        {"chainId": 31337, "nonce": 0, "to": SINK, "value": 1, "gas": 21000, "gasPrice": w3.eth.gas_price * 2}
+    )
+    w3.eth.send_raw_transaction(foreign.raw_transaction)
+    outcome = await asyncio.wait_for(sender.send(SINK, value=2, kind="transfer"), 30)
+    assert outcome.success and outcome.error is None
+    assert w3.eth.get_transaction(HexStr(outcome.tx_hash or ""))["nonce"] == 1
+    assert w3.eth.get_transaction_count(account.address) == 2
+
+
 async def test_queued_actions_survive_a_restart_and_are_sent_once(
     own_anvil: Anvil, make_sender: SenderFactory
 ) -> None:
