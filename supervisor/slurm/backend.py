@@ -1,0 +1,216 @@
+"""The Slurm interface the daemon uses, and its implementation over Slurm's commands (local or SSH)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from supervisor.slurm import commands, parsing
+from supervisor.slurm.errors import (
+    InvalidSubmission,
+    JobAlreadySubmitted,
+    SlurmCommandFailed,
+    SlurmError,
+    SlurmUnavailable,
+    UnixUserMissing,
+)
+from supervisor.slurm.models import JobSubmission, ObservedJob, PartitionHardware, SlurmHealth
+from supervisor.slurm.runner import CommandResult, CommandRunner
+from supervisor.slurm.settings import SlurmSettings
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """Jobs found by name, and whether the names not found are certainly unknown to Slurm.
+
+    `not_found_is_certain` is true only when accounting answered for them; without accounting (or
+    while slurmdbd is unreachable) a missing name may be a job that finished more than MinJobAge ago.
+    """
+
+    jobs: Mapping[str, ObservedJob]
+    not_found: frozenset[str]
+    not_found_is_certain: bool
+    accounting_available: bool
+
+    def get(self, name: str) -> ObservedJob | None:
+        return self.jobs.get(name)
+
+
+class SlurmBackend(Protocol):
+    """What the daemon asks of Slurm. Every method may raise SlurmError (never anything else)."""
+
+    async def submit(self, submission: JobSubmission) -> int:
+        """Submit once: JobAlreadySubmitted if Slurm has (or had) a job with this name. Returns its id."""
+        ...
+
+    async def query(self, names: Collection[str]) -> QueryResult:
+        """Many jobs by name in one go: a fixed number of Slurm calls whatever the number of names."""
+        ...
+
+    async def cancel(self, slurm_job_id: int) -> None:
+        """Cancel; a job that already ended is not an error."""
+        ...
+
+    async def extend_time_limit(self, slurm_job_id: int, extra_minutes: int) -> None: ...
+
+    async def describe_partition(self) -> PartitionHardware: ...
+
+    async def health(self) -> SlurmHealth:
+        """Never raises: unreachable parts show in the answer."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+_ALREADY_ENDED = ("already completing or completed", "invalid job id specified")
+
+
+@dataclass
+class CommandSlurmBackend:
+    """Slurm's commands through a runner: subprocesses (local backend) or SSH (ssh backend)."""
+
+    runner: CommandRunner
+    settings: SlurmSettings
+    submit_as_job_user: bool = True
+    _known_users: set[str] = field(default_factory=set)
+    _accounting: bool | None = None
+
+    async def _run(
+        self,
+        argv: Sequence[str],
+        *,
+        user: str | None = None,
+        stdin: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> CommandResult:
+        result = await self.runner.run(
+            argv, user=user, stdin=stdin, env=env, timeout=self.settings.command_timeout_seconds
+        )
+        if result.returncode != 0:
+            if parsing.says_unavailable(result.stderr):
+                raise SlurmUnavailable(f"`{argv[0]}`: {result.stderr.strip()[-300:]}")
+            raise SlurmCommandFailed(argv, result.returncode, result.stderr or result.stdout)
+        return result
+
+    async def _check_user(self, user: str) -> None:
+        if user in self._known_users:
+            return
+        result = await self.runner.run(
+            commands.user_exists_argv(user), timeout=self.settings.command_timeout_seconds
+        )
+        if result.returncode != 0:
+            raise UnixUserMissing(user)
+        self._known_users.add(user)
+
+    async def submit(self, submission: JobSubmission) -> int:
+        script = commands.guard_script(submission.script)
+        existing = (await self.query([submission.name])).get(submission.name)
+        if existing is not None:
+            raise JobAlreadySubmitted(submission.name, existing.slurm_job_id)
+        await self._check_user(submission.unix_user)
+        argv = commands.sbatch_argv(submission, self.settings.partition, self.settings.extra_sbatch_args)
+        result = await self._run(argv, user=self._submit_user(submission.unix_user), stdin=script)
+        return parsing.parse_sbatch(result.stdout)
+
+    def _submit_user(self, unix_user: str) -> str | None:
+        if self.submit_as_job_user:
+            return unix_user
+        ssh = self.settings.ssh
+        if ssh is not None and unix_user != ssh.admin_user:
+            raise InvalidSubmission(
+                f"jobs run as {unix_user!r}, but the SSH backend may log in only as {ssh.admin_user!r} "
+                "(set login_as_job_user = true)"
+            )
+        return None
+
+    async def query(self, names: Collection[str]) -> QueryResult:
+        wanted = frozenset(names)
+        if not wanted:
+            return QueryResult({}, frozenset(), True, self._accounting is not False)
+        live = await self._run(commands.squeue_argv())
+        found = parsing.parse_squeue_json(live.stdout, wanted, now=datetime.now(tz=UTC))
+        missing = wanted - {job.name for job in found}
+        accounting_answered = False
+        if missing and self._accounting is not False:
+            try:
+                found += await self._accounting_records(missing)
+                accounting_answered = self._accounting is True
+            except SlurmUnavailable:
+                accounting_answered = False
+        jobs = parsing.latest_by_name(found)
+        not_found = wanted - jobs.keys()
+        return QueryResult(
+            jobs=jobs,
+            not_found=not_found,
+            not_found_is_certain=not not_found or accounting_answered,
+            accounting_available=self._accounting is not False,
+        )
+
+    async def _accounting_records(self, names: Collection[str]) -> list[ObservedJob]:
+        argv = commands.sacct_argv(names, self.settings.accounting_lookback_days)
+        result = await self.runner.run(
+            argv, env=commands.TIME_FORMAT_ENV, timeout=self.settings.command_timeout_seconds
+        )
+        if parsing.says_accounting_disabled(result.stderr + result.stdout):
+            self._accounting = False
+            return []
+        if result.returncode != 0:
+            if parsing.says_unavailable(result.stderr):
+                raise SlurmUnavailable(f"accounting: {result.stderr.strip()[-300:]}")
+            raise SlurmCommandFailed(argv, result.returncode, result.stderr)
+        self._accounting = True
+        return parsing.parse_sacct(result.stdout)
+
+    async def cancel(self, slurm_job_id: int) -> None:
+        try:
+            await self._run(commands.scancel_argv(slurm_job_id))
+        except SlurmCommandFailed as exc:
+            if not any(marker in exc.stderr.lower() for marker in _ALREADY_ENDED):
+                raise
+
+    async def extend_time_limit(self, slurm_job_id: int, extra_minutes: int) -> None:
+        if isinstance(extra_minutes, bool) or not isinstance(extra_minutes, int) or extra_minutes < 1:
+            raise InvalidSubmission(f"extra minutes must be a positive integer, got {extra_minutes!r}")
+        await self._run(commands.extend_argv(slurm_job_id, extra_minutes))
+
+    async def describe_partition(self) -> PartitionHardware:
+        result = await self._run(commands.sinfo_argv())
+        return parsing.parse_sinfo_json(result.stdout, self.settings.partition)
+
+    async def health(self) -> SlurmHealth:
+        problems: list[str] = []
+        reachable = False
+        try:
+            result = await self._run(commands.ping_argv())
+            reachable = parsing.parse_ping(result.stdout)
+            if not reachable:
+                problems.append(f"slurmctld is not up: {result.stdout.strip()[:200]}")
+        except SlurmError as exc:
+            problems.append(f"slurmctld: {exc}")
+        accounting = False
+        try:
+            probe = await self.runner.run(
+                commands.sacct_probe_argv(), timeout=self.settings.command_timeout_seconds
+            )
+            if parsing.says_accounting_disabled(probe.stderr + probe.stdout):
+                self._accounting = False
+                problems.append("accounting is disabled: finished jobs are visible only until MinJobAge")
+            elif probe.returncode != 0:
+                problems.append(f"accounting unreachable: {probe.stderr.strip()[-200:]}")
+            else:
+                accounting = True
+                self._accounting = True
+        except SlurmError as exc:
+            problems.append(f"accounting: {exc}")
+        health = SlurmHealth(controller_reachable=reachable, accounting_available=accounting)
+        return SlurmHealth(
+            controller_reachable=reachable,
+            accounting_available=accounting,
+            detail=health.finished_jobs_guarantee,
+            problems=tuple(problems),
+        )
+
+    async def close(self) -> None:
+        await self.runner.close()

@@ -1,0 +1,108 @@
+"""Slurm command lines as argument lists, and the guard that keeps a script's #SBATCH lines inert. Pure."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from supervisor.slurm.errors import InvalidSubmission
+from supervisor.slurm.models import JobSubmission
+
+SHELL_SHEBANG = re.compile(r"^#!\s*(?:/usr/bin/env\s+)?(?:\S*/)?(?:sh|bash|dash|zsh|ksh)(?:\s.*)?$")
+
+# sacct fields, in the order parse_sacct reads them.
+SACCT_FIELDS = (
+    "JobIDRaw",
+    "JobName",
+    "State",
+    "ExitCode",
+    "ElapsedRaw",
+    "Start",
+    "End",
+    "Reason",
+    "TimelimitRaw",
+    "User",
+)
+# sacct prints times in this format when SLURM_TIME_FORMAT is set to it: seconds since the epoch.
+TIME_FORMAT_ENV = {"SLURM_TIME_FORMAT": "%s"}
+
+
+def guard_script(script: str) -> str:
+    """Insert `true` as the first command after the shebang.
+
+    sbatch reads `#SBATCH` lines only until the first command, so after this nothing in the script can
+    change the resources given on the command line. Only shell scripts can be guarded this way.
+    """
+    lines = script.splitlines(keepends=True)
+    if not lines or not SHELL_SHEBANG.match(lines[0].rstrip("\r\n")):
+        first = lines[0].rstrip("\r\n")[:80] if lines else ""
+        raise InvalidSubmission(
+            f"the batch script must start with a shell shebang (#!/bin/bash), got {first!r}"
+        )
+    shebang = lines[0] if lines[0].endswith("\n") else lines[0] + "\n"
+    return shebang + "true\n" + "".join(lines[1:])
+
+
+def sbatch_argv(submission: JobSubmission, partition: str, extra_args: Iterable[str] = ()) -> list[str]:
+    """sbatch with the job's resources; the operator's extras come first so the job's own flags win."""
+    argv = ["sbatch", "--parsable", *extra_args]
+    argv += [
+        f"--job-name={submission.name}",
+        f"--partition={partition}",
+        f"--ntasks={submission.ntasks}",
+        f"--cpus-per-task={submission.cpus_per_task}",
+        f"--mem-per-cpu={submission.mem_per_cpu_mb}",
+    ]
+    if submission.gpus > 0:
+        argv.append(f"--gpus={submission.gpus}")
+    argv += [
+        f"--time={submission.time_limit_minutes}",
+        f"--chdir={submission.workdir}",
+        f"--output={submission.output_path}",
+    ]
+    return argv
+
+
+def squeue_argv() -> list[str]:
+    """All jobs the controller knows, in one JSON answer (22.05 ignores filters with --json)."""
+    return ["squeue", "--json"]
+
+
+def sacct_argv(names: Iterable[str], lookback_days: int) -> list[str]:
+    """Accounting records of the given job names, one line per allocation, in one call."""
+    return [
+        "sacct",
+        "--noheader",
+        "--parsable2",
+        "--allocations",
+        "--allusers",
+        f"--starttime=now-{lookback_days}days",
+        "--endtime=now",
+        f"--name={','.join(sorted(names))}",
+        f"--format={','.join(SACCT_FIELDS)}",
+    ]
+
+
+def sacct_probe_argv() -> list[str]:
+    """A cheap accounting request: answers quickly when slurmdbd works, and says so when it is disabled."""
+    return ["sacct", "--noheader", "--parsable2", "--allocations", "--jobs=1", "--format=JobIDRaw"]
+
+
+def scancel_argv(slurm_job_id: int) -> list[str]:
+    return ["scancel", str(slurm_job_id)]
+
+
+def extend_argv(slurm_job_id: int, extra_minutes: int) -> list[str]:
+    return ["scontrol", "update", f"JobId={slurm_job_id}", f"TimeLimit=+{extra_minutes}"]
+
+
+def ping_argv() -> list[str]:
+    return ["scontrol", "ping"]
+
+
+def sinfo_argv() -> list[str]:
+    return ["sinfo", "--json"]
+
+
+def user_exists_argv(user: str) -> list[str]:
+    return ["id", "-u", user]

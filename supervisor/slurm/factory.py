@@ -1,0 +1,23 @@
+"""Building the configured Slurm backend."""
+
+from __future__ import annotations
+
+from supervisor.slurm.backend import CommandSlurmBackend, SlurmBackend
+from supervisor.slurm.runner import LocalRunner
+from supervisor.slurm.settings import SlurmSettings
+from supervisor.slurm.ssh import SshRunner
+
+
+def create_backend(settings: SlurmSettings) -> SlurmBackend:
+    """local: commands on this machine; ssh: commands on the login node; pyslurm: the optional extra."""
+    if settings.backend == "local":
+        conf = str(settings.slurm_conf) if settings.slurm_conf else None
+        return CommandSlurmBackend(LocalRunner(slurm_conf=conf), settings)
+    if settings.backend == "ssh":
+        assert settings.ssh is not None  # guaranteed by SlurmSettings' validation
+        return CommandSlurmBackend(
+            SshRunner(settings.ssh), settings, submit_as_job_user=settings.ssh.login_as_job_user
+        )
+    from supervisor.slurm.pyslurm_backend import PyslurmBackend
+
+    return PyslurmBackend(settings)
