@@ -61,7 +61,9 @@ def counting(backend: CommandSlurmBackend) -> CountingRunner:
 
 
 @pytest.fixture(params=["local", "ssh"])
-async def backend(request: pytest.FixtureRequest, slurm_cluster: SlurmCluster) -> AsyncIterator[CommandSlurmBackend]:
+async def backend(
+    request: pytest.FixtureRequest, slurm_cluster: SlurmCluster
+) -> AsyncIterator[CommandSlurmBackend]:
     instance = make_backend(slurm_cluster, request.param)
     try:
         yield instance
@@ -101,7 +103,7 @@ async def wait_for_job(
         if last is not None and condition(last):
             return last
         await asyncio.sleep(POLL_INTERVAL_S)
-    raise AssertionError(f"job {name} did not reach the expected condition within {timeout}s; last seen {last}")
+    raise AssertionError(f"job {name}: condition not reached within {timeout}s; last seen {last}")
 
 
 async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
