@@ -31,7 +31,9 @@ def compile_command(
                 or (ABI_DIR / f"{name}.json").read_text() != render_artifact(artifact)
             ]
             if stale:
-                typer.echo(f"abi/ is stale for: {', '.join(sorted(stale))}; run `grid-contracts compile`", err=True)
+                typer.echo(
+                    f"abi/ is stale for: {', '.join(sorted(stale))}; run `grid-contracts compile`", err=True
+                )
                 raise typer.Exit(1)
             typer.echo("abi/ matches contracts/")
             return
@@ -66,7 +68,9 @@ def deploy_command(
     auto_approve: Annotated[
         bool, typer.Option("--testnet-auto-approve", help="Approve provider registrations automatically.")
     ] = False,
-    chain_id: Annotated[int | None, typer.Option(help="Refuse to deploy unless the endpoint is this chain.")] = None,
+    chain_id: Annotated[
+        int | None, typer.Option(help="Refuse to deploy unless the endpoint is this chain.")
+    ] = None,
     out: Annotated[Path, typer.Option(help="Where to write the deployment file.")] = Path("deployment.json"),
 ) -> None:
     """Deploy the seven contracts, wire their roles and write the deployment file."""

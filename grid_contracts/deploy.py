@@ -7,6 +7,7 @@ deploy block) from which every other component finds the contracts.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,9 +87,9 @@ def connect(rpc_url: str) -> Web3:
     return w3
 
 
-def link_bytecode(artifact: dict[str, Any], libraries: dict[str, str]) -> str:
+def link_bytecode(artifact: dict[str, Any], libraries: Mapping[str, str]) -> str:
     """The creation bytecode with each library placeholder replaced by its address."""
-    code = artifact["bytecode"][2:]
+    code: str = artifact["bytecode"][2:]
     for unit_libraries in artifact["linkReferences"].values():
         for library, places in unit_libraries.items():
             if library not in libraries:
@@ -108,7 +109,7 @@ class _Deployer:
     def __init__(self, w3: Web3, account: LocalAccount) -> None:
         self.w3 = w3
         self.account = account
-        self.nonce = w3.eth.get_transaction_count(account.address, "pending")
+        self.nonce = int(w3.eth.get_transaction_count(account.address, "pending"))
 
     def _send(self, tx: dict[str, Any], what: str) -> Any:
         tx = {**tx, "from": self.account.address, "nonce": self.nonce, "chainId": self.w3.eth.chain_id}
@@ -131,13 +132,14 @@ class _Deployer:
             raise DeployError(f"{what} reverted (transaction {tx_hash.hex()})")
         return receipt
 
-    def deploy(self, name: str, *args: Any, libraries: dict[str, str] | None = None) -> Contract:
+    def deploy(self, name: str, *args: Any, libraries: Mapping[str, str] | None = None) -> Contract:
         artifact = load_artifact(name)
         bytecode = link_bytecode(artifact, libraries or {})
         factory = self.w3.eth.contract(abi=artifact["abi"], bytecode=bytecode)
         tx = factory.constructor(*args).build_transaction({"from": self.account.address, "nonce": self.nonce})
         receipt = self._send({k: v for k, v in tx.items() if k not in ("from", "nonce")}, f"deploying {name}")
-        return self.w3.eth.contract(address=receipt["contractAddress"], abi=artifact["abi"])
+        deployed: Contract = self.w3.eth.contract(address=receipt["contractAddress"], abi=artifact["abi"])
+        return deployed
 
     def call(self, function: Any, what: str) -> Any:
         tx = function.build_transaction({"from": self.account.address, "nonce": self.nonce})
@@ -194,10 +196,14 @@ def deploy(
         providers.functions.grantRole(METASCHEDULER_CONTRACT_ROLE, scheduler.address),
         "granting ProviderManager's contract role",
     )
-    d.call(queues.functions.transferOwnership(scheduler.address), "handing ProviderJobQueues to MetaScheduler")
+    d.call(
+        queues.functions.transferOwnership(scheduler.address), "handing ProviderJobQueues to MetaScheduler"
+    )
     if oracle:
         d.call(scheduler.functions.grantRole(METASCHEDULER_ROLE, oracle), "granting the oracle role")
-        d.call(providers.functions.grantRole(METASCHEDULER_ROLE, oracle), "letting the oracle approve providers")
+        d.call(
+            providers.functions.grantRole(METASCHEDULER_ROLE, oracle), "letting the oracle approve providers"
+        )
     if auto_approve:
         d.call(providers.functions.setAutoApprove(True), "switching on automatic approval")
     for recipient, amount in mint.items():

@@ -22,7 +22,9 @@ COMPILED_FOR_REFERENCE = {
     "MetaScheduler": "MetaScheduler",
 }
 
-pytestmark = pytest.mark.skipif(not REFERENCE_DIR.is_dir(), reason=f"reference ABIs not found at {REFERENCE_DIR}")
+pytestmark = pytest.mark.skipif(
+    not REFERENCE_DIR.is_dir(), reason=f"reference ABIs not found at {REFERENCE_DIR}"
+)
 
 
 def _reference(name: str) -> list[dict[str, Any]]:
@@ -61,9 +63,13 @@ def test_every_reference_entry_exists_with_the_same_signature(reference: str) ->
         mine = compiled[key]
         assert [_shape(p) for p in mine["inputs"]] == [_shape(p) for p in entry["inputs"]], entry["name"]
         if entry["type"] == "function":
-            assert [_shape(p) for p in mine["outputs"]] == [_shape(p) for p in entry["outputs"]], entry["name"]
+            assert [_shape(p) for p in mine["outputs"]] == [_shape(p) for p in entry["outputs"]], entry[
+                "name"
+            ]
         if entry["type"] == "event":
-            assert [p["indexed"] for p in mine["inputs"]] == [p["indexed"] for p in entry["inputs"]], entry["name"]
+            assert [p["indexed"] for p in mine["inputs"]] == [p["indexed"] for p in entry["inputs"]], entry[
+                "name"
+            ]
         checked += 1
     assert checked > 0
 

@@ -53,9 +53,12 @@ def test_request_new_job_refusals_in_order(market: Grid) -> None:
     name = b"\0" * 32
     g.send(customer, g.credit.functions.approve(g.scheduler.address, 10**6 * CREDIT))
     g.send(g.admin, g.scheduler.functions.setEnableRequestNewJob(False))
-    assert reverts(g, customer, request(WORKED_EXAMPLE_DEFINITION, 1, name, False)) == ("NewJobRequestDisabled", ())
+    assert reverts(g, customer, request(WORKED_EXAMPLE_DEFINITION, 1, name, False)) == (
+        "NewJobRequestDisabled",
+        (),
+    )
     g.send(g.admin, g.scheduler.functions.setEnableRequestNewJob(True))
-    bad = (0, 1024, 0, 1, "k", 0, [], [])
+    bad: tuple[object, ...] = (0, 1024, 0, 1, "k", 0, [], [])
     assert reverts(g, customer, request(bad, 99 * CREDIT, name, False)) == (
         "InsufficientFunds",
         (99 * CREDIT, 100 * CREDIT),
@@ -193,7 +196,11 @@ def test_refuse_returns_the_job_to_pending(market: Grid, status: S) -> None:
     job_id = job_in(g, status)
     receipt = g.send(provider, g.scheduler.functions.refuseJob(job_id))
     (event,) = g.events(g.scheduler, "JobRefusedEvent", receipt)
-    assert dict(event["args"]) == {"_jobId": job_id, "_providerAddr": provider.address, "_customerAddr": customer.address}
+    assert dict(event["args"]) == {
+        "_jobId": job_id,
+        "_providerAddr": provider.address,
+        "_customerAddr": customer.address,
+    }
     job = g.job(job_id)
     assert (job["status"], job["providerAddr"]) == (S.PENDING, ZERO)
     assert g.balance(g.scheduler.address) == 200 * CREDIT
@@ -228,7 +235,10 @@ def test_timeout_recycles_an_unclaimed_job(market: Grid) -> None:
         (S.RUNNING, S.PENDING),
     )
     finished = job_in(g, S.FINISHED)
-    assert reverts(g, g.oracle, g.scheduler.functions.timeoutJob(finished)) == ("JobHotStatusOnly", (S.FINISHED,))
+    assert reverts(g, g.oracle, g.scheduler.functions.timeoutJob(finished)) == (
+        "JobHotStatusOnly",
+        (S.FINISHED,),
+    )
 
 
 # ------------------------------------------------------------------ cancelJob, panicJob, delegate flag
@@ -253,7 +263,10 @@ def test_panic_refusals(market: Grid) -> None:
     job_id = job_in(g, S.RUNNING)
     assert missing_role(g, g.customers[0], g.scheduler.functions.panicJob(job_id, "x"))
     finished = job_in(g, S.FINISHED)
-    assert reverts(g, g.oracle, g.scheduler.functions.panicJob(finished, "x")) == ("JobHotStatusOnly", (S.FINISHED,))
+    assert reverts(g, g.oracle, g.scheduler.functions.panicJob(finished, "x")) == (
+        "JobHotStatusOnly",
+        (S.FINISHED,),
+    )
 
 
 def test_set_delegate_spending_authority(market: Grid) -> None:

@@ -84,9 +84,9 @@ def test_register_approve_and_reregister(market: Grid) -> None:
     g, p = market, market.providers[2]
     pm = g.provider_manager.functions
     receipt = g.send(p, pm.register(HARDWARE, WORKED_EXAMPLE_PRICES, [("os", "linux"), ("arch", "amd64")]))
-    assert [e["args"]["addr"] for e in g.events(g.provider_manager, "ProviderWaitingForApproval", receipt)] == [
-        p.address
-    ]
+    assert [
+        e["args"]["addr"] for e in g.events(g.provider_manager, "ProviderWaitingForApproval", receipt)
+    ] == [p.address]
     assert pm.isWaitingForApproval(p.address).call() is True
     assert pm.isValidForScheduling(p.address).call() is False
     waiting = pm.getWaitingForApprovalProvider(p.address).call()

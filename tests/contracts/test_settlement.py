@@ -133,7 +133,11 @@ def test_cancel_of_a_running_job_goes_through_the_provider(market: Grid) -> None
 
     receipt = g.send(provider, g.scheduler.functions.claimNextCancellingJob())
     (event,) = g.events(g.scheduler, "ClaimNextCancellingJobEvent", receipt)
-    assert dict(event["args"]) == {"customerAddr": customer.address, "providerAddr": provider.address, "jobId": job_id}
+    assert dict(event["args"]) == {
+        "customerAddr": customer.address,
+        "providerAddr": provider.address,
+        "jobId": job_id,
+    }
     assert g.job(job_id)["status"] == S.RUNNING
     provider_before = g.balance(provider)
     report(g, job_id, S.CANCELLED, 4)
@@ -149,7 +153,10 @@ def test_withdraw_admin_takes_only_the_cut(market: Grid) -> None:
     report(g, job_id, S.FINISHED, 10)
     cut = 21_127_680_000_000_000_000
     assert g.balance(g.scheduler.address) == cut + 300 * CREDIT
-    assert reverts(g, g.admin, g.scheduler.functions.withdrawAdmin(cut + 1)) == ("InsufficientFunds", (cut, cut + 1))
+    assert reverts(g, g.admin, g.scheduler.functions.withdrawAdmin(cut + 1)) == (
+        "InsufficientFunds",
+        (cut, cut + 1),
+    )
     g.send(g.admin, g.scheduler.functions.withdrawAdmin(cut))
     assert g.balance(g.admin) == cut
     assert g.balance(g.scheduler.address) == 300 * CREDIT == g.job(locked)["maxCost"]
@@ -170,7 +177,11 @@ def test_manual_top_up_by_anyone(market: Grid) -> None:
     assert g.queues.functions.hasTopUpJob(provider.address).call() is True
     receipt = g.send(provider, g.scheduler.functions.claimNextTopUpJob())
     (event,) = g.events(g.scheduler, "ClaimNextTopUpJobEvent", receipt)
-    assert dict(event["args"]) == {"_jobId": job_id, "_providerAddr": provider.address, "maxDurationMinute": 4}
+    assert dict(event["args"]) == {
+        "_jobId": job_id,
+        "_providerAddr": provider.address,
+        "maxDurationMinute": 4,
+    }
     assert g.job(job_id)["pendingTopUp"] == 0
     assert g.queues.functions.hasTopUpJob(provider.address).call() is False
 
