@@ -114,18 +114,21 @@ async def test_sigkilled_follower_resumes_from_its_cursor(own_anvil: Anvil, tmp_
             stderr=subprocess.DEVNULL,
         )
 
-    for batch in range(30):
-        await asyncio.to_thread(emit, own_anvil, probe, batch * 10, 10)
+    async def emit_batches(first: int, last: int) -> None:
+        for batch in range(first, last):
+            await asyncio.to_thread(emit, own_anvil, probe, batch * 10, 10)
+
     child = spawn()
+    emitting = asyncio.create_task(emit_batches(0, 30))  # events keep coming while the child runs
     try:
         await eventually(lambda: count() >= 100, timeout_s=60, what="the child to handle 100 events")
     finally:
         os.kill(child.pid, signal.SIGKILL)
         child.wait(10)
     killed_at = count()
+    await emitting
     assert killed_at < 300, "the kill must land mid-way for the test to mean something"
-    for batch in range(30, 40):
-        await asyncio.to_thread(emit, own_anvil, probe, batch * 10, 10)
+    await emit_batches(30, 40)
     child = spawn()
     try:
         await eventually(lambda: count() >= 400, timeout_s=60, what="all 400 events")
