@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from eth_typing import HexStr
+from structlog.testing import capture_logs
 from web3 import Web3
 
 from grid_dev.anvil import REPO_ROOT, Anvil
@@ -20,7 +21,7 @@ from supervisor.chain.keys import Signer
 from supervisor.chain.rpc import ChainIdMismatchError, connect_http
 from supervisor.chain.sender import FeeBid, SenderSettings, TransactionSender, bump_fees
 from supervisor.store import OutboxState, Store
-from tests.fixtures.chain_layer import AnvilFactory, deploy_probe, eventually
+from tests.fixtures.chain_layer import AnvilFactory, TcpProxy, deploy_probe, eventually
 from tests.fixtures.contracts import anvil_account
 
 SINK = Web3.to_checksum_address("0x000000000000000000000000000000000000dEaD")
@@ -278,3 +279,31 @@ async def test_wrong_chain_id_is_refused_with_a_clear_error(
     sender = make_sender(own_anvil, settings=SenderSettings(chain_id=1))
     with pytest.raises(ChainIdMismatchError, match="chain id 31337, but chain id 1 is configured"):
         await sender.start()
+
+
+async def test_garbage_and_silent_rpc_delay_the_outbox_without_losing_or_doubling(
+    own_anvil: Anvil, proxy_factory: Callable[[int], TcpProxy], tmp_path: Path
+) -> None:
+    proxy = proxy_factory(own_anvil.port)
+    store = Store.open(tmp_path / "state.db")
+    w3 = connect_http(proxy.http_url, timeout_s=1.0)
+    sender = TransactionSender(w3, Signer(anvil_account(3)), store, FAST)
+    await sender.start()
+    ids: list[int] = []
+    try:
+        with capture_logs() as logs:
+            for mode in ("garbage", "hang"):
+                proxy.set_mode(mode)
+                ids.append(sender.submit(SINK, value=len(ids) + 1, kind="transfer"))
+                await eventually(lambda: sender.last_error is not None, what=f"a failure seen in {mode} mode")
+                assert store.get_action(ids[-1]).state == OutboxState.QUEUED  # type: ignore[union-attr]
+                sender.last_error = None
+            proxy.set_mode("pass")
+            outcomes = await asyncio.wait_for(asyncio.gather(*(sender.wait(i) for i in ids)), 60)
+        assert all(o.success for o in outcomes)
+        assert any(e["log_level"] in ("warning", "error") for e in logs)
+        assert sync_w3(own_anvil).eth.get_transaction_count(sender.address) == len(ids)
+    finally:
+        await sender.stop()
+        await w3.provider.disconnect()
+        store.close()
