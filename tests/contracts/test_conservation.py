@@ -11,7 +11,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
 from supervisor.core.status import JobStatus as S
 from supervisor.core.status import is_allowed
@@ -50,6 +50,11 @@ def make_machine(grid: Grid, seen: set[int]) -> type[RuleBasedStateMachine]:
 
         def _job(self, index: int) -> bytes | None:
             return self.jobs[index % len(self.jobs)] if self.jobs else None
+
+        @initialize()
+        def every_customer_has_a_job(self) -> None:
+            for customer in range(CUSTOMERS):
+                self.request(customer, 200, delegate=customer == 0)
 
         @rule(customer=st.integers(0, CUSTOMERS - 1), credits=st.integers(90, 400), delegate=st.booleans())
         def request(self, customer: int, credits: int, delegate: bool) -> None:
