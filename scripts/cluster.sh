@@ -328,8 +328,22 @@ lock() {
     flock 9
 }
 
+# A rehearsed outage (stop-ctld) leaves a marker: `up` from another process waits for start-ctld
+# rather than ending the outage early. A marker older than OUTAGE_MAX_S is ignored.
+OUTAGE_MARKER="$BASE/ctld-outage"
+OUTAGE_MAX_S=300
+wait_for_rehearsed_outage() {
+    local age
+    while [ -f "$OUTAGE_MARKER" ]; do
+        age=$(($(date +%s) - $(stat -c %Y "$OUTAGE_MARKER")))
+        [ "$age" -lt "$OUTAGE_MAX_S" ] || { rm -f "$OUTAGE_MARKER"; break; }
+        sleep 0.5
+    done
+}
+
 cmd_up() {
     [ "$(id -u)" -eq 0 ] || die "run as root (it starts system daemons and creates users)"
+    wait_for_rehearsed_outage
     lock
     if [ -f "$BASE/cluster.json" ] && all_up; then
         return 0
@@ -388,7 +402,7 @@ case "${1:-}" in
     down) cmd_down ;;
     status) cmd_status ;;
     info) cat "$BASE/cluster.json" ;;
-    stop-ctld) lock && stop_pidfile "$RUN/slurmctld.pid" slurmctld ;;
-    start-ctld) lock && start_ctld ;;
+    stop-ctld) lock && touch "$OUTAGE_MARKER" && stop_pidfile "$RUN/slurmctld.pid" slurmctld ;;
+    start-ctld) lock && start_ctld && rm -f "$OUTAGE_MARKER" ;;
     *) echo "usage: $0 up|down|status|info|stop-ctld|start-ctld" >&2; exit 2 ;;
 esac

@@ -16,7 +16,7 @@ from supervisor.core.slurm_states import (
     split_wait_status,
 )
 from supervisor.slurm.commands import SACCT_FIELDS
-from supervisor.slurm.errors import SlurmOutputError
+from supervisor.slurm.errors import SlurmOutputError, SlurmUnavailable
 from supervisor.slurm.models import NodeHardware, ObservedJob, PartitionHardware
 
 # Slurm's "no value" and "infinite" markers for 32-bit fields.
@@ -69,8 +69,22 @@ def _load_json(text: str, command: str) -> dict[str, Any]:
         raise SlurmOutputError(f"{command} printed JSON that is not an object")
     errors = data.get("errors")
     if errors:
-        raise SlurmOutputError(f"{command} reported errors: {str(errors)[:300]}")
+        # With slurmctld down, `squeue --json` exits 0 with an empty job list and an error entry:
+        # that must read as "Slurm unavailable", never as "no jobs".
+        raise SlurmUnavailable(f"{command} could not load from Slurm: {_describe_errors(errors)}")
     return data
+
+
+def _describe_errors(errors: object) -> str:
+    if isinstance(errors, list):
+        parts = [
+            f"{e.get('source', '?')}: {e.get('description') or e.get('error')}"
+            if isinstance(e, dict)
+            else str(e)
+            for e in errors
+        ]
+        return "; ".join(parts)[:300]
+    return str(errors)[:300]
 
 
 def _int(record: Mapping[str, Any], key: str, command: str) -> int:

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from supervisor.core.status import JobStatus
-from supervisor.slurm import SlurmOutputError
+from supervisor.slurm import SlurmOutputError, SlurmUnavailable
 from supervisor.slurm.parsing import (
     latest_by_name,
     parse_ping,
@@ -114,7 +114,6 @@ def test_latest_by_name_prefers_live_then_newest() -> None:
         (lambda d: d["jobs"][0].update(exit_code="768"), "field 'exit_code'"),
         (lambda d: d["jobs"][0].update(job_id=None), "field 'job_id'"),
         (lambda d: d["jobs"][0].pop("name"), "field 'name'"),
-        (lambda d: d.update(errors=[{"error": "Unable to contact"}]), "reported errors"),
         (lambda d: d.update(jobs=[17]), "not an object"),
     ],
 )
@@ -123,6 +122,12 @@ def test_malformed_squeue_is_a_clear_error(mutate: Any, message: str) -> None:
     mutate(data)
     with pytest.raises(SlurmOutputError, match=message):
         parse_squeue_json(json.dumps(data), now=NOW)
+
+
+def test_squeue_with_the_controller_down_is_unavailable_not_empty() -> None:
+    # Captured with slurmctld stopped: exit status 0, no jobs, one error entry.
+    with pytest.raises(SlurmUnavailable, match="slurm_load_jobs: Failed while looking for jobs"):
+        parse_squeue_json(text("squeue_controller_down.json"), now=NOW)
 
 
 @pytest.mark.parametrize("raw", ["", "{", "[]", "not json", text("squeue.json")[:5000]])
@@ -173,5 +178,5 @@ def test_arbitrary_text_never_crashes_the_parsers(garbage: str) -> None:
         lambda: parse_sinfo_json(garbage, "grid"),
         lambda: parse_sbatch(garbage),
     ):
-        with contextlib.suppress(SlurmOutputError):
+        with contextlib.suppress(SlurmOutputError, SlurmUnavailable):
             parse()

@@ -32,9 +32,7 @@ def one_minute_job(name: str, user: str, folder: Path, script: str) -> JobSubmis
     )
 
 
-async def _timeout_and_extension(
-    backend: CommandSlurmBackend, user: str, folder: Path
-) -> tuple[str, str]:
+async def _timeout_and_extension(backend: CommandSlurmBackend, user: str, folder: Path) -> tuple[str, str]:
     timed_out, extended = new_job_name(), new_job_name()
     await backend.submit(one_minute_job(timed_out, user, folder, NEVER_ENDS))
     extended_id = await backend.submit(one_minute_job(extended, user, folder, OUTLIVES_FIRST_LIMIT))
