@@ -1,0 +1,211 @@
+"""The daemon's configuration: a TOML file, overridden by GRID_SUPERVISOR_* environment variables.
+
+Every section is validated at start, and an invalid value is refused with the setting's dotted name
+(`policy.max_queued_jobs: Input should be greater than or equal to 1`), never half-applied.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from supervisor.slurm.settings import SlurmSettings
+
+ENV_PREFIX = "GRID_SUPERVISOR_"
+ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+CREDIT_WEI = 10**18
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names every offending setting."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ChainSettings(_Section):
+    rpc_url: str = Field(pattern=r"^https?://")
+    #: WebSocket endpoint used only as a wake-up hint; polling goes on without it.
+    ws_url: str | None = Field(default=None, pattern=r"^wss?://")
+    meta_scheduler: str
+    #: Refuse to run when the endpoint serves another chain.
+    chain_id: int | None = Field(default=None, ge=1)
+    confirmations: int = Field(default=0, ge=0, le=1000)
+    #: First block to read when the store has no cursor yet (the deployment block).
+    start_block: int = Field(default=0, ge=0)
+    poll_interval_seconds: float = Field(default=2.0, gt=0, le=600)
+    receipt_deadline_seconds: float = Field(default=30.0, gt=0)
+    max_fee_per_gas_gwei: Decimal | None = Field(default=None, gt=0)
+
+    @field_validator("meta_scheduler")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if not ADDRESS.fullmatch(value):
+            raise ValueError(f"{value!r} is not an address (0x followed by 40 hex digits)")
+        return value
+
+
+class KeySettings(_Section):
+    """The provider's key: an encrypted keystore with its password file, or a raw key file (mode 0600)."""
+
+    file: Path
+    password_file: Path | None = None
+
+
+class SbatchServiceSettings(_Section):
+    #: gRPC target of the sbatch service, `host:port`.
+    grpc_target: str = Field(pattern=r"^[A-Za-z0-9.\-\[\]:]+:\d+$")
+    tls: bool = False
+    timeout_seconds: float = Field(default=15.0, gt=0, le=300)
+
+
+class PolicySettings(_Section):
+    """What the operator lets in."""
+
+    #: Jobs held claimed but not yet running in Slurm; no more are claimed beyond it.
+    max_queued_jobs: int = Field(default=4, ge=1, le=10_000)
+    denied_customers: frozenset[str] = frozenset()
+    #: Container images refused, as written in workflows (`library/ubuntu:22.04`) or a prefix ending in `*`.
+    denied_images: frozenset[str] = frozenset()
+    #: Keep jobs with delegated spending alive by adding a slice when their time runs low.
+    auto_top_up: bool = True
+    #: Per-job working directories and output files live under this folder (job users must write there).
+    jobs_root: Path = Path("/var/lib/grid-supervisor/jobs")
+    #: Seconds between full comparisons of chain, store and Slurm.
+    reconcile_interval_seconds: float = Field(default=30.0, gt=0)
+    #: Seconds between Slurm polls of the jobs this daemon tracks.
+    slurm_poll_seconds: float = Field(default=5.0, gt=0)
+
+    @field_validator("denied_customers")
+    @classmethod
+    def _customers(cls, value: frozenset[str]) -> frozenset[str]:
+        for address in value:
+            if not ADDRESS.fullmatch(address):
+                raise ValueError(f"{address!r} is not an address")
+        return frozenset(a.lower() for a in value)
+
+
+class Prices(_Section):
+    """Prices in credits per unit-minute (decimal strings keep them exact): GPU, CPU and MB of memory."""
+
+    gpu_per_min: Decimal = Field(ge=0)
+    cpu_per_min: Decimal = Field(ge=0)
+    mem_per_min: Decimal = Field(ge=0)
+
+    @field_validator("gpu_per_min", "cpu_per_min", "mem_per_min", mode="before")
+    @classmethod
+    def _decimal(cls, value: Any) -> Any:
+        if isinstance(value, float):
+            return Decimal(repr(value))
+        return value
+
+    def as_wei(self) -> tuple[int, int, int]:
+        """(gpu, cpu, mem) in credit-wei per minute, the order of ProviderPrices on chain."""
+        values = []
+        for price in (self.gpu_per_min, self.cpu_per_min, self.mem_per_min):
+            wei = price * CREDIT_WEI
+            if wei != wei.to_integral_value():
+                raise ValueError(f"price {price} has more than 18 decimals")
+            values.append(int(wei))
+        return values[0], values[1], values[2]
+
+
+class RegistrationSettings(_Section):
+    enabled: bool = True
+    prices: Prices
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> RegistrationSettings:
+        try:
+            self.prices.as_wei()
+        except (ValueError, InvalidOperation) as exc:
+            raise ValueError(str(exc)) from exc
+        for key in self.labels:
+            if not key:
+                raise ValueError("a label needs a non-empty key")
+        return self
+
+
+class StoreSettings(_Section):
+    path: Path = Path("/var/lib/grid-supervisor/state.sqlite")
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    #: `auto`: human-readable on a terminal, JSON otherwise (the journal).
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class MetricsSettings(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9464, ge=0, le=65535)
+
+
+class SupervisorConfig(BaseSettings):
+    """The whole configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    chain: ChainSettings
+    key: KeySettings
+    sbatch: SbatchServiceSettings
+    slurm: SlurmSettings
+    policy: PolicySettings = PolicySettings()
+    registration: RegistrationSettings | None = None
+    store: StoreSettings = StoreSettings()
+    log: LogSettings = LogSettings()
+    metrics: MetricsSettings = MetricsSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment wins over the file's values, which arrive as init arguments.
+        return (env_settings, init_settings)
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = error["msg"]
+        if error["type"] == "missing":
+            message = "missing (set it in the file or in the environment)"
+        elif error["type"] == "extra_forbidden":
+            message = "unknown setting"
+        lines.append(f"{where}: {message}")
+    return "\n".join(lines)
+
+
+def load_config(path: Path | None) -> SupervisorConfig:
+    """The configuration from `path` (TOML) and the environment; ConfigError names what is wrong."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"configuration file {path} does not exist") from exc
+        except OSError as exc:
+            raise ConfigError(f"cannot read the configuration file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    try:
+        return SupervisorConfig(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from exc
