@@ -102,6 +102,17 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX tx_attempt_outbox ON tx_attempt (outbox_id, created_at);
     """,
+    # 2: what the daemon tracks per job beyond the chain status.
+    """
+    ALTER TABLE job ADD COLUMN ours INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE job ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE job ADD COLUMN extra_minutes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE job ADD COLUMN delegate_top_up INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE job ADD COLUMN top_up_slices INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE job ADD COLUMN closed INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE job ADD COLUMN note TEXT;
+    CREATE INDEX job_open ON job (closed, created_at);
+    """,
 )
 
 
@@ -136,6 +147,13 @@ class JobRecord:
     claimed_block: int | None
     created_at: float
     updated_at: float
+    ours: bool = True
+    cancel_requested: bool = False
+    extra_minutes: int = 0
+    delegate_top_up: bool = False
+    top_up_slices: int = 0
+    closed: bool = False
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -444,13 +462,50 @@ class Store:
     def set_job_reported_status(self, job_id: str, status: JobStatus) -> None:
         self._update_job(job_id, "last_reported_status", int(status))
 
-    def _update_job(self, job_id: str, column: str, value: int) -> None:
+    _JOB_COLUMNS = frozenset(
+        {
+            "status",
+            "slurm_job_id",
+            "last_reported_status",
+            "ours",
+            "cancel_requested",
+            "delegate_top_up",
+            "top_up_slices",
+            "closed",
+            "note",
+        }
+    )
+
+    def update_job(self, job_id: str, **fields: int | str | bool | None) -> None:
+        """Set some of a job's daemon fields (see `_JOB_COLUMNS`); KeyError for an unknown job."""
+        unknown = set(fields) - self._JOB_COLUMNS
+        if unknown:
+            raise ValueError(f"not job fields: {sorted(unknown)}")
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        values = [int(v) if isinstance(v, bool) else v for v in fields.values()]
         with self.transaction() as conn:
             cur = conn.execute(
-                f"UPDATE job SET {column} = ?, updated_at = ? WHERE job_id = ?", (value, time.time(), job_id)
+                f"UPDATE job SET {assignments}, updated_at = ? WHERE job_id = ?",
+                (*values, time.time(), job_id),
             )
             if cur.rowcount == 0:
                 raise KeyError(f"unknown job {job_id}")
+
+    def add_extra_minutes(self, job_id: str, minutes: int) -> None:
+        """Minutes bought by a top-up (negative to undo one); the Slurm time limit follows the total."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE job SET extra_minutes = extra_minutes + ?, updated_at = ? WHERE job_id = ?",
+                (minutes, time.time(), job_id),
+            )
+
+    def open_jobs(self) -> list[JobRecord]:
+        """Jobs the daemon still acts on (not closed), oldest first."""
+        rows = self._conn.execute("SELECT * FROM job WHERE closed = 0 ORDER BY created_at, job_id").fetchall()
+        return [_job_from_row(r) for r in rows]
+
+    def _update_job(self, job_id: str, column: str, value: int) -> None:
+        self.update_job(job_id, **{column: value})
 
     def delete_job(self, job_id: str) -> None:
         with self.transaction() as conn:
@@ -514,6 +569,22 @@ class Store:
     def outbox_depth(self) -> int:
         row = self._conn.execute("SELECT COUNT(*) FROM outbox WHERE state IN ('queued', 'sent')").fetchone()
         return int(row[0])
+
+    def open_actions(self, kind: str, serial_key: str | None = None) -> int:
+        """Actions of a kind still queued or sent (optionally for one serial key, e.g. a job)."""
+        sql = "SELECT COUNT(*) FROM outbox WHERE kind = ? AND state IN ('queued', 'sent')"
+        params: list[Any] = [kind]
+        if serial_key is not None:
+            sql += " AND serial_key = ?"
+            params.append(serial_key)
+        return int(self._conn.execute(sql, params).fetchone()[0])
+
+    def oldest_open_action_age(self, now: float) -> float | None:
+        """Seconds since the oldest action still queued or sent was queued (None when there is none)."""
+        row = self._conn.execute(
+            "SELECT MIN(created_at) FROM outbox WHERE state IN ('queued', 'sent')"
+        ).fetchone()
+        return None if row[0] is None else max(0.0, now - float(row[0]))
 
     def max_sent_nonce(self) -> int | None:
         row = self._conn.execute("SELECT MAX(nonce) FROM outbox WHERE state = 'sent'").fetchone()
@@ -619,6 +690,13 @@ def _job_from_row(row: sqlite3.Row) -> JobRecord:
         claimed_block=row["claimed_block"],
         created_at=float(row["created_at"]),
         updated_at=float(row["updated_at"]),
+        ours=bool(row["ours"]),
+        cancel_requested=bool(row["cancel_requested"]),
+        extra_minutes=int(row["extra_minutes"]),
+        delegate_top_up=bool(row["delegate_top_up"]),
+        top_up_slices=int(row["top_up_slices"]),
+        closed=bool(row["closed"]),
+        note=row["note"],
     )
 
 

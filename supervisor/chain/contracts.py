@@ -148,6 +148,54 @@ class ProviderPrices:
     mem_price_per_min: int
 
 
+@dataclass(frozen=True)
+class ProviderRecord:
+    """A provider's hardware, prices and labels, as registered (labels sorted, so records compare)."""
+
+    nodes: int
+    gpus_per_node: tuple[int, ...]
+    cpus_per_node: tuple[int, ...]
+    mem_per_node: tuple[int, ...]
+    gpu_price_per_min: int
+    cpu_price_per_min: int
+    mem_price_per_min: int
+    labels: tuple[tuple[str, str], ...]
+    address: str = ""
+    is_banned: bool = False
+
+    @classmethod
+    def from_plain(cls, d: Mapping[str, Any]) -> ProviderRecord:
+        hardware, prices = d["providerHardware"], d["providerPrices"]
+        return cls(
+            nodes=int(hardware["nodes"]),
+            gpus_per_node=tuple(int(v) for v in hardware["gpusPerNode"]),
+            cpus_per_node=tuple(int(v) for v in hardware["cpusPerNode"]),
+            mem_per_node=tuple(int(v) for v in hardware["memPerNode"]),
+            gpu_price_per_min=int(prices["gpuPricePerMin"]),
+            cpu_price_per_min=int(prices["cpuPricePerMin"]),
+            mem_price_per_min=int(prices["memPricePerMin"]),
+            labels=tuple(sorted((str(lb["key"]), str(lb["value"])) for lb in d["labels"])),
+            address=str(d["addr"]),
+            is_banned=bool(d["isBanned"]),
+        )
+
+    def same_offer(self, other: ProviderRecord) -> bool:
+        """Same hardware, prices and labels (the address and ban flag aside)."""
+        return self.offer() == other.offer()
+
+    def offer(self) -> tuple[Any, ...]:
+        return (
+            self.nodes,
+            self.gpus_per_node,
+            self.cpus_per_node,
+            self.mem_per_node,
+            self.gpu_price_per_min,
+            self.cpu_price_per_min,
+            self.mem_price_per_min,
+            self.labels,
+        )
+
+
 def job_id_hex(job_id: bytes | str) -> str:
     """A job id as 0x + 64 lowercase hex digits (the Slurm job name too)."""
     raw = (
@@ -283,7 +331,49 @@ class ProtocolContracts:
         gpu, cpu, mem = await self._call(self.provider_manager, "getProviderPrices", provider)
         return ProviderPrices(int(gpu), int(cpu), int(mem))
 
+    async def provider_record(self, provider: str, *, waiting: bool = False) -> ProviderRecord:
+        """The approved record (or with `waiting`, the proposal awaiting approval) of a provider."""
+        function = "getWaitingForApprovalProvider" if waiting else "getProvider"
+        raw = await self._call(self.provider_manager, function, provider)
+        outputs = _function(self.provider_manager.abi, function)["outputs"][0]  # type: ignore[arg-type]
+        return ProviderRecord.from_plain(plain_value(raw, outputs))
+
+    async def claimable_queue_size(self, provider: str) -> int:
+        return int(await self._call(self.provider_job_queues, "getClaimableJobQueueSize", provider))
+
+    async def latest_timestamp(self) -> int:
+        block = await read(lambda: self.w3.eth.get_block("latest"))
+        return int(block["timestamp"])
+
+    async def top_up_slice_minutes(self) -> int:
+        constants = self.w3.eth.contract(
+            address=self.constants_address,
+            abi=[
+                {
+                    "type": "function",
+                    "name": "topUpSliceDurationMin",
+                    "inputs": [],
+                    "outputs": [{"name": "", "type": "uint64"}],
+                    "stateMutability": "view",
+                }
+            ],
+        )
+        return int(await self._call(constants, "topUpSliceDurationMin"))
+
     # -- writes -------------------------------------------------------------------------------
+
+    def register(self, record: ProviderRecord) -> TxCall:
+        """ProviderManager.register with the record's hardware, prices and labels."""
+        hardware = (
+            record.nodes,
+            list(record.gpus_per_node),
+            list(record.cpus_per_node),
+            list(record.mem_per_node),
+        )
+        prices = (record.gpu_price_per_min, record.cpu_price_per_min, record.mem_price_per_min)
+        labels = [(key, value) for key, value in record.labels]
+        data = self.provider_manager.encode_abi("register", args=[hardware, prices, labels])
+        return TxCall(self.provider_manager.address, bytes.fromhex(data[2:]), "register", dedup_key=None)
 
     def _tx(
         self,

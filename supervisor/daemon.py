@@ -1,0 +1,728 @@
+"""The supervisor daemon: wires the chain, the store, Slurm and the sbatch service around the decisions.
+
+Three loops run side by side:
+- the log follower records this provider's events in the store (claims, cancellations, top-ups,
+  refusals) in the same local transaction as its cursor;
+- the work loop, every few seconds or when woken, claims jobs within the policy's bound, fetches and
+  submits claimed jobs, polls Slurm once for every tracked job, decides what each job needs
+  (`supervisor.core.decisions`) and queues the reports in the outbox;
+- the transaction sender delivers the outbox, one nonce owner for every write.
+
+Nothing is acted on before it is in the store, and every action is idempotent, so a crash at any
+point is repaired by the next start's reconciliation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import structlog
+
+from supervisor.chain.contracts import Job, ProtocolContracts, ProviderRecord, TxCall, job_id_hex
+from supervisor.chain.events import ChainEvent
+from supervisor.chain.follower import FollowerSettings, LogFollower
+from supervisor.chain.keys import Signer, load_signer
+from supervisor.chain.rpc import connect_http, describe
+from supervisor.chain.sender import SenderSettings, TransactionSender
+from supervisor.config import SupervisorConfig
+from supervisor.core.decisions import (
+    CancelInSlurm,
+    Forget,
+    JobSituation,
+    Report,
+    SlurmPresence,
+    SlurmView,
+    Submit,
+    claims_to_send,
+    decide,
+    needs_delegated_top_up,
+    remaining_minutes,
+)
+from supervisor.core.policy import Node, Resources, refusal_reason
+from supervisor.core.slurm_states import ACTIVE_STATES, WAITING_STATES, UnknownSlurmState
+from supervisor.core.status import JobStatus
+from supervisor.sbatch.client import SbatchClient, SbatchServiceUnavailable, ScriptRefused
+from supervisor.slurm.backend import QueryResult, SlurmBackend
+from supervisor.slurm.errors import JobAlreadySubmitted, SlurmError, SlurmUnavailable
+from supervisor.slurm.factory import create_backend
+from supervisor.slurm.models import JobSubmission, ObservedJob, PartitionHardware
+from supervisor.store import JobRecord, Store
+
+log = structlog.get_logger("supervisor")
+T = TypeVar("T")
+
+CLAIM_KIND = "claim_next_job"
+DRAIN_TIMEOUT_S = 30.0
+
+
+# ---------------------------------------------------------------------------------- events
+
+
+class JobEventHandler:
+    """Records this provider's chain events in the store; the work loop acts on what it records."""
+
+    def __init__(self, on_claim_hint: Callable[[], None]) -> None:
+        self._on_claim_hint = on_claim_hint
+
+    def handle(self, event: ChainEvent, store: Store) -> None:
+        args = event.args
+        if event.name == "JobTransitionEvent":
+            self._on_claim_hint()
+            return
+        job_id = job_id_hex(str(args.get("jobId", args.get("_jobId"))))
+        with structlog.contextvars.bound_contextvars(job_id=job_id):
+            if event.name == "ClaimJobEvent":
+                definition = dict(args["jobDefinition"])
+                max_minutes = int(args["maxDurationMinute"])
+                store.upsert_job(
+                    job_id,
+                    JobStatus.SCHEDULED,
+                    customer=str(args["customerAddr"]),
+                    max_duration_minute=max_minutes,
+                    definition=definition,
+                    claimed_block=event.block_number,
+                )
+                store.update_job(job_id, ours=True, closed=False)
+                log.info("job claimed", customer=args["customerAddr"], max_duration_minute=max_minutes)
+            elif event.name == "ClaimNextCancellingJobEvent":
+                if store.get_job(job_id) is not None:
+                    store.update_job(job_id, cancel_requested=True)
+                log.info("customer asked to cancel the job")
+            elif event.name == "ClaimNextTopUpJobEvent":
+                minutes = int(args["maxDurationMinute"])
+                if store.get_job(job_id) is not None:
+                    store.add_extra_minutes(job_id, minutes)
+                log.info("job topped up", extra_minutes=minutes)
+            elif event.name == "JobRefusedEvent":
+                if store.get_job(job_id) is not None:
+                    store.update_job(job_id, ours=False)
+                log.info("job handed back to the meta-scheduler")
+
+    def undo(self, event: ChainEvent, store: Store) -> None:
+        """The event's block left the chain: take back what `handle` recorded."""
+        args = event.args
+        if event.name == "JobTransitionEvent":
+            return
+        job_id = job_id_hex(str(args.get("jobId", args.get("_jobId"))))
+        record = store.get_job(job_id)
+        if record is None:
+            return
+        if event.name == "ClaimJobEvent" and record.slurm_job_id is None:
+            store.delete_job(job_id)
+        elif event.name == "ClaimNextCancellingJobEvent":
+            store.update_job(job_id, cancel_requested=False)
+        elif event.name == "ClaimNextTopUpJobEvent":
+            store.add_extra_minutes(job_id, -int(args["maxDurationMinute"]))
+        elif event.name == "JobRefusedEvent":
+            store.update_job(job_id, ours=True)
+        log.warning("event undone after a reorganisation", job_id=job_id, event_name=event.name)
+
+
+# ---------------------------------------------------------------------------------- the daemon
+
+
+@dataclass
+class Health:
+    """What the daemon knows about its dependencies, for logs, status and metrics."""
+
+    chain_ok: bool = False
+    slurm_ok: bool = False
+    sbatch_ok: bool = True
+    registered: bool = False
+    last_cycle_at: float = 0.0
+    problems: dict[str, str] = field(default_factory=dict)
+
+
+class Daemon:
+    """One provider's supervisor. `run()` until `stop()` (SIGTERM), then drain and return."""
+
+    def __init__(self, config: SupervisorConfig) -> None:
+        self.config = config
+        self.health = Health()
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._claim_hint = True
+        self._claiming = True
+        self._store: Store | None = None
+        self._signer: Signer | None = None
+        self._contracts: ProtocolContracts | None = None
+        self._sender: TransactionSender | None = None
+        self._follower: LogFollower | None = None
+        self._slurm: SlurmBackend | None = None
+        self._sbatch: SbatchClient | None = None
+        self._hardware: PartitionHardware | None = None
+        self._prices: tuple[int, int, int] | None = None
+        self._observed: dict[str, ObservedJob] = {}
+        self._last_reconcile = 0.0
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Begin draining: stop claiming, deliver the outbox, exit (Slurm jobs keep running)."""
+        if not self._stop.is_set():
+            log.info("stop requested: draining")
+        self._claiming = False
+        self._stop.set()
+        self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    @property
+    def store(self) -> Store:
+        assert self._store is not None
+        return self._store
+
+    @property
+    def provider(self) -> str:
+        assert self._signer is not None
+        return self._signer.address
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+        try:
+            if not await self._start():
+                return
+            self._tasks = [
+                asyncio.create_task(self._follower_loop(), name="follower"),
+                asyncio.create_task(self._work_loop(), name="work"),
+                asyncio.create_task(self._register_when_possible(), name="register"),
+            ]
+            await self._stop.wait()
+        finally:
+            await self._shutdown()
+
+    async def _until_ready(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T | None:
+        """Retry `attempt` with backoff until it succeeds or the daemon stops; says once what it waits for."""
+        delay, said = 0.5, False
+        while not self._stop.is_set():
+            try:
+                result = await attempt()
+                if said:
+                    log.info(f"{what}: ready")
+                return result
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not said:
+                    log.warning(f"waiting for {what}", error=describe(exc))
+                    said = True
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                delay = min(delay * 2, 15.0)
+        return None
+
+    async def _start(self) -> bool:
+        cfg = self.config
+        self._store = Store.open(cfg.store.path)
+        self._signer = load_signer(cfg.key.file, cfg.key.password_file)
+        log.info("supervisor starting", provider=self.provider, store=str(cfg.store.path))
+        w3 = connect_http(cfg.chain.rpc_url)
+
+        async def discover() -> ProtocolContracts:
+            return await ProtocolContracts.discover(w3, cfg.chain.meta_scheduler)
+
+        contracts = await self._until_ready("the chain (RPC and contracts)", discover)
+        if contracts is None:
+            return False
+        self._contracts = contracts
+        self.health.chain_ok = True
+        sender_settings = SenderSettings(
+            chain_id=cfg.chain.chain_id,
+            receipt_deadline_s=cfg.chain.receipt_deadline_seconds,
+            max_fee_per_gas_cap=None
+            if cfg.chain.max_fee_per_gas_gwei is None
+            else int(cfg.chain.max_fee_per_gas_gwei * 10**9),
+        )
+        self._sender = TransactionSender(w3, self._signer, self.store, sender_settings)
+        sender = self._sender
+
+        async def start_sender() -> bool:
+            await sender.start()
+            return True
+
+        if not await self._until_ready("the transaction sender", start_sender):
+            return False
+        self._follower = LogFollower(
+            w3,
+            self.store,
+            contracts.follower_sources(self.provider),
+            JobEventHandler(self._on_claim_hint),
+            FollowerSettings(
+                start_block=cfg.chain.start_block,
+                confirmations=cfg.chain.confirmations,
+                poll_interval_s=cfg.chain.poll_interval_seconds,
+                chain_id=cfg.chain.chain_id,
+            ),
+            ws_url=cfg.chain.ws_url,
+        )
+        self._slurm = create_backend(cfg.slurm)
+        self._sbatch = SbatchClient(
+            cfg.sbatch.grpc_target, self._signer, tls=cfg.sbatch.tls, timeout_s=cfg.sbatch.timeout_seconds
+        )
+        return True
+
+    async def _shutdown(self) -> None:
+        self._claiming = False
+        for task in self._tasks:
+            if task.get_name() != "follower":
+                task.cancel()
+        for task in self._tasks:
+            if task.get_name() != "follower":
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self._sender is not None:
+            depth = self.store.outbox_depth()
+            if depth:
+                log.info("delivering the outbox before exit", outbox_depth=depth)
+            await self._sender.stop(drain_timeout_s=DRAIN_TIMEOUT_S)
+        if self._follower is not None:
+            self._follower.stop()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._slurm is not None:
+            await self._slurm.close()
+        if self._sbatch is not None:
+            await self._sbatch.close()
+        if self._store is not None:
+            left = self._store.outbox_depth()
+            self._store.close()
+            log.info("supervisor stopped", outbox_left=left)
+
+    def _on_claim_hint(self) -> None:
+        self._claim_hint = True
+        self._wake.set()
+
+    async def _follower_loop(self) -> None:
+        assert self._follower is not None
+        await self._follower.run()
+
+    # -- registration -------------------------------------------------------------------------
+
+    async def _register_when_possible(self) -> None:
+        registration = self.config.registration
+        await self._until_ready("Slurm's partition description", self._describe_partition)
+        if registration is None or not registration.enabled or self._stop.is_set():
+            return
+        await self._until_ready("the provider registration", self._register)
+
+    async def _describe_partition(self) -> PartitionHardware:
+        assert self._slurm is not None
+        self._hardware = await self._slurm.describe_partition()
+        return self._hardware
+
+    async def _register(self) -> bool:
+        assert self._contracts is not None and self._sender is not None and self._hardware is not None
+        registration = self.config.registration
+        assert registration is not None
+        hw = self._hardware
+        gpu, cpu, mem = registration.prices.as_wei()
+        desired = ProviderRecord(
+            nodes=hw.node_count,
+            gpus_per_node=tuple(hw.gpus_per_node),
+            cpus_per_node=tuple(hw.cpus_per_node),
+            mem_per_node=tuple(hw.memory_mb_per_node),
+            gpu_price_per_min=gpu,
+            cpu_price_per_min=cpu,
+            mem_price_per_min=mem,
+            labels=tuple(sorted(registration.labels.items())),
+        )
+        approved = await self._contracts.provider_record(self.provider)
+        waiting = await self._contracts.provider_record(self.provider, waiting=True)
+        if approved.address and approved.same_offer(desired):
+            log.info("registration unchanged", nodes=hw.node_count, approved=True)
+            self.health.registered = True
+            return True
+        if waiting.address and waiting.same_offer(desired):
+            log.info("registration unchanged, waiting for approval", nodes=hw.node_count)
+            return True
+        outcome = await self._sender.wait(self._sender.submit_call(self._contracts.register(desired)))
+        if not outcome.delivered:
+            raise RuntimeError(f"registration failed: {outcome.error}")
+        log.info(
+            "registered with the grid",
+            nodes=hw.node_count,
+            cpus_per_node=list(hw.cpus_per_node),
+            gpus_per_node=list(hw.gpus_per_node),
+            mem_per_node=list(hw.memory_mb_per_node),
+            tx_hash=outcome.tx_hash,
+        )
+        self.health.registered = True
+        return True
+
+    # -- the work loop ------------------------------------------------------------------------
+
+    async def _work_loop(self) -> None:
+        period = self.config.policy.slurm_poll_seconds
+        while not self._stop.is_set():
+            try:
+                await self.cycle()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # one bad cycle never ends the daemon
+                log.exception("work cycle failed, will retry", error=describe(exc))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), period)
+
+    async def cycle(self) -> None:
+        """One pass: claim, then look at every open job and act on what it needs."""
+        self.health.last_cycle_at = time.time()
+        jobs = self.store.open_jobs()
+        query = await self._query_slurm(jobs)
+        if query is not None:
+            self._record_slurm_ids(jobs, query)
+            jobs = self.store.open_jobs()
+        chain = await self._chain_views(jobs)
+        if chain is None:
+            return
+        if self._claiming:
+            await self._claim(jobs, query)
+            await self._claim_queues()
+        for job in jobs:
+            with structlog.contextvars.bound_contextvars(job_id=job.job_id):
+                try:
+                    await self._act(job, chain.get(job.job_id), query)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.exception("acting on the job failed, will retry", error=describe(exc))
+
+    async def _query_slurm(self, jobs: list[JobRecord]) -> QueryResult | None:
+        assert self._slurm is not None
+        try:
+            result = await self._slurm.query([job.job_id for job in jobs])
+        except SlurmError as exc:
+            if self.health.slurm_ok or "slurm" not in self.health.problems:
+                log.error("Slurm unavailable: jobs wait until it answers", error=str(exc))
+            self.health.slurm_ok = False
+            self.health.problems["slurm"] = str(exc)
+            return None
+        if not self.health.slurm_ok and "slurm" in self.health.problems:
+            log.info("Slurm answers again")
+        self.health.slurm_ok = True
+        self.health.problems.pop("slurm", None)
+        self._observed = dict(result.jobs)
+        return result
+
+    def _record_slurm_ids(self, jobs: list[JobRecord], query: QueryResult) -> None:
+        for job in jobs:
+            seen = query.get(job.job_id)
+            if seen is not None and job.slurm_job_id != seen.slurm_job_id:
+                self.store.update_job(job.job_id, slurm_job_id=seen.slurm_job_id)
+
+    async def _chain_views(self, jobs: list[JobRecord]) -> dict[str, tuple[JobStatus, bool]] | None:
+        """(status, ours) of every open job on chain; None when the chain cannot be read."""
+        assert self._contracts is not None
+        contracts = self._contracts
+
+        async def view(job: JobRecord) -> tuple[str, tuple[JobStatus, bool]]:
+            status, provider = await contracts.job_status_and_provider(job.job_id)
+            return job.job_id, (status, provider.lower() == self.provider.lower())
+
+        try:
+            views = dict(await asyncio.gather(*(view(job) for job in jobs)))
+        except Exception as exc:
+            if self.health.chain_ok:
+                log.error("chain unreachable: reports wait in the outbox", error=describe(exc))
+            self.health.chain_ok = False
+            self.health.problems["chain"] = describe(exc)
+            return None
+        if not self.health.chain_ok:
+            log.info("chain reachable again")
+        self.health.chain_ok = True
+        self.health.problems.pop("chain", None)
+        for job in jobs:
+            status = views[job.job_id][0]
+            if status != job.status:
+                self.store.update_job(job.job_id, status=int(status))
+                log.info(
+                    "chain status changed", job_id=job.job_id, status=status.name, previous=job.status.name
+                )
+        return views
+
+    # -- claiming -----------------------------------------------------------------------------
+
+    async def _claim(self, jobs: list[JobRecord], query: QueryResult | None) -> None:
+        assert self._contracts is not None and self._sender is not None
+        if query is None:
+            return  # without Slurm, do not take more jobs
+        held = sum(
+            1
+            for job in jobs
+            if job.ours
+            and job.status == JobStatus.SCHEDULED
+            and (job.slurm_job_id is None or self._presence(job, query) == SlurmPresence.WAITING)
+        )
+        in_flight = self.store.open_actions(CLAIM_KIND)
+        wanted = claims_to_send(held=held, in_flight=in_flight, limit=self.config.policy.max_queued_jobs)
+        if wanted == 0:
+            return
+        if not await self._contracts.has_next_claimable_job(self.provider):
+            self._claim_hint = False
+            return
+        wanted = min(wanted, await self._contracts.claimable_queue_size(self.provider))
+        for _ in range(wanted):
+            self._sender.submit_call(self._contracts.claim_next_job())
+        log.info("claiming jobs", count=wanted, held=held)
+        self._claim_hint = False
+        if self._follower is not None:
+            self._follower.wake()
+
+    async def _claim_queues(self) -> None:
+        """Cancellation and top-up requests wait in queues of their own: claim them when there are some."""
+        contracts, sender = self._contracts, self._sender
+        assert contracts is not None and sender is not None
+        if not self.store.open_actions("claim_next_cancelling_job") and await contracts.has_cancelling_job(
+            self.provider
+        ):
+            sender.submit_call(contracts.claim_next_cancelling_job())
+        if not self.store.open_actions("claim_next_top_up_job") and await contracts.has_top_up_job(
+            self.provider
+        ):
+            sender.submit_call(contracts.claim_next_top_up_job())
+
+    # -- one job ------------------------------------------------------------------------------
+
+    def _presence(self, job: JobRecord, query: QueryResult | None) -> SlurmPresence:
+        if query is None:
+            return SlurmPresence.UNKNOWN
+        seen = query.get(job.job_id)
+        if seen is None:
+            return SlurmPresence.ABSENT if query.not_found_is_certain else SlurmPresence.UNKNOWN
+        if seen.state in WAITING_STATES:
+            return SlurmPresence.WAITING
+        if seen.state in ACTIVE_STATES:
+            return SlurmPresence.ACTIVE
+        return SlurmPresence.FINAL
+
+    def _slurm_view(self, job: JobRecord, query: QueryResult | None) -> SlurmView:
+        presence = self._presence(job, query)
+        seen = None if query is None else query.get(job.job_id)
+        if presence != SlurmPresence.FINAL or seen is None:
+            return SlurmView(presence, elapsed_seconds=seen.elapsed_seconds if seen else 0)
+        try:
+            outcome = seen.chain_outcome(cancel_requested=job.cancel_requested)
+        except UnknownSlurmState as exc:
+            log.error("Slurm reported a state this supervisor does not know; waiting", error=str(exc))
+            return SlurmView(SlurmPresence.UNKNOWN)
+        return SlurmView(
+            presence,
+            outcome=outcome,
+            elapsed_seconds=seen.elapsed_seconds,
+            exit_code=seen.exit_code or 0,
+            started=seen.start_time is not None or seen.elapsed_seconds > 0,
+        )
+
+    async def _act(
+        self, job: JobRecord, chain: tuple[JobStatus, bool] | None, query: QueryResult | None
+    ) -> None:
+        if chain is None:
+            return
+        status, ours = chain
+        situation = JobSituation(
+            chain_status=status,
+            ours=ours and job.ours,
+            cancel_requested=job.cancel_requested,
+            submitted=job.slurm_job_id is not None,
+            reported=job.last_reported_status,
+            slurm=self._slurm_view(job, query),
+        )
+        for action in decide(situation):
+            if isinstance(action, Submit):
+                await self._submit(job)
+            elif isinstance(action, Report):
+                self._report(job, action)
+            elif isinstance(action, CancelInSlurm):
+                await self._cancel_in_slurm(job, action.reason)
+            elif isinstance(action, Forget):
+                self.store.update_job(job.job_id, closed=True, note=action.reason)
+                log.info("job closed", reason=action.reason, chain_status=status.name)
+        if status == JobStatus.RUNNING and situation.slurm.presence in (
+            SlurmPresence.WAITING,
+            SlurmPresence.ACTIVE,
+        ):
+            await self._follow_time_limit(job)
+            if self.config.policy.auto_top_up:
+                await self._auto_top_up(job)
+        elif status == JobStatus.SCHEDULED and situation.slurm.presence == SlurmPresence.WAITING:
+            await self._follow_time_limit(job)
+
+    def _report(self, job: JobRecord, report: Report) -> None:
+        assert self._contracts is not None and self._sender is not None
+        call = self._contracts.provider_set_job_status(
+            job.job_id,
+            report.status,
+            duration_minute=report.duration_minute,
+            last_error=report.last_error[:1000],
+            exit_code=report.exit_code,
+        )
+        self._sender.submit_call(call)
+        self.store.update_job(job.job_id, last_reported_status=int(report.status))
+        log.info(
+            "status reported",
+            status=report.status.name,
+            duration_minute=report.duration_minute,
+            exit_code=report.exit_code,
+            last_error=report.last_error or None,
+        )
+
+    def _refuse(self, job: JobRecord, reason: str) -> None:
+        assert self._contracts is not None and self._sender is not None
+        self._sender.submit_call(self._contracts.refuse_job(job.job_id))
+        self.store.update_job(job.job_id, ours=False, note=f"refused: {reason}")
+        log.warning("job refused", reason=reason)
+
+    def _fail(self, job: JobRecord, reason: str) -> None:
+        self._report(job, Report(JobStatus.FAILED, 0, reason, 0))
+
+    async def _submit(self, job: JobRecord) -> None:
+        assert self._sbatch is not None and self._slurm is not None and self._contracts is not None
+        definition = job.definition or {}
+        customer = job.customer or ""
+        if not job.max_duration_minute:
+            self._fail(job, "the locked credits buy less than one minute on this provider")
+            return
+        if self._hardware is None:
+            try:
+                await self._describe_partition()
+            except SlurmError as exc:
+                log.error("cannot describe the partition yet: submission waits", error=str(exc))
+                return
+        assert self._hardware is not None
+        resources = Resources(
+            ntasks=int(definition.get("ntasks", 0)),
+            cpus_per_task=int(definition.get("cpusPerTask", 0)),
+            mem_per_cpu_mb=int(definition.get("memPerCpu", 0)),
+            gpus=int(definition.get("gpus", 0)),
+        )
+        nodes = [Node(n.cpus, n.memory_mb, n.gpus) for n in self._hardware.nodes]
+        policy = self.config.policy
+        reason = refusal_reason(resources, customer, nodes, denied_customers=policy.denied_customers)
+        if reason is not None:
+            self._refuse(job, reason)
+            return
+        key = str(definition.get("batchLocationHash", ""))
+        try:
+            fetched = await self._sbatch.fetch(job.job_id, customer, key)
+        except ScriptRefused as exc:
+            self._fail(job, f"batch script unusable: {exc}")
+            return
+        except SbatchServiceUnavailable as exc:
+            if self.health.sbatch_ok:
+                log.error("sbatch service unavailable: submission waits", error=str(exc))
+            self.health.sbatch_ok = False
+            self.health.problems["sbatch"] = str(exc)
+            return
+        self.health.sbatch_ok = True
+        self.health.problems.pop("sbatch", None)
+        reason = refusal_reason(
+            resources, customer, nodes, denied_images=policy.denied_images, script=fetched.script
+        )
+        if reason is not None:
+            self._refuse(job, reason)
+            return
+        root = str(policy.jobs_root)
+        try:
+            user = self.config.slurm.users.user_for(customer)
+            submission = JobSubmission(
+                name=job.job_id,
+                script=fetched.script,
+                unix_user=user,
+                workdir=root,
+                output_path=f"{root}/{job.job_id}.out",
+                time_limit_minutes=job.max_duration_minute + job.extra_minutes,
+                ntasks=resources.ntasks,
+                cpus_per_task=resources.cpus_per_task,
+                mem_per_cpu_mb=resources.mem_per_cpu_mb,
+                gpus=resources.gpus,
+            )
+        except (ValueError, SlurmError) as exc:
+            self._refuse(job, str(exc))
+            return
+        try:
+            slurm_id = await self._slurm.submit(submission)
+        except JobAlreadySubmitted as exc:
+            slurm_id = exc.slurm_job_id
+            log.info("job already in Slurm, not submitted again", slurm_job_id=slurm_id)
+        except SlurmUnavailable as exc:
+            log.error("Slurm unavailable: submission waits", error=str(exc))
+            return
+        except SlurmError as exc:
+            self._refuse(job, f"Slurm refused the submission: {exc}")
+            return
+        self.store.update_job(job.job_id, slurm_job_id=slurm_id)
+        log.info(
+            "job submitted to Slurm",
+            slurm_job_id=slurm_id,
+            unix_user=user,
+            time_limit_minutes=submission.time_limit_minutes,
+        )
+
+    async def _cancel_in_slurm(self, job: JobRecord, reason: str) -> None:
+        assert self._slurm is not None
+        seen = self._observed.get(job.job_id)
+        slurm_id = seen.slurm_job_id if seen is not None else job.slurm_job_id
+        if slurm_id is None:
+            return
+        try:
+            await self._slurm.cancel(slurm_id)
+        except SlurmError as exc:
+            log.error("cancelling in Slurm failed, will retry", error=str(exc), slurm_job_id=slurm_id)
+            return
+        log.info("job cancelled in Slurm", reason=reason, slurm_job_id=slurm_id)
+
+    async def _follow_time_limit(self, job: JobRecord) -> None:
+        """The Slurm time limit follows the minutes paid for: the claim's duration plus every top-up."""
+        assert self._slurm is not None
+        seen = self._observed.get(job.job_id)
+        if seen is None or seen.time_limit_minutes is None or job.max_duration_minute is None:
+            return
+        wanted = job.max_duration_minute + job.extra_minutes
+        if seen.time_limit_minutes >= wanted:
+            return
+        extra = wanted - seen.time_limit_minutes
+        try:
+            await self._slurm.extend_time_limit(seen.slurm_job_id, extra)
+        except SlurmError as exc:
+            log.error("raising the time limit failed, will retry", error=str(exc))
+            return
+        log.info("time limit raised", extra_minutes=extra, time_limit_minutes=wanted)
+
+    async def _auto_top_up(self, job: JobRecord) -> None:
+        """Adds a slice from the customer's allowance when a delegated job's time runs low."""
+        assert self._contracts is not None and self._sender is not None
+        if self.store.open_actions("top_up_job_delegate", job.job_id):
+            return
+        chain_job: Job = await self._contracts.get_job(job.job_id)
+        if not chain_job.delegate_spending_authority or chain_job.status != JobStatus.RUNNING:
+            return
+        if self._prices is None:
+            prices = await self._contracts.provider_prices(self.provider)
+            self._prices = (prices.gpu_price_per_min, prices.cpu_price_per_min, prices.mem_price_per_min)
+        gpu, cpu, mem = self._prices
+        d = chain_job.definition
+        per_minute = d.ntasks * (d.cpus_per_task * cpu + d.cpus_per_task * d.mem_per_cpu * mem) + d.gpus * gpu
+        now = await self._contracts.latest_timestamp()
+        left = remaining_minutes(
+            max_cost=chain_job.max_cost, credits_per_minute=per_minute, elapsed_seconds=now - chain_job.start
+        )
+        slice_minutes = await self._contracts.top_up_slice_minutes()
+        if not needs_delegated_top_up(remaining_minutes=left, slice_minutes=slice_minutes):
+            return
+        call: TxCall = self._contracts.top_up_job_delegate(job.job_id, 0)
+        call = dataclasses.replace(call, dedup_key=f"topup:{job.job_id}:{chain_job.max_cost}:{now // 60}")
+        self._sender.submit_call(call)
+        log.info("delegated top-up requested", remaining_minutes=left, slice_minutes=slice_minutes)

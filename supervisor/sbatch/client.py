@@ -1,0 +1,93 @@
+"""Fetching a job's batch script from the sbatch service (PROTOCOL.md section 8).
+
+The supervisor proves it is the job's provider by signing a fresh challenge with its key, and checks
+that the script it receives hashes to the key recorded on chain, so a tampered script never runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import grpc
+from web3 import Web3
+
+from sbatch_service.proto import sbatch_pb2
+from sbatch_service.proto.client import async_stubs
+from supervisor.chain.keys import Signer
+
+# Refusals that will not change by asking again: the job fails with the reason on chain.
+_PERMANENT = {
+    grpc.StatusCode.NOT_FOUND: "the script is unknown to the sbatch service or has expired",
+    grpc.StatusCode.PERMISSION_DENIED: "the sbatch service refused: the key does not match the job on chain",
+    grpc.StatusCode.UNAUTHENTICATED: "the sbatch service refused this provider for the job",
+    grpc.StatusCode.INVALID_ARGUMENT: "the sbatch service refused the request as malformed",
+}
+
+
+class ScriptError(Exception):
+    """The script cannot be had."""
+
+
+class ScriptRefused(ScriptError):
+    """A definitive refusal, or a script that does not match its key: the job must fail."""
+
+
+class SbatchServiceUnavailable(ScriptError):
+    """The service cannot be reached now: retry later."""
+
+
+@dataclass(frozen=True)
+class FetchedScript:
+    script: str
+    grid_logger_url: str
+
+
+class SbatchClient:
+    """One gRPC channel to the sbatch service, reused for every fetch."""
+
+    def __init__(self, target: str, signer: Signer, *, tls: bool = False, timeout_s: float = 15.0) -> None:
+        self._target = target
+        self._signer = signer
+        self._timeout = timeout_s
+        self._channel = (
+            grpc.aio.secure_channel(target, grpc.ssl_channel_credentials())
+            if tls
+            else grpc.aio.insecure_channel(target)
+        )
+        self._auth, self._sbatch = async_stubs(self._channel)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def fetch(self, job_id: str, customer: str, batch_location_hash: str) -> FetchedScript:
+        """The script stored under `batch_location_hash` for `job_id`, checked against that hash."""
+        try:
+            challenge = (
+                await self._auth.Challenge(sbatch_pb2.ChallengeRequest(), timeout=self._timeout)
+            ).challenge
+            signature = self._signer.sign_message(challenge).signature
+            answer = await self._sbatch.GetSBatch(
+                sbatch_pb2.GetSBatchRequest(
+                    batch_location_hash=batch_location_hash,
+                    signed_challenge=bytes(signature),
+                    challenge=challenge,
+                    provider_address=bytes.fromhex(self._signer.address[2:]),
+                    customer_address=bytes.fromhex(Web3.to_checksum_address(customer)[2:]),
+                    job_id=job_id,
+                ),
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            if code in _PERMANENT:
+                raise ScriptRefused(f"{_PERMANENT[code]} ({exc.details()})") from None
+            raise SbatchServiceUnavailable(
+                f"sbatch service at {self._target}: {code.name} {exc.details() or ''}".strip()
+            ) from None
+        digest = hashlib.sha256(answer.sbatch.encode()).hexdigest()
+        if digest != batch_location_hash.lower():
+            raise ScriptRefused(
+                f"the script received hashes to {digest}, not to its key {batch_location_hash}"
+            )
+        return FetchedScript(answer.sbatch, answer.grid_logger_url)
