@@ -99,7 +99,7 @@ def split_wait_status(raw: int) -> tuple[int, int | None]:
 def parse_exit_pair(text: str) -> tuple[int, int | None]:
     """sacct's `ExitCode` `3:0` (exit code, signal) into (3, None); `0:15` into (0, 15)."""
     parts = text.strip().split(":")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+    if len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in parts):
         raise ValueError(f"malformed exit code {text!r} (expected <code>:<signal>)")
     code, signal = int(parts[0]), int(parts[1])
     return code, (signal or None)

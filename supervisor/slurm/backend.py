@@ -106,13 +106,23 @@ class CommandSlurmBackend:
 
     async def submit(self, submission: JobSubmission) -> int:
         script = commands.guard_script(submission.script)
-        existing = (await self.query([submission.name])).get(submission.name)
+        existing = await self._existing_job_id(submission.name)
         if existing is not None:
-            raise JobAlreadySubmitted(submission.name, existing.slurm_job_id)
+            raise JobAlreadySubmitted(submission.name, existing)
         await self._check_user(submission.unix_user)
         argv = commands.sbatch_argv(submission, self.settings.partition, self.settings.extra_sbatch_args)
         result = await self._run(argv, user=self._submit_user(submission.unix_user), stdin=script)
         return parsing.parse_sbatch(result.stdout)
+
+    async def _existing_job_id(self, name: str) -> int | None:
+        """A job with this name in the queue or in accounting (two small answers, whatever the queue)."""
+        live = parsing.parse_job_ids((await self._run(commands.squeue_name_argv(name))).stdout)
+        if live:
+            return max(live)
+        if self._accounting is False:
+            return None
+        accounted = await self._accounting_records([name])
+        return max((job.slurm_job_id for job in accounted), default=None)
 
     def _submit_user(self, unix_user: str) -> str | None:
         if self.submit_as_job_user:

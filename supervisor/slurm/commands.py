@@ -68,6 +68,11 @@ def squeue_argv() -> list[str]:
     return ["squeue", "--json"]
 
 
+def squeue_name_argv(name: str) -> list[str]:
+    """The ids of live jobs with one name: a small answer, for the look-up before a submission."""
+    return ["squeue", "--noheader", "--all", "--states=all", f"--name={name}", "--format=%i"]
+
+
 def sacct_argv(names: Iterable[str], lookback_days: int) -> list[str]:
     """Accounting records of the given job names, one line per allocation, in one call."""
     return [

@@ -36,6 +36,11 @@ _UNAVAILABLE_MARKERS = (
 ACCOUNTING_DISABLED_MARKER = "accounting storage is disabled"
 
 
+def _is_number(text: str) -> bool:
+    """ASCII digits only (str.isdigit also accepts characters like '²' that int() refuses)."""
+    return text.isascii() and text.isdigit()
+
+
 def says_unavailable(stderr: str) -> bool:
     """Whether a command's error output means Slurm is unreachable (worth retrying), not a refusal."""
     text = stderr.lower()
@@ -50,9 +55,19 @@ def parse_sbatch(stdout: str) -> int:
     """`sbatch --parsable` prints `<job id>` or `<job id>;<cluster>`."""
     text = stdout.strip()
     head = text.split(";", 1)[0]
-    if not head.isdigit():
+    if not _is_number(head):
         raise SlurmOutputError(f"sbatch printed {text[:200]!r} instead of a job id")
     return int(head)
+
+
+def parse_job_ids(stdout: str) -> list[int]:
+    """One job id per line (`squeue --format=%i`)."""
+    ids = []
+    for line in stdout.split():
+        if not _is_number(line):
+            raise SlurmOutputError(f"squeue printed {line[:100]!r} instead of a job id")
+        ids.append(int(line))
+    return ids
 
 
 def parse_ping(stdout: str) -> bool:
@@ -168,7 +183,7 @@ def parse_squeue_json(text: str, names: Collection[str] | None = None, *, now: d
 def _sacct_time(value: str, line: str) -> datetime | None:
     if value in {"Unknown", "None", ""}:
         return None
-    if not value.isdigit():
+    if not _is_number(value):
         raise SlurmOutputError(f"sacct: time {value!r} is not seconds since the epoch in line {line!r}")
     return _epoch(int(value))
 
@@ -186,9 +201,9 @@ def parse_sacct(text: str) -> list[ObservedJob]:
                 f"in line {line[:200]!r}"
             )
         job_id, name, state, exit_pair, elapsed, start, end, reason, limit, user = fields
-        if not job_id.isdigit():
+        if not _is_number(job_id):
             raise SlurmOutputError(f"sacct: job id {job_id!r} is not a number in line {line[:200]!r}")
-        if not elapsed.isdigit():
+        if not _is_number(elapsed):
             raise SlurmOutputError(f"sacct: elapsed time {elapsed!r} is not a number of seconds")
         try:
             exit_code, signal = parse_exit_pair(exit_pair)
@@ -205,7 +220,7 @@ def parse_sacct(text: str) -> list[ObservedJob]:
                 start_time=_sacct_time(start, line),
                 end_time=_sacct_time(end, line),
                 reason=reason or None,
-                time_limit_minutes=int(limit) if limit.isdigit() else None,
+                time_limit_minutes=int(limit) if _is_number(limit) else None,
                 user=user or None,
                 from_accounting=True,
             )

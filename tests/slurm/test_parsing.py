@@ -16,6 +16,7 @@ from supervisor.core.status import JobStatus
 from supervisor.slurm import SlurmOutputError, SlurmUnavailable
 from supervisor.slurm.parsing import (
     latest_by_name,
+    parse_job_ids,
     parse_ping,
     parse_sacct,
     parse_sbatch,
@@ -86,6 +87,13 @@ def test_sinfo_capture_describes_the_partition() -> None:
     assert [(n.name, n.cpus, n.memory_mb, n.gpus) for n in hardware.nodes] == [("grid-node1", 8, 8000, 2)]
     with pytest.raises(SlurmOutputError, match="partition 'gpu' has no nodes"):
         parse_sinfo_json(text("sinfo.json"), "gpu")
+
+
+def test_job_id_lists() -> None:
+    assert parse_job_ids("") == []
+    assert parse_job_ids("12\n13\n") == [12, 13]
+    with pytest.raises(SlurmOutputError, match="instead of a job id"):
+        parse_job_ids("12\nJOBID\n")
 
 
 def test_sbatch_and_ping_outputs() -> None:
