@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.chain_layer",
     "tests.fixtures.sbatch",
     "tests.fixtures.slurm",
+    "tests.fixtures.supervisor",
 ]
