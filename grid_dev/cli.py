@@ -1,0 +1,252 @@
+"""`grid-dev`: the local grid (`up`), its meta-scheduler (`oracle`) and the customer commands
+(`submit`, `watch`, `cancel`, `topup`) that work against any deployment."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from eth_account import Account
+
+from grid_dev.chain import GridError, format_credits, job_id_bytes, load_key, parse_credits, resolve_target
+from grid_dev.customer import CustomerSession, parse_affinities, parse_labels
+from grid_dev.oracle import MetaSchedulerOracle, OracleSettings
+from supervisor.chain.keys import Signer
+
+app = typer.Typer(help="The local grid and the customer commands of grid-supervisor.", no_args_is_help=True)
+
+CUSTOMER_KEY_ENV = "GRID_CUSTOMER_KEY"
+ORACLE_KEY_ENV = "GRID_ORACLE_KEY"
+T = TypeVar("T")
+
+Rpc = Annotated[str, typer.Option(help="HTTP JSON-RPC endpoint of the chain.")]
+DeploymentFile = Annotated[
+    Path | None, typer.Option("--deployment", help="Deployment file written by `grid-contracts deploy`.")
+]
+MetaSchedulerAddress = Annotated[
+    str | None, typer.Option("--meta-scheduler", help="MetaScheduler address (instead of --deployment).")
+]
+CustomerKeyFile = Annotated[
+    Path | None,
+    typer.Option(help=f"File with the customer's private key, mode 0600 (else ${CUSTOMER_KEY_ENV})."),
+]
+DEFAULT_RPC = "http://127.0.0.1:8545"
+
+
+def _run(coroutine: Awaitable[T]) -> T:
+    """Run a command's coroutine; a GridError becomes one line on stderr and exit status 1."""
+
+    async def main() -> T:
+        return await coroutine
+
+    try:
+        return asyncio.run(main())
+    except GridError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+async def _session(
+    rpc: str, deployment: Path | None, meta_scheduler: str | None, key_file: Path | None
+) -> CustomerSession:
+    signer = load_key(key_file, CUSTOMER_KEY_ENV, "customer")
+    return await CustomerSession.open(rpc, resolve_target(deployment, meta_scheduler), signer)
+
+
+@app.command()
+def submit(
+    workflow: Annotated[Path, typer.Argument(help="Workflow file (YAML or JSON, WORKFLOW.md format).")],
+    credits: Annotated[str, typer.Option(help="Credits to lock in the job (decimal).")],
+    sbatch_url: Annotated[
+        str, typer.Option(help="The sbatch service (its base URL or /graphql endpoint).")
+    ] = "http://127.0.0.1:8080",
+    uses: Annotated[list[str] | None, typer.Option(help="KEY=VALUE label the provider must have.")] = None,
+    affinity: Annotated[
+        list[str] | None, typer.Option(help="KEY OP VALUE on a provider label, OP in == != < <= > >=.")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Job name (32 bytes at most; default the file name).")
+    ] = None,
+    delegate_spending: Annotated[
+        bool, typer.Option(help="Let the provider and the grid add credits when time runs low.")
+    ] = False,
+    rpc: Rpc = DEFAULT_RPC,
+    deployment: DeploymentFile = None,
+    meta_scheduler: MetaSchedulerAddress = None,
+    key_file: CustomerKeyFile = None,
+) -> None:
+    """Store a workflow with the sbatch service, lock credits and request the job; prints its id."""
+
+    async def go() -> None:
+        amount = parse_credits(credits)
+        labels = parse_labels(uses or [], "--uses")
+        constraints = parse_affinities(affinity or [])
+        session = await _session(rpc, deployment, meta_scheduler, key_file)
+        result = await session.submit(
+            workflow,
+            amount,
+            sbatch_url,
+            uses=labels,
+            affinity=constraints,
+            job_name=name,
+            delegate_spending=delegate_spending,
+        )
+        typer.echo(f"job {result.job_id} requested with {format_credits(result.locked)} credits")
+        typer.echo(f"batch script key {result.batch_location_hash}")
+        typer.echo(result.job_id)
+
+    _run(go())
+
+
+@app.command()
+def watch(
+    job: Annotated[str, typer.Argument(help="Job id (0x + 64 hex digits, or the job's number).")],
+    poll: Annotated[float, typer.Option(help="Seconds between polls of the chain.")] = 1.0,
+    rpc: Rpc = DEFAULT_RPC,
+    deployment: DeploymentFile = None,
+    meta_scheduler: MetaSchedulerAddress = None,
+    key_file: CustomerKeyFile = None,
+) -> None:
+    """Print each status change of a job until it ends, then its final cost and refund."""
+
+    async def go() -> None:
+        job_id = job_id_bytes(job)
+        session = await _watch_session(rpc, deployment, meta_scheduler, key_file)
+        async for transition in session.transitions(job_id, poll_interval_seconds=poll):
+            typer.echo(transition.describe())
+        typer.echo((await session.settlement(job_id)).describe())
+
+    _run(go())
+
+
+async def _watch_session(
+    rpc: str, deployment: Path | None, meta_scheduler: str | None, key_file: Path | None
+) -> CustomerSession:
+    """Watching only reads: any key does, and without one a throw-away key is used."""
+    if key_file is None and not os.environ.get(CUSTOMER_KEY_ENV):
+        signer = Signer(Account.create())
+        return await CustomerSession.open(rpc, resolve_target(deployment, meta_scheduler), signer)
+    return await _session(rpc, deployment, meta_scheduler, key_file)
+
+
+@app.command()
+def cancel(
+    job: Annotated[str, typer.Argument(help="Job id (0x + 64 hex digits, or the job's number).")],
+    rpc: Rpc = DEFAULT_RPC,
+    deployment: DeploymentFile = None,
+    meta_scheduler: MetaSchedulerAddress = None,
+    key_file: CustomerKeyFile = None,
+) -> None:
+    """Cancel a job: at once with a full refund unless it runs; a running job is stopped and billed."""
+
+    async def go() -> None:
+        job_id = job_id_bytes(job)
+        session = await _session(rpc, deployment, meta_scheduler, key_file)
+        after = await session.cancel(job_id)
+        if after.status.is_cold:
+            refund = after.max_cost - after.final_cost
+            typer.echo(f"job {after.job_id} {after.status.name}; {format_credits(refund)} credits refunded")
+        else:
+            typer.echo(
+                f"job {after.job_id} is {after.status.name}: cancellation requested; its provider stops it "
+                "and bills the time used"
+            )
+
+    _run(go())
+
+
+@app.command()
+def topup(
+    job: Annotated[str, typer.Argument(help="Job id (0x + 64 hex digits, or the job's number).")],
+    credits: Annotated[str, typer.Option(help="Credits to add (decimal).")],
+    rpc: Rpc = DEFAULT_RPC,
+    deployment: DeploymentFile = None,
+    meta_scheduler: MetaSchedulerAddress = None,
+    key_file: CustomerKeyFile = None,
+) -> None:
+    """Add credits to a scheduled or running job; its provider extends the time limit."""
+
+    async def go() -> None:
+        amount = parse_credits(credits)
+        job_id = job_id_bytes(job)
+        session = await _session(rpc, deployment, meta_scheduler, key_file)
+        after = await session.top_up(job_id, amount)
+        typer.echo(
+            f"job {after.job_id} topped up by {format_credits(amount)}: "
+            f"{format_credits(after.max_cost)} credits locked in all"
+        )
+
+    _run(go())
+
+
+@app.command()
+def oracle(
+    rpc: Rpc = DEFAULT_RPC,
+    deployment: DeploymentFile = None,
+    meta_scheduler: MetaSchedulerAddress = None,
+    key_file: Annotated[
+        Path | None,
+        typer.Option(help=f"File with the oracle's private key, mode 0600 (else ${ORACLE_KEY_ENV})."),
+    ] = None,
+    from_block: Annotated[
+        int | None, typer.Option(help="First block to read events from (default: the deployment block).")
+    ] = None,
+    poll: Annotated[float, typer.Option(help="Seconds between passes.")] = 2.0,
+    approve_providers: Annotated[bool, typer.Option(help="Approve providers waiting for approval.")] = False,
+) -> None:
+    """Run the meta-scheduler: place pending jobs on fitting providers, time out unclaimed ones."""
+
+    async def go() -> None:
+        signer = load_key(key_file, ORACLE_KEY_ENV, "oracle")
+        target = resolve_target(deployment, meta_scheduler)
+        if from_block is not None:
+            target = type(target)(target.meta_scheduler, from_block)
+        settings = OracleSettings(poll_interval_seconds=poll, approve_providers=approve_providers)
+        scheduler = await MetaSchedulerOracle.connect(rpc, target, signer, settings)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, scheduler.stop)
+        await scheduler.run()
+
+    _run(go())
+
+
+@app.command()
+def up(
+    keep_running: Annotated[
+        bool, typer.Option(help="Stay up after the example job, print the endpoints, stop on Ctrl-C.")
+    ] = False,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="Folder for logs, keys, configuration and state (default: a new one).")
+    ] = None,
+    credits: Annotated[str, typer.Option(help="Credits the example job locks.")] = "200",
+    bootstrap: Annotated[bool, typer.Option(help="Run scripts/bootstrap.sh first.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds the example job may take to settle.")] = 600.0,
+) -> None:
+    """Start a whole grid on this machine, run the first example workflow to settlement, then stop."""
+    from grid_dev.local_grid import LocalGrid, LocalGridError, UpOptions
+
+    options = UpOptions(
+        keep_running=keep_running,
+        run_dir=run_dir,
+        credits=parse_credits_or_exit(credits),
+        bootstrap=bootstrap,
+        job_timeout_seconds=timeout,
+    )
+    try:
+        LocalGrid(options, echo=typer.echo).up()
+    except LocalGridError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def parse_credits_or_exit(text: str) -> int:
+    try:
+        return parse_credits(text)
+    except GridError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--credits") from None
