@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import signal
 import time
+from datetime import UTC, datetime
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -126,6 +127,21 @@ class JobEventHandler:
 
 
 # ---------------------------------------------------------------------------------- the daemon
+
+#: Slurm records submission times to the second: look a little before the claim was recorded.
+SINCE_MARGIN_S = 2.0
+
+
+def _since(jobs: list[JobRecord]) -> datetime | None:
+    """The earliest moment a Slurm job of these jobs can have been submitted: their claim.
+
+    Job ids repeat across deployments (a test chain, a second grid on the same cluster), so older Slurm
+    jobs with the same name belong to other jobs and must not be taken for these.
+    """
+    if not jobs:
+        return None
+    return datetime.fromtimestamp(min(job.created_at for job in jobs) - SINCE_MARGIN_S, tz=UTC)
+
 
 
 @dataclass
@@ -403,7 +419,7 @@ class Daemon:
     async def _query_slurm(self, jobs: list[JobRecord]) -> QueryResult | None:
         assert self._slurm is not None
         try:
-            result = await self._slurm.query([job.job_id for job in jobs])
+            result = await self._slurm.query([job.job_id for job in jobs], since=_since(jobs))
         except SlurmError as exc:
             if self.health.slurm_ok or "slurm" not in self.health.problems:
                 log.error("Slurm unavailable: jobs wait until it answers", error=str(exc))
@@ -653,7 +669,7 @@ class Daemon:
             self._refuse(job, str(exc))
             return
         try:
-            slurm_id = await self._slurm.submit(submission)
+            slurm_id = await self._slurm.submit(submission, since=_since([job]))
         except JobAlreadySubmitted as exc:
             slurm_id = exc.slurm_job_id
             log.info("job already in Slurm, not submitted again", slurm_job_id=slurm_id)

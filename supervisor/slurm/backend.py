@@ -41,12 +41,19 @@ class QueryResult:
 class SlurmBackend(Protocol):
     """What the daemon asks of Slurm. Every method may raise SlurmError (never anything else)."""
 
-    async def submit(self, submission: JobSubmission) -> int:
-        """Submit once: JobAlreadySubmitted if Slurm has (or had) a job with this name. Returns its id."""
+    async def submit(self, submission: JobSubmission, *, since: datetime | None = None) -> int:
+        """Submit once: JobAlreadySubmitted if Slurm has (or had, since `since`) a job with this name.
+
+        Returns the Slurm job id.
+        """
         ...
 
-    async def query(self, names: Collection[str]) -> QueryResult:
-        """Many jobs by name in one go: a fixed number of Slurm calls whatever the number of names."""
+    async def query(self, names: Collection[str], *, since: datetime | None = None) -> QueryResult:
+        """Many jobs by name in one go: a fixed number of Slurm calls whatever the number of names.
+
+        With `since`, jobs submitted before it are ignored: job ids repeat across deployments (a test
+        chain, a second grid), so an older Slurm job of the same name belongs to another job.
+        """
         ...
 
     async def cancel(self, slurm_job_id: int) -> None:
@@ -104,9 +111,9 @@ class CommandSlurmBackend:
             raise UnixUserMissing(user)
         self._known_users.add(user)
 
-    async def submit(self, submission: JobSubmission) -> int:
+    async def submit(self, submission: JobSubmission, *, since: datetime | None = None) -> int:
         script = commands.guard_script(submission.script)
-        existing = await self._existing_job_id(submission.name)
+        existing = await self._existing_job_id(submission.name, since)
         if existing is not None:
             raise JobAlreadySubmitted(submission.name, existing)
         await self._check_user(submission.unix_user)
@@ -114,14 +121,17 @@ class CommandSlurmBackend:
         result = await self._run(argv, user=self._submit_user(submission.unix_user), stdin=script)
         return parsing.parse_sbatch(result.stdout)
 
-    async def _existing_job_id(self, name: str) -> int | None:
+    async def _existing_job_id(self, name: str, since: datetime | None) -> int | None:
         """A job with this name in the queue or in accounting (two small answers, whatever the queue)."""
+        if since is not None:
+            seen = (await self.query([name], since=since)).get(name)
+            return None if seen is None else seen.slurm_job_id
         live = parsing.parse_job_ids((await self._run(commands.squeue_name_argv(name))).stdout)
         if live:
             return max(live)
         if self._accounting is False:
             return None
-        accounted = await self._accounting_records([name])
+        accounted = await self._accounting_records([name], None)
         return max((job.slurm_job_id for job in accounted), default=None)
 
     def _submit_user(self, unix_user: str) -> str | None:
@@ -135,17 +145,19 @@ class CommandSlurmBackend:
             )
         return None
 
-    async def query(self, names: Collection[str]) -> QueryResult:
+    async def query(self, names: Collection[str], *, since: datetime | None = None) -> QueryResult:
         wanted = frozenset(names)
         if not wanted:
             return QueryResult({}, frozenset(), True, self._accounting is not False)
         live = await self._run(commands.squeue_argv())
-        found = parsing.parse_squeue_json(live.stdout, wanted, now=datetime.now(tz=UTC))
+        found = parsing.parse_squeue_json(
+            live.stdout, wanted, now=datetime.now(tz=UTC), submitted_after=since
+        )
         missing = wanted - {job.name for job in found}
         accounting_answered = False
         if missing and self._accounting is not False:
             try:
-                found += await self._accounting_records(missing)
+                found += await self._accounting_records(missing, since)
                 accounting_answered = self._accounting is True
             except SlurmUnavailable:
                 accounting_answered = False
@@ -158,8 +170,8 @@ class CommandSlurmBackend:
             accounting_available=self._accounting is not False,
         )
 
-    async def _accounting_records(self, names: Collection[str]) -> list[ObservedJob]:
-        argv = commands.sacct_argv(names, self.settings.accounting_lookback_days)
+    async def _accounting_records(self, names: Collection[str], since: datetime | None) -> list[ObservedJob]:
+        argv = commands.sacct_argv(names, self.settings.accounting_lookback_days, since=since)
         result = await self.runner.run(
             argv, env=commands.TIME_FORMAT_ENV, timeout=self.settings.command_timeout_seconds
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from datetime import datetime
 
 from supervisor.slurm.errors import InvalidSubmission
 from supervisor.slurm.models import JobSubmission
@@ -73,15 +74,19 @@ def squeue_name_argv(name: str) -> list[str]:
     return ["squeue", "--noheader", "--all", "--states=all", f"--name={name}", "--format=%i"]
 
 
-def sacct_argv(names: Iterable[str], lookback_days: int) -> list[str]:
-    """Accounting records of the given job names, one line per allocation, in one call."""
+def sacct_argv(names: Iterable[str], lookback_days: int, *, since: datetime | None = None) -> list[str]:
+    """Accounting records of the given job names, one line per allocation, in one call.
+
+    `since` narrows the window to jobs present after that moment (local time, as sacct reads it).
+    """
+    start = f"now-{lookback_days}days" if since is None else since.astimezone().strftime("%Y-%m-%dT%H:%M:%S")
     return [
         "sacct",
         "--noheader",
         "--parsable2",
         "--allocations",
         "--allusers",
-        f"--starttime=now-{lookback_days}days",
+        f"--starttime={start}",
         "--endtime=now",
         f"--name={','.join(sorted(names))}",
         f"--format={','.join(SACCT_FIELDS)}",

@@ -129,8 +129,15 @@ def _state(raw: str, command: str) -> str:
         raise SlurmOutputError(f"{command}: {exc}") from exc
 
 
-def parse_squeue_json(text: str, names: Collection[str] | None = None, *, now: datetime) -> list[ObservedJob]:
-    """Jobs of `squeue --json` (openapi v0.0.38), only those named in `names` when given."""
+def parse_squeue_json(
+    text: str,
+    names: Collection[str] | None = None,
+    *,
+    now: datetime,
+    submitted_after: datetime | None = None,
+) -> list[ObservedJob]:
+    """Jobs of `squeue --json` (openapi v0.0.38), only those named in `names` when given, and only
+    those submitted at or after `submitted_after` when given."""
     data = _load_json(text, "squeue")
     jobs = data.get("jobs")
     if not isinstance(jobs, list):
@@ -142,6 +149,10 @@ def parse_squeue_json(text: str, names: Collection[str] | None = None, *, now: d
         name = _str(record, "name", "squeue")
         if names is not None and name not in names:
             continue
+        if submitted_after is not None:
+            submitted = _epoch(_int(record, "submit_time", "squeue"))
+            if submitted is not None and submitted < submitted_after:
+                continue
         state = _state(_str(record, "job_state", "squeue"), "squeue")
         start = _epoch(_int(record, "start_time", "squeue"))
         end = _epoch(_int(record, "end_time", "squeue"))

@@ -101,9 +101,9 @@ class PyslurmBackend:
         except Exception as exc:
             raise SlurmUnavailable(f"pyslurm: {exc}") from exc
 
-    async def submit(self, submission: JobSubmission) -> int:
+    async def submit(self, submission: JobSubmission, *, since: datetime | None = None) -> int:
         script = guard_script(submission.script)
-        existing = (await self.query([submission.name])).get(submission.name)
+        existing = (await self.query([submission.name], since=since)).get(submission.name)
         if existing is not None:
             raise JobAlreadySubmitted(submission.name, existing.slurm_job_id)
         description = self._pyslurm.JobSubmitDescription(
@@ -121,11 +121,18 @@ class PyslurmBackend:
         )
         return int(await self._call(description.submit))
 
-    async def query(self, names: Collection[str]) -> QueryResult:
+    async def query(self, names: Collection[str], *, since: datetime | None = None) -> QueryResult:
         wanted = frozenset(names)
         live = await self._call(self._pyslurm.Jobs.load)
+
+        def recent(job: Any) -> bool:
+            submitted = getattr(job, "submit_time", None)
+            return since is None or not isinstance(submitted, int) or submitted >= since.timestamp()
+
         found = [
-            observed_from_pyslurm(job, from_accounting=False) for job in live.values() if job.name in wanted
+            observed_from_pyslurm(job, from_accounting=False)
+            for job in live.values()
+            if job.name in wanted and recent(job)
         ]
         missing = wanted - {job.name for job in found}
         answered = True
@@ -133,7 +140,11 @@ class PyslurmBackend:
             try:
                 db_filter = self._pyslurm.db.JobFilter(names=sorted(missing))
                 records = await self._call(lambda: self._pyslurm.db.Jobs.load(db_filter))
-                found += [observed_from_pyslurm(job, from_accounting=True) for job in records.values()]
+                found += [
+                    observed_from_pyslurm(job, from_accounting=True)
+                    for job in records.values()
+                    if recent(job)
+                ]
             except SlurmUnavailable:
                 answered = False
         jobs = latest_by_name(found)
