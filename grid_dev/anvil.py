@@ -86,10 +86,13 @@ def start_anvil(
     *,
     extra_args: list[str] | None = None,
     log_path: Path | None = None,
+    silent: bool = True,
 ) -> Anvil:
-    """Start anvil on 127.0.0.1 and wait until it answers eth_chainId."""
+    """Start anvil on 127.0.0.1 and wait until it answers eth_chainId (`silent=False` logs each call
+    and transaction to `log_path`)."""
     port = port or free_port()
-    args = [anvil_binary(), "--host", "127.0.0.1", "--port", str(port), "--silent", *(extra_args or [])]
+    quiet = ["--silent"] if silent else []
+    args = [anvil_binary(), "--host", "127.0.0.1", "--port", str(port), *quiet, *(extra_args or [])]
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     anvil = Anvil(port=port, process=process, args=args)

@@ -91,6 +91,13 @@ async def connect(rpc_url: str, target: Target) -> tuple[AsyncWeb3[Any], Protoco
     return w3, contracts
 
 
+async def disconnect(w3: AsyncWeb3[Any]) -> None:
+    """Close the HTTP sessions of an AsyncWeb3 (else aiohttp complains at exit)."""
+    provider: Any = w3.provider
+    if hasattr(provider, "disconnect"):
+        await provider.disconnect()
+
+
 def contract(w3: AsyncWeb3[Any], name: str, address: str) -> AsyncContract:
     return w3.eth.contract(address=Web3.to_checksum_address(address), abi=list(load_contract_abi(name)))
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Awaitable
+import sys
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -17,6 +19,7 @@ from grid_dev.chain import GridError, format_credits, job_id_bytes, load_key, pa
 from grid_dev.customer import CustomerSession, parse_affinities, parse_labels
 from grid_dev.oracle import MetaSchedulerOracle, OracleSettings
 from supervisor.chain.keys import Signer
+from supervisor.logs import configure_logging
 
 app = typer.Typer(help="The local grid and the customer commands of grid-supervisor.", no_args_is_help=True)
 
@@ -51,11 +54,25 @@ def _run(coroutine: Awaitable[T]) -> T:
         raise typer.Exit(1) from None
 
 
+@asynccontextmanager
 async def _session(
-    rpc: str, deployment: Path | None, meta_scheduler: str | None, key_file: Path | None
-) -> CustomerSession:
-    signer = load_key(key_file, CUSTOMER_KEY_ENV, "customer")
-    return await CustomerSession.open(rpc, resolve_target(deployment, meta_scheduler), signer)
+    rpc: str,
+    deployment: Path | None,
+    meta_scheduler: str | None,
+    key_file: Path | None,
+    *,
+    read_only: bool = False,
+) -> AsyncIterator[CustomerSession]:
+    """The customer's session, closed at the end. Reading needs no key: a throw-away one does then."""
+    if read_only and key_file is None and not os.environ.get(CUSTOMER_KEY_ENV):
+        signer = Signer(Account.create())
+    else:
+        signer = load_key(key_file, CUSTOMER_KEY_ENV, "customer")
+    session = await CustomerSession.open(rpc, resolve_target(deployment, meta_scheduler), signer)
+    try:
+        yield session
+    finally:
+        await session.close()
 
 
 @app.command()
@@ -86,16 +103,16 @@ def submit(
         amount = parse_credits(credits)
         labels = parse_labels(uses or [], "--uses")
         constraints = parse_affinities(affinity or [])
-        session = await _session(rpc, deployment, meta_scheduler, key_file)
-        result = await session.submit(
-            workflow,
-            amount,
-            sbatch_url,
-            uses=labels,
-            affinity=constraints,
-            job_name=name,
-            delegate_spending=delegate_spending,
-        )
+        async with _session(rpc, deployment, meta_scheduler, key_file) as session:
+            result = await session.submit(
+                workflow,
+                amount,
+                sbatch_url,
+                uses=labels,
+                affinity=constraints,
+                job_name=name,
+                delegate_spending=delegate_spending,
+            )
         typer.echo(f"job {result.job_id} requested with {format_credits(result.locked)} credits")
         typer.echo(f"batch script key {result.batch_location_hash}")
         typer.echo(result.job_id)
@@ -116,22 +133,12 @@ def watch(
 
     async def go() -> None:
         job_id = job_id_bytes(job)
-        session = await _watch_session(rpc, deployment, meta_scheduler, key_file)
-        async for transition in session.transitions(job_id, poll_interval_seconds=poll):
-            typer.echo(transition.describe())
-        typer.echo((await session.settlement(job_id)).describe())
+        async with _session(rpc, deployment, meta_scheduler, key_file, read_only=True) as session:
+            async for transition in session.transitions(job_id, poll_interval_seconds=poll):
+                typer.echo(transition.describe())
+            typer.echo((await session.settlement(job_id)).describe())
 
     _run(go())
-
-
-async def _watch_session(
-    rpc: str, deployment: Path | None, meta_scheduler: str | None, key_file: Path | None
-) -> CustomerSession:
-    """Watching only reads: any key does, and without one a throw-away key is used."""
-    if key_file is None and not os.environ.get(CUSTOMER_KEY_ENV):
-        signer = Signer(Account.create())
-        return await CustomerSession.open(rpc, resolve_target(deployment, meta_scheduler), signer)
-    return await _session(rpc, deployment, meta_scheduler, key_file)
 
 
 @app.command()
@@ -146,8 +153,8 @@ def cancel(
 
     async def go() -> None:
         job_id = job_id_bytes(job)
-        session = await _session(rpc, deployment, meta_scheduler, key_file)
-        after = await session.cancel(job_id)
+        async with _session(rpc, deployment, meta_scheduler, key_file) as session:
+            after = await session.cancel(job_id)
         if after.status.is_cold:
             refund = after.max_cost - after.final_cost
             typer.echo(f"job {after.job_id} {after.status.name}; {format_credits(refund)} credits refunded")
@@ -174,8 +181,8 @@ def topup(
     async def go() -> None:
         amount = parse_credits(credits)
         job_id = job_id_bytes(job)
-        session = await _session(rpc, deployment, meta_scheduler, key_file)
-        after = await session.top_up(job_id, amount)
+        async with _session(rpc, deployment, meta_scheduler, key_file) as session:
+            after = await session.top_up(job_id, amount)
         typer.echo(
             f"job {after.job_id} topped up by {format_credits(amount)}: "
             f"{format_credits(after.max_cost)} credits locked in all"
@@ -201,6 +208,8 @@ def oracle(
 ) -> None:
     """Run the meta-scheduler: place pending jobs on fitting providers, time out unclaimed ones."""
 
+    configure_logging("info", "auto", sys.stdout)
+
     async def go() -> None:
         signer = load_key(key_file, ORACLE_KEY_ENV, "oracle")
         target = resolve_target(deployment, meta_scheduler)
@@ -211,7 +220,10 @@ def oracle(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, scheduler.stop)
-        await scheduler.run()
+        try:
+            await scheduler.run()
+        finally:
+            await scheduler.close()
 
     _run(go())
 
@@ -227,6 +239,9 @@ def up(
     credits: Annotated[str, typer.Option(help="Credits the example job locks.")] = "200",
     bootstrap: Annotated[bool, typer.Option(help="Run scripts/bootstrap.sh first.")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds the example job may take to settle.")] = 600.0,
+    start_cluster: Annotated[
+        bool, typer.Option(help="Start the Slurm cluster when it is not up (else require it to be up).")
+    ] = True,
 ) -> None:
     """Start a whole grid on this machine, run the first example workflow to settlement, then stop."""
     from grid_dev.local_grid import LocalGrid, LocalGridError, UpOptions
@@ -237,6 +252,7 @@ def up(
         credits=parse_credits_or_exit(credits),
         bootstrap=bootstrap,
         job_timeout_seconds=timeout,
+        start_cluster=start_cluster,
     )
     try:
         LocalGrid(options, echo=typer.echo).up()

@@ -29,6 +29,7 @@ from grid_dev.chain import (
     Transactor,
     connect,
     contract,
+    disconnect,
     events_of,
     format_credits,
 )
@@ -222,6 +223,9 @@ class CustomerSession:
     @property
     def address(self) -> str:
         return self.signer.address
+
+    async def close(self) -> None:
+        await disconnect(self.w3)
 
     async def balance(self, address: str | None = None) -> int:
         who = address or self.address

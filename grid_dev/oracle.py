@@ -21,7 +21,7 @@ import structlog
 from web3 import AsyncWeb3, Web3
 from web3.contract import AsyncContract
 
-from grid_dev.chain import GridError, LogReader, Target, Transactor, connect, contract, events_of
+from grid_dev.chain import GridError, LogReader, Target, Transactor, connect, contract, disconnect, events_of
 from grid_dev.matching import (
     Affinity,
     JobNeeds,
@@ -173,6 +173,10 @@ class MetaSchedulerOracle:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    async def close(self) -> None:
+        """Close the connection to the node (after run() returned)."""
+        await disconnect(self.w3)
 
     async def step(self) -> StepReport:
         """One pass: learn providers and jobs from new events, time out overdue claims, place jobs."""

@@ -1,0 +1,185 @@
+"""`grid-dev up` end to end: a real run of the local grid (anvil, contracts, sbatch service, the
+Slurm cluster, the oracle and `grid-supervisor run`) with the example workflow, checked against the
+chain while the grid stays up."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import requests
+from web3 import Web3
+from web3.contract import Contract
+
+from grid_contracts.artifacts import load_abi
+from grid_contracts.deploy import Deployment
+from supervisor.core.status import JobStatus
+from tests.fixtures.slurm import SlurmCluster
+
+CREDIT = 10**18
+CLUSTER_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "cluster.sh"
+GRID_DEV = str(Path(sys.executable).parent / "grid-dev")
+#: The example (1 task, 1 CPU, 1024 MB, no GPU) at the worked example's prices: 0.95 + 1024 * 0.00008.
+EXAMPLE_CREDITS_PER_MINUTE = Decimal("1.03192")
+
+
+@dataclass
+class Run:
+    process: subprocess.Popen[str]
+    lines: list[str]
+    pending: queue.Queue[str | None]
+
+    def wait_for_line(self, pattern: str, timeout: float) -> re.Match[str]:
+        """Read output until a line matches; fails with the output so far at the deadline or at exit."""
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(
+                    f"no line matching {pattern!r} within {timeout}s:\n" + "\n".join(self.lines)
+                )
+            try:
+                line = self.pending.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise AssertionError(
+                    f"grid-dev up exited ({self.process.wait()}) before {pattern!r}:\n"
+                    + "\n".join(self.lines)
+                )
+            self.lines.append(line)
+            found = regex.search(line)
+            if found:
+                return found
+
+    def rest(self, timeout: float) -> str:
+        """The remaining output once the process ended."""
+        self.process.wait(timeout=timeout)
+        while True:
+            line = self.pending.get(timeout=timeout)
+            if line is None:
+                return "\n".join(self.lines)
+            self.lines.append(line)
+
+
+def start(args: list[str], env: dict[str, str] | None = None) -> Run:
+    process = subprocess.Popen(
+        # The cluster is shared with other tests (which rehearse outages): use it, never start or stop it.
+        [GRID_DEV, "up", "--no-bootstrap", "--no-start-cluster", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    pending: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            pending.put(line.rstrip("\n"))
+        pending.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return Run(process, [], pending)
+
+
+@pytest.fixture
+def run_dir(slurm_cluster: SlurmCluster, tmp_path: Path) -> Iterator[Path]:
+    """A run folder, once the shared cluster is whole (other tests stop parts of it for a while)."""
+    deadline = time.monotonic() + 180
+    while subprocess.run(
+        ["bash", str(CLUSTER_SCRIPT), "status"], capture_output=True, check=False
+    ).returncode:
+        assert time.monotonic() < deadline, "the Slurm cluster did not come back up"
+        time.sleep(1)
+    yield tmp_path / "run"
+
+
+def credits(text: str) -> int:
+    return int(Decimal(text) * CREDIT)
+
+
+def test_up_runs_the_example_to_settlement_and_stops_what_it_started(run_dir: Path) -> None:
+    run = start(["--keep-running", "--run-dir", str(run_dir)])
+    try:
+        job_id = run.wait_for_line(r"as job (0x[0-9a-f]{64}) with 200 credits", 240).group(1)
+        statuses = [run.wait_for_line(r"job is (\w+)  \(block", 300).group(1) for _ in range(4)]
+        ended = run.wait_for_line(
+            r"job ended (\w+): final cost ([\d.]+) credits, refunded ([\d.]+) of 200", 30
+        )
+        rows = {}
+        for who in ("customer", "provider", "grid's cut"):
+            found = run.wait_for_line(rf"^{who}\b.*?\s(-?[\d.]+)\s+(-?[\d.]+)\s+([+-]?[\d.]+)$", 10)
+            rows[who] = tuple(credits(v) for v in found.groups())
+        rpc = run.wait_for_line(r"JSON-RPC\s+(http://\S+)", 10).group(1)
+        deployment_file = Path(run.wait_for_line(r"deployment\s+(\S+)", 10).group(1))
+        run.wait_for_line(r"press Ctrl-C to stop everything", 10)
+
+        assert statuses == ["META_SCHEDULED", "SCHEDULED", "RUNNING", "FINISHED"]
+        assert ended.group(1) == "FINISHED"
+
+        # What was printed is what the chain holds.
+        deployment = Deployment.read(deployment_file)
+        w3 = Web3(Web3.HTTPProvider(rpc))
+
+        def contract(name: str, address: str) -> Contract:
+            return w3.eth.contract(address=Web3.to_checksum_address(address), abi=load_abi(name))
+
+        jobs = contract("JobRepository", deployment.job_repository)
+        credit = contract("Credit", deployment.credit)
+        scheduler = contract("MetaScheduler", deployment.meta_scheduler)
+        job = jobs.functions.get(bytes.fromhex(job_id[2:])).call()
+        status, customer, provider = job[1], job[2], job[3]
+        max_cost, final_cost = job[5][0], job[5][1]
+        assert JobStatus(status) == JobStatus.FINISHED
+        assert credits(ended.group(2)) == final_cost
+        assert credits(ended.group(3)) == max_cost - final_cost
+        assert max_cost == 200 * CREDIT
+        # A job of a few seconds is billed one minute.
+        assert final_cost == int(EXAMPLE_CREDITS_PER_MINUTE * CREDIT)
+        cut = final_cost * 20 // 100
+        assert rows["customer"][1] == credit.functions.balanceOf(customer).call()
+        assert rows["customer"][2] == -final_cost
+        assert rows["provider"][1] == credit.functions.balanceOf(provider).call()
+        assert rows["provider"][2] == final_cost - cut
+        assert rows["grid's cut"][1] == scheduler.functions.withdrawableCut().call()
+        assert rows["grid's cut"][2] == cut
+
+        for name in ("anvil", "sbatch-service", "oracle", "supervisor"):
+            assert (run_dir / f"{name}.log").stat().st_size > 0, name
+        for key in ("provider.key", "oracle.key", "customer.key"):
+            assert (run_dir / key).stat().st_mode & 0o777 == 0o600
+    finally:
+        if run.process.poll() is None:
+            run.process.send_signal(signal.SIGINT)
+    output = run.rest(timeout=120)
+    assert run.process.returncode == 0, output
+    for name in ("supervisor", "oracle", "sbatch-service", "anvil"):
+        assert f"stopped {name}" in output
+    assert "Slurm cluster" not in output.split("press Ctrl-C")[1]  # it was up before: it stays up
+    with pytest.raises(requests.ConnectionError):
+        requests.post(rpc, json={"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}, timeout=5)
+
+
+def test_up_names_the_component_that_failed_and_its_log(run_dir: Path) -> None:
+    env = {**os.environ, "GRID_SUPERVISOR_POLICY__MAX_QUEUED_JOBS": "0"}  # the supervisor refuses this
+    run = start(["--run-dir", str(run_dir)], env=env)
+    output = run.rest(timeout=300)
+    assert run.process.returncode == 1, output
+    log = run_dir / "supervisor.log"
+    assert f"error: supervisor exited with status 2; its log: {log}" in output
+    assert "policy.max_queued_jobs" in log.read_text()
+    for name in ("oracle", "sbatch-service", "anvil"):
+        assert f"stopped {name}" in output
