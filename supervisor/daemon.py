@@ -19,10 +19,10 @@ import contextlib
 import dataclasses
 import signal
 import time
-from datetime import UTC, datetime
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -143,6 +143,18 @@ def _since(jobs: list[JobRecord]) -> datetime | None:
     return datetime.fromtimestamp(min(job.created_at for job in jobs) - SINCE_MARGIN_S, tz=UTC)
 
 
+class DaemonListener(Protocol):
+    """Told of the daemon's life: systemd notification and metrics hook in here."""
+
+    def ready(self, daemon: Daemon) -> None:
+        """The daemon caught up with the chain and finished its first work cycle."""
+
+    def cycle_done(self, daemon: Daemon) -> None:
+        """A work cycle ended (successfully or not): the loops are alive."""
+
+    def stopping(self, daemon: Daemon) -> None:
+        """Draining has begun."""
+
 
 @dataclass
 class Health:
@@ -159,9 +171,12 @@ class Health:
 class Daemon:
     """One provider's supervisor. `run()` until `stop()` (SIGTERM), then drain and return."""
 
-    def __init__(self, config: SupervisorConfig) -> None:
+    def __init__(self, config: SupervisorConfig, listeners: list[DaemonListener] | None = None) -> None:
         self.config = config
+        self.listeners = list(listeners or [])
         self.health = Health()
+        self.ready = False
+        self.cycles = 0
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._claim_hint = True
@@ -185,6 +200,8 @@ class Daemon:
         """Begin draining: stop claiming, deliver the outbox, exit (Slurm jobs keep running)."""
         if not self._stop.is_set():
             log.info("stop requested: draining")
+            for listener in self.listeners:
+                listener.stopping(self)
         self._claiming = False
         self._stop.set()
         self._wake.set()
@@ -389,9 +406,37 @@ class Daemon:
                 raise
             except Exception as exc:  # one bad cycle never ends the daemon
                 log.exception("work cycle failed, will retry", error=describe(exc))
+            self.cycles += 1
+            self._announce()
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), period)
+
+    def _announce(self) -> None:
+        follower = self._follower
+        if not self.ready and follower is not None and follower.health.caught_up:
+            self.ready = True
+            log.info("supervisor ready: caught up with the chain", block=follower.health.last_block)
+            for listener in self.listeners:
+                listener.ready(self)
+        for listener in self.listeners:
+            listener.cycle_done(self)
+
+    @property
+    def follower(self) -> LogFollower | None:
+        return self._follower
+
+    @property
+    def sender(self) -> TransactionSender | None:
+        return self._sender
+
+    @property
+    def slurm(self) -> SlurmBackend | None:
+        return self._slurm
+
+    @property
+    def contracts(self) -> ProtocolContracts | None:
+        return self._contracts
 
     async def cycle(self) -> None:
         """One pass: claim, then look at every open job and act on what it needs."""

@@ -83,6 +83,8 @@ class FollowerHealth:
     reorgs: int = 0
     events_handled: int = 0
     undecodable_logs: int = 0
+    caught_up: bool = False  # has reached head - confirmations at least once since start
+    head_block: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -193,6 +195,7 @@ class LogFollower:
             self._chain_checked = True
         stream = self.settings.stream
         head = int(await read(lambda: self._w3.eth.block_number))
+        self.health.head_block = head
         safe = head - self.settings.confirmations
         cursor = self._store.get_cursor(stream) or self._initial_cursor()
         if cursor.block_hash and cursor.block_number >= 0:
@@ -203,6 +206,7 @@ class LogFollower:
         self.health.last_read_at = time.time()
         if safe <= cursor.block_number:
             self.health.last_block = cursor.block_number
+            self.health.caught_up = True
             return True
         first = cursor.block_number + 1
         last = min(cursor.block_number + self._range, safe)
@@ -217,6 +221,8 @@ class LogFollower:
             return False
         self._commit(logs, Cursor(last, last_hash))
         self.health.last_block = last
+        if last >= safe:
+            self.health.caught_up = True
         return last >= safe
 
     async def _get_logs(self, first: int, last: int) -> list[Any] | None:
