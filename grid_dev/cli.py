@@ -15,7 +15,15 @@ from typing import Annotated, TypeVar
 import typer
 from eth_account import Account
 
-from grid_dev.chain import GridError, format_credits, job_id_bytes, load_key, parse_credits, resolve_target
+from grid_dev.chain import (
+    GridError,
+    Target,
+    format_credits,
+    job_id_bytes,
+    load_key,
+    parse_credits,
+    resolve_target,
+)
 from grid_dev.customer import CustomerSession, parse_affinities, parse_labels
 from grid_dev.oracle import MetaSchedulerOracle, OracleSettings
 from supervisor.chain.keys import Signer
@@ -214,7 +222,7 @@ def oracle(
         signer = load_key(key_file, ORACLE_KEY_ENV, "oracle")
         target = resolve_target(deployment, meta_scheduler)
         if from_block is not None:
-            target = type(target)(target.meta_scheduler, from_block)
+            target = Target(target.meta_scheduler, from_block)
         settings = OracleSettings(poll_interval_seconds=poll, approve_providers=approve_providers)
         scheduler = await MetaSchedulerOracle.connect(rpc, target, signer, settings)
         loop = asyncio.get_running_loop()

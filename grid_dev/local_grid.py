@@ -459,7 +459,19 @@ port = {free_port()}
         finally:
             await session.close()
         self.say(settlement.describe())
+        self._print_output(submitted.job_id)
         self._print_balances(before, after)
+
+    def _print_output(self, job_id: str) -> None:
+        """The job's output file, which the supervisor writes under its jobs_root, if there is one."""
+        for path in sorted((self.shared / "jobs").glob(f"{job_id}*")):
+            if path.is_file():
+                lines = path.read_text(errors="replace").splitlines()
+                self.echo(f"job output ({path}):")
+                for line in lines[:20]:
+                    self.echo(f"  | {line}")
+                if len(lines) > 20:
+                    self.echo(f"  | ... ({len(lines) - 20} more lines)")
 
     def _print_balances(self, before: Balances, after: Balances) -> None:
         rows = [

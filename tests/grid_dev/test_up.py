@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,6 +75,11 @@ class Run:
             self.lines.append(line)
 
 
+def remove_outside_job_folders(run_dir: Path, run: Run) -> None:
+    """The job folders `up` put in /var/tmp/grid-dev because pytest's folders are private."""
+    shutil.rmtree(Path("/var/tmp/grid-dev") / f"{run_dir.name}-{run.process.pid}-shared", ignore_errors=True)
+
+
 def start(args: list[str], env: dict[str, str] | None = None) -> Run:
     process = subprocess.Popen(
         # The cluster is shared with other tests (which rehearse outages): use it, never start or stop it.
@@ -119,6 +125,7 @@ def test_up_runs_the_example_to_settlement_and_stops_what_it_started(run_dir: Pa
         ended = run.wait_for_line(
             r"job ended (\w+): final cost ([\d.]+) credits, refunded ([\d.]+) of 200", 30
         )
+        run.wait_for_line(r"^  \| hello world$", 10)  # the job's output, as the job wrote it
         rows = {}
         for who in ("customer", "provider", "grid's cut"):
             found = run.wait_for_line(rf"^{who}\b.*?\s(-?[\d.]+)\s+(-?[\d.]+)\s+([+-]?[\d.]+)$", 10)
@@ -165,6 +172,7 @@ def test_up_runs_the_example_to_settlement_and_stops_what_it_started(run_dir: Pa
         if run.process.poll() is None:
             run.process.send_signal(signal.SIGINT)
     output = run.rest(timeout=120)
+    remove_outside_job_folders(run_dir, run)
     assert run.process.returncode == 0, output
     for name in ("supervisor", "oracle", "sbatch-service", "anvil"):
         assert f"stopped {name}" in output
@@ -177,6 +185,7 @@ def test_up_names_the_component_that_failed_and_its_log(run_dir: Path) -> None:
     env = {**os.environ, "GRID_SUPERVISOR_POLICY__MAX_QUEUED_JOBS": "0"}  # the supervisor refuses this
     run = start(["--run-dir", str(run_dir)], env=env)
     output = run.rest(timeout=300)
+    remove_outside_job_folders(run_dir, run)
     assert run.process.returncode == 1, output
     log = run_dir / "supervisor.log"
     assert f"error: supervisor exited with status 2; its log: {log}" in output
