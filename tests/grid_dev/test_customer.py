@@ -12,7 +12,9 @@ import pytest
 from eth_account.signers.local import LocalAccount
 from typer.testing import CliRunner
 
+from grid_dev.chain import GridError
 from grid_dev.cli import CUSTOMER_KEY_ENV, app
+from grid_dev.customer import store_workflow
 from grid_dev.matching import encode_operator
 from sbatch_service.storage import ScriptStore, script_key
 from supervisor.core.status import JobStatus
@@ -403,3 +405,13 @@ def test_no_deployment_named_is_an_error(cli: Cli) -> None:
     assert "--deployment deployment.json or --meta-scheduler ADDRESS" in one_line_error(
         result.exit_code, result.stderr
     )
+
+
+def test_a_refusal_of_the_sbatch_service_names_the_field(sbatch_service: SbatchProcess) -> None:
+    workflow = {"resources": {"tasks": 0, "cpusPerTask": 1, "memPerCpu": 1}, "steps": []}
+    with pytest.raises(
+        GridError, match=r"^the sbatch service refused the workflow: .*\(field resources\.tasks\)$"
+    ):
+        store_workflow(sbatch_service.graphql_url, workflow)
+    with pytest.raises(GridError, match="is not an http"):
+        store_workflow("ftp://example", workflow)

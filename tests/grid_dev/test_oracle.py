@@ -50,7 +50,9 @@ def chain(clean_grid: Grid) -> Iterator[Grid]:
 @pytest.fixture
 async def oracle(chain: Grid) -> AsyncIterator[MetaSchedulerOracle]:
     target = Target(chain.deployment.meta_scheduler, chain.deployment.deploy_block)
-    yield await MetaSchedulerOracle.connect(chain.anvil.http_url, target, Signer(chain.oracle))
+    oracle = await MetaSchedulerOracle.connect(chain.anvil.http_url, target, Signer(chain.oracle))
+    yield oracle
+    await oracle.close()
 
 
 def status(chain: Grid, job_id: bytes) -> tuple[JobStatus, str]:
@@ -215,6 +217,7 @@ async def test_the_oracle_can_approve_waiting_providers(chain: Grid) -> None:
     job = chain.request_job(chain.customers[0], 100 * CREDIT, definition())
 
     report = await oracle.step()
+    await oracle.close()
 
     assert report.approved == [provider.address]
     assert chain.provider_manager.functions.isValidForScheduling(provider.address).call()
@@ -239,4 +242,5 @@ async def test_run_places_jobs_as_they_come_until_stopped(chain: Grid) -> None:
     finally:
         oracle.stop()
         await asyncio.wait_for(task, timeout=10)
+        await oracle.close()
     assert task.done() and task.exception() is None
