@@ -37,12 +37,19 @@ def balances(stack: ProviderStack) -> tuple[int, int]:
     return stack.grid.balance(stack.customer), stack.grid.balance(stack.provider)
 
 
-def test_registration_describes_the_cluster(provider_stack: ProviderStack, supervisor: SupervisorProcess) -> None:
+def test_registration_describes_the_cluster(
+    provider_stack: ProviderStack, supervisor: SupervisorProcess
+) -> None:
     hardware = provider_stack.grid.provider_manager.functions.getProviderHardware(
         provider_stack.provider.address
     ).call()
     cluster = provider_stack.cluster
-    assert tuple(hardware) == (1, [cluster.gpus_per_node], [cluster.cpus_per_node], [cluster.memory_mb_per_node])
+    assert tuple(hardware) == (
+        1,
+        [cluster.gpus_per_node],
+        [cluster.cpus_per_node],
+        [cluster.memory_mb_per_node],
+    )
 
 
 def test_finished_job_settles_exactly(provider_stack: ProviderStack, supervisor: SupervisorProcess) -> None:
@@ -57,7 +64,9 @@ def test_finished_job_settles_exactly(provider_stack: ProviderStack, supervisor:
     assert "done" in output
 
 
-def test_failed_job_reports_its_exit_code(provider_stack: ProviderStack, supervisor: SupervisorProcess) -> None:
+def test_failed_job_reports_its_exit_code(
+    provider_stack: ProviderStack, supervisor: SupervisorProcess
+) -> None:
     stack = provider_stack
     before = balances(stack)
     job_id = stack.request("echo failing; exit 3", 500)
@@ -81,22 +90,6 @@ def test_script_that_does_not_match_its_key_fails_with_refund(
     assert stack.slurm_jobs(job_id) == []
 
 
-def test_job_beyond_the_cluster_is_refused(provider_stack: ProviderStack, supervisor: SupervisorProcess) -> None:
-    stack = provider_stack
-    too_big = stack.cluster.cpus_per_node * 2
-    job_id = stack.request("true", 5000, cpus=too_big)
-    receipt_seen = wait_for(
-        "the refusal",
-        lambda: stack.grid.scheduler.events.JobRefusedEvent().get_logs(from_block=0),
-    )
-    assert any(e["args"]["_jobId"] == job_id for e in receipt_seen)
-    job = stack.grid.job(job_id)
-    assert job["status"] == S.PENDING
-    assert job["providerAddr"] == "0x0000000000000000000000000000000000000000"
-    assert stack.slurm_jobs(job_id) == []
-    assert "refused" in supervisor.text()
-
-
 def test_cancel_while_running_bills_the_time_used(
     provider_stack: ProviderStack, supervisor: SupervisorProcess
 ) -> None:
@@ -107,8 +100,100 @@ def test_cancel_while_running_bills_the_time_used(
     stack.grid.send(stack.customer, stack.grid.scheduler.functions.cancelJob(job_id))
     stack.wait_status(job_id, S.CANCELLED)
     settle_check(stack, job_id, S.CANCELLED, before=before)
-    wait_for("Slurm to show the job cancelled", lambda: stack.slurm_jobs(job_id)[0].split("|")[1].startswith("CANCELLED"), 30)
+    wait_for(
+        "Slurm to show the job cancelled",
+        lambda: stack.slurm_jobs(job_id)[0].split("|")[1].startswith("CANCELLED"),
+        30,
+    )
 
 
 def test_credit_value(provider_stack: ProviderStack) -> None:
     assert credits_per_minute(1, 1, 1024, 1) == 61_024 * CREDIT // 1000
+
+
+def test_cancel_before_it_ran_refunds_and_leaves_nothing_in_slurm(
+    provider_stack: ProviderStack, supervisor: SupervisorProcess
+) -> None:
+    stack = provider_stack
+    blocker = stack.block_cpus()
+    try:
+        before = balances(stack)
+        job_id = stack.request("echo should-not-run", 500)
+        wait_for(
+            "the job to wait in Slurm",
+            lambda: [line for line in stack.slurm_jobs(job_id) if line.endswith("PENDING")],
+            60,
+        )
+        stack.grid.send(stack.customer, stack.grid.scheduler.functions.cancelJob(job_id))
+        assert stack.status(job_id) == S.CANCELLED
+        assert balances(stack) == before
+        wait_for(
+            "the queued Slurm job to be cancelled",
+            lambda: stack.slurm_jobs(job_id)[0].split("|")[1].startswith("CANCELLED"),
+            30,
+        )
+    finally:
+        stack.scancel(blocker)
+    assert len(stack.slurm_jobs(job_id)) == 1
+    assert not (stack.shared / "jobs" / f"0x{job_id.hex()}.out").exists()
+
+
+def test_time_limit_out_of_credits_top_up_and_auto_top_up(
+    provider_stack: ProviderStack, supervisor: SupervisorProcess
+) -> None:
+    """100 credits buy one minute: the job runs out, unless a top-up or a delegated top-up extends it."""
+    stack = provider_stack
+    grid = stack.grid
+    per_minute = credits_per_minute(1, 1, 1024, 1)
+    grid.send(stack.customer, grid.credit.functions.approve(grid.scheduler.address, 10**6 * CREDIT))
+    starved = stack.request("sleep 240", 100)
+    topped = stack.request("sleep 80; echo finished", 100)
+    delegated = stack.request("sleep 80; echo finished", 100, delegate=True)
+    grid.send(stack.customer, grid.credit.functions.approve(grid.scheduler.address, 10**6 * CREDIT))
+    stack.wait_status(topped, S.RUNNING)
+    grid.send(stack.customer, grid.scheduler.functions.topUpJob(topped, 200 * CREDIT))
+
+    assert stack.wait_status(starved, S.OUT_OF_CREDITS, S.FINISHED, timeout=240) == S.OUT_OF_CREDITS
+    assert stack.grid.job(starved)["finalCost"] == 100 * CREDIT  # capped at what was locked
+    assert stack.wait_status(topped, S.FINISHED, S.OUT_OF_CREDITS, timeout=240) == S.FINISHED
+    assert stack.wait_status(delegated, S.FINISHED, S.OUT_OF_CREDITS, timeout=240) == S.FINISHED
+    assert grid.job(topped)["maxCost"] == 300 * CREDIT
+    assert grid.job(delegated)["maxCost"] == 100 * CREDIT + 30 * per_minute  # one slice of 30 minutes
+    log = supervisor.text()
+    assert "time limit raised" in log
+    assert "delegated top-up requested" in log
+
+
+def test_refused_job_is_reassigned(provider_stack: ProviderStack, supervisor: SupervisorProcess) -> None:
+    stack, grid = provider_stack, provider_stack.grid
+    big_provider = grid.providers[1]
+    grid.register_provider(
+        big_provider, nodes=4, cpus=64, gpus=4, mem=512_000, approve=False
+    )  # auto-approved
+    job_id = stack.request("true", 5000, cpus=stack.cluster.cpus_per_node * 2)
+    wait_for("the refusal", lambda: stack.grid.job(job_id)["providerAddr"].endswith("0" * 40))
+    assert stack.status(job_id) == S.PENDING
+    assert stack.slurm_jobs(job_id) == []
+    assert "job refused" in supervisor.text()
+    grid.schedule(job_id, big_provider)  # what the meta-scheduler does next
+    assert grid.claim(big_provider)["jobId"] == job_id
+    assert stack.status(job_id) == S.SCHEDULED
+
+
+def test_fifty_jobs_at_once_all_settle(provider_stack: ProviderStack, supervisor: SupervisorProcess) -> None:
+    stack, grid = provider_stack, provider_stack.grid
+    key = stack.store_workflow("true", gpus=0)
+    per_minute = credits_per_minute(1, 1, 1024, 0)
+    provider_before = grid.balance(stack.provider)
+    jobs = [stack.request("true", 100, gpus=0, key=key, schedule=False) for _ in range(50)]
+    for job_id in jobs:
+        grid.schedule(job_id, stack.provider)
+    for job_id in jobs:
+        stack.wait_status(job_id, S.FINISHED, timeout=300)
+    costs = [grid.job(job_id)["finalCost"] for job_id in jobs]
+    assert all(
+        cost == per_minute * max(stack.reported_duration(j, S.FINISHED), 1)
+        for j, cost in zip(jobs, costs, strict=True)
+    )
+    assert grid.balance(stack.provider) - provider_before == sum(c - c * 20 // 100 for c in costs)
+    assert all(len(stack.slurm_jobs(job_id)) == 1 for job_id in jobs)
