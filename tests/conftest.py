@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.sbatch",
     "tests.fixtures.slurm",
     "tests.fixtures.supervisor",
+    "tests.fixtures.ops",
 ]
