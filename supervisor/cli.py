@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from supervisor.config import ConfigError, SupervisorConfig, load_config
-from supervisor.logs import configure_logging
+from supervisor.logs import LEVELS, configure_logging
 from supervisor.store import Store, StoreError
 
 app = typer.Typer(help="The provider-side supervisor of the grid.", no_args_is_help=True)
@@ -41,18 +41,48 @@ def _open_store(config: SupervisorConfig) -> Store:
         raise typer.Exit(1) from exc
 
 
+LogLevelOption = Annotated[
+    str | None,
+    typer.Option("--log-level", help="debug, info, warning or error (overrides log.level)."),
+]
+
+
 @app.command()
-def run(config: ConfigOption = None) -> None:
-    """Run the daemon until SIGTERM (then drain the outbox and exit; Slurm jobs keep running)."""
-    from supervisor.daemon import Daemon  # the daemon's imports are heavy: only for `run`
+def run(config: ConfigOption = None, log_level: LogLevelOption = None) -> None:
+    """Run the daemon until SIGTERM (then drain the outbox and exit; Slurm jobs keep running).
+
+    Under systemd (Type=notify) it reports READY once caught up with the chain, feeds the watchdog
+    from every live work cycle and says STOPPING when it drains.
+    """
+    from supervisor.daemon import Daemon, DaemonListener  # the daemon's imports are heavy: only for `run`
+    from supervisor.ops.metrics import MetricsListener, OpsServer, OpsState
+    from supervisor.ops.notify import SystemdNotifier
 
     settings = _config(config)
-    configure_logging(settings.log.level, settings.log.format)
+    level = log_level or settings.log.level
+    if level not in LEVELS:
+        typer.echo(f"--log-level: {level!r} is not one of {', '.join(LEVELS)}", err=True)
+        raise typer.Exit(2)
+    configure_logging(level, settings.log.format)
+    listeners: list[DaemonListener] = [SystemdNotifier()]
+    server: OpsServer | None = None
+    if settings.metrics.enabled:
+        state = OpsState(settings.metrics)
+        server = OpsServer(state)
+        try:
+            server.start()
+        except OSError as exc:
+            typer.echo(f"supervisor cannot start: {exc}", err=True)
+            raise typer.Exit(1) from exc
+        listeners.append(MetricsListener(state))
     try:
-        asyncio.run(Daemon(settings).run())
+        asyncio.run(Daemon(settings, listeners=listeners).run())
     except (StoreError, ValueError, OSError) as exc:
         typer.echo(f"supervisor cannot start: {exc}", err=True)
         raise typer.Exit(1) from exc
+    finally:
+        if server is not None:
+            server.stop()
 
 
 @app.command()

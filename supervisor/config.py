@@ -145,9 +145,15 @@ class LogSettings(_Section):
 
 
 class MetricsSettings(_Section):
+    """Prometheus metrics, `/healthz` and `/readyz` on one HTTP address."""
+
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=9464, ge=0, le=65535)
+    #: `/healthz` fails when the work loop has not finished a cycle for this long.
+    stall_seconds: float = Field(default=120.0, gt=0)
+    #: The wallet balance and the provider's approval are read from the chain at most this often.
+    chain_read_seconds: float = Field(default=60.0, gt=0)
 
 
 class SupervisorConfig(BaseSettings):

@@ -1,0 +1,1 @@
+"""What operators see and steer: systemd notification, metrics and health endpoints, the doctor."""

@@ -1,0 +1,289 @@
+"""Prometheus metrics, `/healthz` and `/readyz`, served on a thread of their own.
+
+The server runs beside the daemon's event loop, so a probe still answers (and says "stalled") when
+the loop is stuck. Values come from the snapshot the daemon's listener takes at the end of each work
+cycle; the wallet balance and the provider's approval are chain reads, made at most every
+`metrics.chain_read_seconds` in a task of their own so a slow RPC never delays a cycle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import structlog
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from supervisor.chain.rpc import describe
+from supervisor.config import MetricsSettings
+from supervisor.ops.state import Snapshot, Verdict, liveness, readiness, take_snapshot
+
+if TYPE_CHECKING:
+    from wsgiref.types import StartResponse, WSGIEnvironment
+
+    from supervisor.daemon import Daemon
+
+log = structlog.get_logger("supervisor.ops")
+
+PREFIX = "grid_supervisor"
+#: A chain read for the balance must not outlive a few RPC timeouts.
+CHAIN_READ_TIMEOUT_S = 60.0
+
+
+class OpsState:
+    """The latest snapshot, shared between the daemon's loop (writer) and the HTTP thread (reader)."""
+
+    def __init__(self, settings: MetricsSettings, *, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.started_at = clock()
+        self.snapshot: Snapshot | None = None  # replaced whole: a reader never sees half an update
+        self.stopping = False
+
+    def liveness(self) -> Verdict:
+        return liveness(
+            self.snapshot,
+            now=self.clock(),
+            started_at=self.started_at,
+            stall_seconds=self.settings.stall_seconds,
+        )
+
+    def readiness(self) -> Verdict:
+        verdict = readiness(
+            self.snapshot,
+            now=self.clock(),
+            started_at=self.started_at,
+            stall_seconds=self.settings.stall_seconds,
+        )
+        if self.stopping:
+            return Verdict(False, {**verdict.checks, "stopping": "draining before exit"})
+        return verdict
+
+
+class SupervisorCollector(Collector):
+    """Turns the latest snapshot into metric families at scrape time (ages computed then)."""
+
+    def __init__(self, state: OpsState) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[Metric]:
+        state = self._state
+        now = state.clock()
+        snap = state.snapshot
+        alive = state.liveness().ok
+
+        def gauge(name: str, doc: str, value: float | None) -> Iterator[Metric]:
+            if value is not None:
+                yield GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=value)
+
+        def counter(name: str, doc: str, value: float) -> Metric:
+            return CounterMetricFamily(f"{PREFIX}_{name}", doc, value=value)
+
+        yield from gauge("up", "1 while the work loop finishes cycles within metrics.stall_seconds.", alive)
+        yield from gauge("start_time_seconds", "When the process started (Unix time).", state.started_at)
+        if snap is None:
+            return
+        yield from gauge("ready", "1 once caught up with the chain after the first work cycle.", snap.ready)
+        yield counter("work_cycles", "Work cycles finished since the start.", snap.cycles)
+        yield from gauge(
+            "last_cycle_age_seconds", "Seconds since the last work cycle ended.", now - snap.taken_at
+        )
+
+        up = GaugeMetricFamily(
+            f"{PREFIX}_dependency_up",
+            "1 when the dependency answered at the last use.",
+            labels=["dependency"],
+        )
+        for name, ok in (("chain", snap.chain_ok), ("slurm", snap.slurm_ok), ("sbatch", snap.sbatch_ok)):
+            up.add_metric([name], float(ok))
+        yield up
+        yield from gauge("registered", "1 when the provider is approved for scheduling.", snap.registered)
+
+        yield from gauge("chain_last_block", "Last block whose logs are processed.", snap.last_block)
+        yield from gauge("chain_head_block", "Chain head at the last read.", snap.head_block)
+        if snap.last_block is not None and snap.head_block is not None:
+            yield from gauge(
+                "chain_cursor_lag_blocks",
+                "Blocks between the chain head and the processed cursor.",
+                max(0, snap.head_block - snap.last_block),
+            )
+        if snap.last_read_at is not None:
+            yield from gauge(
+                "chain_last_block_age_seconds",
+                "Seconds since the last block was seen (the follower's last successful read).",
+                now - snap.last_read_at,
+            )
+        yield from gauge(
+            "chain_websocket_connected", "1 while the new-heads hint is connected.", snap.ws_connected
+        )
+        yield counter(
+            "chain_websocket_reconnects", "WebSocket reconnections since the start.", snap.ws_reconnects
+        )
+        yield counter("chain_reorgs", "Chain reorganisations handled since the start.", snap.reorgs)
+        yield counter("chain_events_handled", "Events handled since the start.", snap.events_handled)
+
+        yield from gauge("outbox_depth", "Chain writes queued or sent, not yet mined.", snap.outbox_depth)
+        yield from gauge(
+            "outbox_oldest_age_seconds",
+            "Age of the oldest chain write not yet mined (0 when the outbox is empty).",
+            0.0 if snap.oldest_outbox_created_at is None else now - snap.oldest_outbox_created_at,
+        )
+        tx = snap.transactions
+        yield counter("transactions_sent", "Chain writes signed and broadcast (first attempts).", tx.sent)
+        yield counter("transactions_mined", "Chain writes mined.", tx.mined)
+        yield counter("transactions_failed", "Chain writes that failed for good.", tx.failed)
+        yield counter("transactions_replaced", "Replacement transactions with a higher fee.", tx.replaced)
+        actions = GaugeMetricFamily(
+            f"{PREFIX}_chain_actions",
+            "Chain writes of the outbox by kind (claims, reports, refusals...) and state.",
+            labels=["kind", "state"],
+        )
+        for (kind, action_state), count in sorted(tx.actions.items()):
+            actions.add_metric([kind, action_state], count)
+        yield actions
+        yield from gauge(
+            "wallet_balance_wei", "The provider wallet's balance for gas.", snap.wallet_balance_wei
+        )
+
+        jobs = GaugeMetricFamily(f"{PREFIX}_jobs", "Open jobs by chain status.", labels=["status"])
+        for status, count in sorted(snap.open_jobs.items()):
+            jobs.add_metric([status], count)
+        yield jobs
+        yield from gauge("jobs_closed", "Jobs settled and closed in the store.", snap.closed_jobs)
+        yield counter(
+            "slurm_submissions",
+            "Jobs submitted to Slurm (jobs in the store with a Slurm id).",
+            snap.slurm_submissions,
+        )
+
+
+class MetricsListener:
+    """A daemon listener: takes a snapshot after every cycle and reads the chain now and then."""
+
+    def __init__(self, state: OpsState) -> None:
+        self.state = state
+        self._balance: int | None = None
+        self._registered: bool | None = None
+        self._last_chain_read = float("-inf")
+        self._chain_read: asyncio.Task[None] | None = None
+
+    def ready(self, daemon: Daemon) -> None:
+        self.cycle_done(daemon)
+
+    def cycle_done(self, daemon: Daemon) -> None:
+        self._maybe_read_chain(daemon)
+        try:
+            self.state.snapshot = take_snapshot(
+                daemon, wallet_balance_wei=self._balance, registered=self._registered
+            )
+        except Exception as exc:  # metrics never stop the daemon
+            log.warning("metrics snapshot failed", error=describe(exc))
+
+    def stopping(self, daemon: Daemon) -> None:
+        self.state.stopping = True
+        if self._chain_read is not None:
+            self._chain_read.cancel()
+
+    def _maybe_read_chain(self, daemon: Daemon) -> None:
+        now = time.monotonic()
+        busy = self._chain_read is not None and not self._chain_read.done()
+        if busy or now - self._last_chain_read < self.state.settings.chain_read_seconds:
+            return
+        contracts = daemon.contracts
+        if contracts is None:
+            return
+        self._last_chain_read = now
+        self._chain_read = asyncio.get_running_loop().create_task(
+            self._read_chain(daemon), name="metrics-chain-read"
+        )
+
+    async def _read_chain(self, daemon: Daemon) -> None:
+        contracts = daemon.contracts
+        assert contracts is not None
+        provider = daemon.provider
+        try:
+            async with asyncio.timeout(CHAIN_READ_TIMEOUT_S):
+                self._balance = int(await contracts.w3.eth.get_balance(provider))  # type: ignore[arg-type]
+                self._registered = await contracts.is_valid_for_scheduling(provider)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("reading the wallet balance failed", error=describe(exc))
+
+
+# ---------------------------------------------------------------------------------- HTTP
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _IPv6Server(_Server):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Probes every few seconds would flood the journal."""
+
+
+def _json(start_response: StartResponse, verdict: Verdict) -> list[bytes]:
+    body = json.dumps({"ok": verdict.ok, "checks": verdict.checks}).encode()
+    status = "200 OK" if verdict.ok else "503 Service Unavailable"
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+class OpsServer:
+    """`/metrics`, `/healthz` and `/readyz` on `metrics.host:metrics.port`, in a daemon thread."""
+
+    def __init__(self, state: OpsState) -> None:
+        self.state = state
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(SupervisorCollector(state))
+        self._metrics_app = make_wsgi_app(self.registry)
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if path == "/metrics":
+            return self._metrics_app(environ, start_response)  # type: ignore[no-any-return]
+        if path == "/healthz":
+            return _json(start_response, self.state.liveness())
+        if path == "/readyz":
+            return _json(start_response, self.state.readiness())
+        body = b"not found: /metrics, /healthz, /readyz\n"
+        start_response("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    def start(self) -> tuple[str, int]:
+        """Bind and serve; returns the bound address. OSError names the address when it cannot bind."""
+        host, port = self.state.settings.host, self.state.settings.port
+        server_class = _IPv6Server if ":" in host else _Server
+        try:
+            server = make_server(host, port, self.app, server_class=server_class, handler_class=_QuietHandler)
+        except OSError as exc:
+            raise OSError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from exc
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="ops-http", daemon=True)
+        self._thread.start()
+        bound = server.server_address
+        log.info("metrics and health endpoints listening", host=host, port=bound[1])
+        return host, int(bound[1])
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(5)

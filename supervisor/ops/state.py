@@ -1,0 +1,158 @@
+"""What the operator endpoints report, taken from the daemon once per work cycle.
+
+The snapshot is built on the daemon's event loop (the store is a local SQLite file: cheap to read)
+and read by the HTTP thread. Ages are computed when a scrape or probe arrives, so a work loop that
+stops moving shows as a growing age even though nothing updates the snapshot any more.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from supervisor.core.status import JobStatus
+from supervisor.store import Store
+
+if TYPE_CHECKING:
+    from supervisor.daemon import Daemon
+
+
+@dataclass(frozen=True)
+class TransactionFigures:
+    """Chain writes, from the outbox and its signed attempts (durable: they survive restarts)."""
+
+    sent: int = 0  # actions with at least one signed transaction
+    mined: int = 0
+    failed: int = 0  # failed for good (not "already done")
+    replaced: int = 0  # signed attempts beyond the first of each action (fee bumps)
+    actions: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, state) -> count
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The daemon's state at the end of a work cycle."""
+
+    taken_at: float
+    ready: bool
+    cycles: int
+    chain_ok: bool
+    slurm_ok: bool
+    sbatch_ok: bool
+    registered: bool
+    problems: dict[str, str]
+    last_block: int | None
+    head_block: int | None
+    last_read_at: float | None
+    ws_connected: bool
+    ws_reconnects: int
+    reorgs: int
+    events_handled: int
+    outbox_depth: int
+    oldest_outbox_created_at: float | None
+    transactions: TransactionFigures
+    open_jobs: dict[str, int]
+    closed_jobs: int
+    slurm_submissions: int
+    sender_error: str | None
+    wallet_balance_wei: int | None
+
+
+def transaction_figures(store: Store) -> TransactionFigures:
+    conn = store.connection
+    sent, replaced = conn.execute(
+        "SELECT COUNT(*), COALESCE(SUM(n - 1), 0) FROM "
+        "(SELECT COUNT(*) AS n FROM tx_attempt GROUP BY outbox_id)"
+    ).fetchone()
+    actions: dict[tuple[str, str], int] = {}
+    mined = failed = 0
+    for kind, state, already_done, count in conn.execute(
+        "SELECT kind, state, already_done, COUNT(*) FROM outbox GROUP BY kind, state, already_done"
+    ):
+        actions[(str(kind), str(state))] = actions.get((str(kind), str(state)), 0) + int(count)
+        if state == "mined":
+            mined += int(count)
+        elif state == "failed" and not already_done:
+            failed += int(count)
+    return TransactionFigures(
+        sent=int(sent), mined=mined, failed=failed, replaced=int(replaced), actions=actions
+    )
+
+
+def take_snapshot(daemon: Daemon, *, wallet_balance_wei: int | None, registered: bool | None) -> Snapshot:
+    """Read the daemon's health, its follower, its sender and its store (all local: no I/O beyond SQLite)."""
+    now = time.time()
+    store = daemon.store
+    follower = daemon.follower.health if daemon.follower is not None else None
+    jobs = store.list_jobs()
+    open_jobs = {status.name: 0 for status in JobStatus}
+    for job in jobs:
+        if not job.closed:
+            open_jobs[job.status.name] += 1
+    oldest_age = store.oldest_open_action_age(now)
+    health = daemon.health
+    return Snapshot(
+        taken_at=now,
+        ready=daemon.ready,
+        cycles=daemon.cycles,
+        chain_ok=health.chain_ok,
+        slurm_ok=health.slurm_ok,
+        sbatch_ok=health.sbatch_ok,
+        registered=health.registered if registered is None else registered,
+        problems=dict(health.problems),
+        last_block=None if follower is None else follower.last_block,
+        head_block=None if follower is None else follower.head_block,
+        last_read_at=None if follower is None else follower.last_read_at,
+        ws_connected=False if follower is None else follower.ws_connected,
+        ws_reconnects=0 if follower is None else follower.ws_reconnects,
+        reorgs=0 if follower is None else follower.reorgs,
+        events_handled=0 if follower is None else follower.events_handled,
+        outbox_depth=store.outbox_depth(),
+        oldest_outbox_created_at=None if oldest_age is None else now - oldest_age,
+        transactions=transaction_figures(store),
+        open_jobs=open_jobs,
+        closed_jobs=sum(1 for job in jobs if job.closed),
+        slurm_submissions=sum(1 for job in jobs if job.slurm_job_id is not None),
+        sender_error=None if daemon.sender is None else daemon.sender.last_error,
+        wallet_balance_wei=wallet_balance_wei,
+    )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A probe's answer: ok or not, and each check with what it found."""
+
+    ok: bool
+    checks: dict[str, str]
+
+
+def liveness(snapshot: Snapshot | None, *, now: float, started_at: float, stall_seconds: float) -> Verdict:
+    """Alive: the work loop finished a cycle within `stall_seconds` (or the process started that recently)."""
+    if snapshot is None:
+        waited = now - started_at
+        if waited <= stall_seconds:
+            return Verdict(True, {"work_loop": f"starting for {waited:.0f} s"})
+        return Verdict(False, {"work_loop": f"no work cycle since the start {waited:.0f} s ago"})
+    age = now - snapshot.taken_at
+    if age > stall_seconds:
+        return Verdict(False, {"work_loop": f"last cycle {age:.0f} s ago (limit {stall_seconds:g} s)"})
+    return Verdict(True, {"work_loop": f"last cycle {age:.1f} s ago"})
+
+
+def readiness(snapshot: Snapshot | None, *, now: float, started_at: float, stall_seconds: float) -> Verdict:
+    """Ready: alive, caught up with the chain, chain and Slurm reachable, approved for scheduling."""
+    alive = liveness(snapshot, now=now, started_at=started_at, stall_seconds=stall_seconds)
+    checks = dict(alive.checks)
+    if snapshot is None:
+        return Verdict(False, {**checks, "chain": "not read yet"})
+    failures = not alive.ok
+    for name, ok, good, bad in (
+        ("caught_up", snapshot.ready, f"at block {snapshot.last_block}", "still reading the chain's history"),
+        ("chain", snapshot.chain_ok, "reachable", snapshot.problems.get("chain", "unreachable")),
+        ("slurm", snapshot.slurm_ok, "reachable", snapshot.problems.get("slurm", "unreachable")),
+        ("registered", snapshot.registered, "approved for scheduling", "not approved for scheduling"),
+    ):
+        checks[name] = good if ok else bad
+        failures = failures or not ok
+    checks["sbatch"] = "reachable" if snapshot.sbatch_ok else snapshot.problems.get("sbatch", "unreachable")
+    return Verdict(not failures, checks)
