@@ -12,7 +12,7 @@ VENV="$ROOT/.venv"
 ANVIL_VERSION="1.7.1"
 SOLC_VERSION="0.8.26"
 OPENZEPPELIN_VERSION="4.9.6"
-APT_PACKAGES=(slurm-wlm slurm-client slurmdbd munge libslurm-dev mariadb-server openssh-server shellcheck)
+APT_PACKAGES=(slurm-wlm slurm-client slurmdbd munge libslurm-dev mariadb-server openssh-server shellcheck systemd)
 
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
 
