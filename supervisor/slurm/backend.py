@@ -71,6 +71,17 @@ class SlurmBackend(Protocol):
     async def close(self) -> None: ...
 
 
+def _not_before(job: ObservedJob, since: datetime | None) -> bool:
+    """Whether an accounting record can belong to a job submitted at or after `since`.
+
+    sacct's window selects jobs present in it, including older ones still running: a job that started
+    or ended before `since` was submitted before it.
+    """
+    if since is None:
+        return True
+    return all(moment is None or moment >= since for moment in (job.start_time, job.end_time))
+
+
 _ALREADY_ENDED = ("already completing or completed", "invalid job id specified")
 
 
@@ -157,7 +168,9 @@ class CommandSlurmBackend:
         accounting_answered = False
         if missing and self._accounting is not False:
             try:
-                found += await self._accounting_records(missing, since)
+                found += [
+                    job for job in await self._accounting_records(missing, since) if _not_before(job, since)
+                ]
                 accounting_answered = self._accounting is True
             except SlurmUnavailable:
                 accounting_answered = False
