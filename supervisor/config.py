@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import re
 import tomllib
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from supervisor.slurm.settings import SlurmSettings
@@ -106,15 +106,20 @@ class Prices(_Section):
             return Decimal(repr(value))
         return value
 
+    @field_validator("gpu_per_min", "cpu_per_min", "mem_per_min")
+    @classmethod
+    def _wei_exact(cls, value: Decimal) -> Decimal:
+        wei = value * CREDIT_WEI
+        if wei != wei.to_integral_value():
+            raise ValueError("a price has at most 18 decimals (one credit-wei)")
+        return value
+
     def as_wei(self) -> tuple[int, int, int]:
         """(gpu, cpu, mem) in credit-wei per minute, the order of ProviderPrices on chain."""
-        values = []
-        for price in (self.gpu_per_min, self.cpu_per_min, self.mem_per_min):
-            wei = price * CREDIT_WEI
-            if wei != wei.to_integral_value():
-                raise ValueError(f"price {price} has more than 18 decimals")
-            values.append(int(wei))
-        return values[0], values[1], values[2]
+        gpu, cpu, mem = (
+            int(price * CREDIT_WEI) for price in (self.gpu_per_min, self.cpu_per_min, self.mem_per_min)
+        )
+        return gpu, cpu, mem
 
 
 class RegistrationSettings(_Section):
@@ -122,16 +127,12 @@ class RegistrationSettings(_Section):
     prices: Prices
     labels: dict[str, str] = Field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _check(self) -> RegistrationSettings:
-        try:
-            self.prices.as_wei()
-        except (ValueError, InvalidOperation) as exc:
-            raise ValueError(str(exc)) from exc
-        for key in self.labels:
-            if not key:
-                raise ValueError("a label needs a non-empty key")
-        return self
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        if any(not key for key in value):
+            raise ValueError("a label needs a non-empty key")
+        return value
 
 
 class StoreSettings(_Section):
@@ -152,8 +153,9 @@ class MetricsSettings(_Section):
     port: int = Field(default=9464, ge=0, le=65535)
     #: `/healthz` fails when the work loop has not finished a cycle for this long.
     stall_seconds: float = Field(default=120.0, gt=0)
-    #: The wallet balance and the provider's approval are read from the chain at most this often.
-    chain_read_seconds: float = Field(default=60.0, gt=0)
+    #: Seconds between probes of what the work loop does not always touch: the wallet balance, the
+    #: provider's approval, Slurm's controller and accounting, the sbatch service.
+    probe_seconds: float = Field(default=60.0, gt=0)
 
 
 class SupervisorConfig(BaseSettings):
@@ -209,6 +211,8 @@ def load_config(path: Path | None) -> SupervisorConfig:
             raise ConfigError(f"configuration file {path} does not exist") from exc
         except OSError as exc:
             raise ConfigError(f"cannot read the configuration file {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path} is not UTF-8 text: byte {exc.start} cannot be read") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
     try:

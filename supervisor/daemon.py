@@ -464,7 +464,13 @@ class Daemon:
     async def _query_slurm(self, jobs: list[JobRecord]) -> QueryResult | None:
         assert self._slurm is not None
         try:
-            result = await self._slurm.query([job.job_id for job in jobs], since=_since(jobs))
+            if jobs:
+                result = await self._slurm.query([job.job_id for job in jobs], since=_since(jobs))
+            else:
+                # Nothing to look up: ask Slurm for the partition instead, so that no job is claimed
+                # while Slurm cannot take it.
+                await self._describe_partition()
+                result = QueryResult({}, frozenset(), True, True)
         except SlurmError as exc:
             if self.health.slurm_ok or "slurm" not in self.health.problems:
                 log.error("Slurm unavailable: jobs wait until it answers", error=str(exc))

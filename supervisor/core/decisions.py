@@ -119,8 +119,10 @@ def decide(situation: JobSituation) -> list[Action]:
         )
         if in_slurm:
             return [CancelInSlurm(why)]
-        if slurm.presence == SlurmPresence.UNKNOWN and situation.submitted:
-            return []  # Slurm may still hold it: decide again when it answers
+        if slurm.presence == SlurmPresence.UNKNOWN:
+            # Slurm may still hold it (a crash between sbatch and saving its id leaves no trace in
+            # the store): decide again when Slurm answers.
+            return []
         return [Forget(why)]
 
     if situation.chain_status in (JobStatus.PENDING, JobStatus.META_SCHEDULED):
@@ -136,6 +138,9 @@ def decide(situation: JobSituation) -> list[Action]:
             return [Submit()]
         return [Report(JobStatus.FAILED, 0, "Slurm has no record of the job: it was lost", 0)]
     if slurm.presence == SlurmPresence.WAITING:
+        # A running job that Slurm requeued still obeys its customer's cancellation.
+        if situation.cancel_requested and situation.chain_status == JobStatus.RUNNING:
+            return [CancelInSlurm("the customer cancelled the job")]
         return []
     if slurm.presence == SlurmPresence.ACTIVE:
         actions: list[Action] = []

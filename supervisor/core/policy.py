@@ -6,8 +6,10 @@ import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-# Images appear in rendered scripts as docker:// references (Enroot import, Apptainer pull).
-_IMAGE_REFERENCE = re.compile(r"docker://(?:[^#'\"\s]+#)?([^'\"\s]+)")
+# Images appear in rendered scripts as docker:// references: Enroot's `docker://[registry#]image`,
+# Apptainer's `docker://[registry/]image`.
+_IMAGE_REFERENCE = re.compile(r"docker://([^'\"\s]+)")
+_DOCKER_HUB = "library/"
 
 
 @dataclass(frozen=True)
@@ -31,17 +33,43 @@ def images_in_script(script: str) -> list[str]:
     """Container images a rendered batch script pulls, without their registry host."""
     found = []
     for reference in _IMAGE_REFERENCE.findall(script):
+        if "#" in reference:
+            found.append(reference.split("#", 1)[1])  # Enroot: what follows '#' is the whole image
+            continue
         host, _, rest = reference.partition("/")
         # A first part with a dot or a port is a registry host, not part of the image name.
         found.append(rest if rest and ("." in host or ":" in host or host == "localhost") else reference)
     return found
 
 
+def _normal(image: str) -> str:
+    """Docker Hub's implicit `library/` namespace removed, so `ubuntu` and `library/ubuntu` compare equal."""
+    return image.removeprefix(_DOCKER_HUB)
+
+
+def _split_tag(image: str) -> tuple[str, str]:
+    """(name, tag) with the implicit `latest` tag made explicit; a digest counts as the tag."""
+    if "@" in image:
+        name, digest = image.split("@", 1)
+        return name, "@" + digest
+    last = image.rsplit("/", 1)[-1]
+    if ":" in last:
+        name, tag = image.rsplit(":", 1)
+        return name, tag
+    return image, "latest"
+
+
 def _image_denied(image: str, denied: Collection[str]) -> str | None:
+    name, tag = _split_tag(_normal(image))
     for rule in denied:
-        if rule.endswith("*") and image.startswith(rule[:-1]):
-            return rule
-        if image == rule or image.split(":", 1)[0] == rule:
+        normal_rule = _normal(rule)
+        if rule.endswith("*"):
+            if f"{name}:{tag}".startswith(normal_rule[:-1]) or name.startswith(normal_rule[:-1]):
+                return rule
+            continue
+        rule_name, rule_tag = _split_tag(normal_rule)
+        has_tag = normal_rule != rule_name
+        if rule_name == name and (not has_tag or rule_tag == tag):
             return rule
     return None
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -457,11 +456,6 @@ def test_nothing_more_once_the_end_is_reported() -> None:
     assert decide(situation(S.RUNNING, done, reported=S.FINISHED)) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="decide forgets a cold or reassigned job while Slurm cannot answer when the store has no "
-    "Slurm id, though a crash between sbatch and saving the id leaves it in Slurm",
-)
 def test_cold_job_is_not_forgotten_while_slurm_cannot_answer() -> None:
     # Restart after sbatch but before the Slurm id was saved; the customer cancelled the SCHEDULED
     # job meanwhile (CANCELLED at once on chain); slurmctld is briefly down.
@@ -469,11 +463,6 @@ def test_cold_job_is_not_forgotten_while_slurm_cannot_answer() -> None:
     assert not any(isinstance(a, Forget) for a in decide(s))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a customer's cancellation of a RUNNING job is not carried out while Slurm holds the job "
-    "waiting (requeued): it waits until the job starts again",
-)
 def test_customer_cancel_reaches_a_running_job_that_slurm_requeued() -> None:
     s = situation(S.RUNNING, SlurmView(P.WAITING), cancel_requested=True, reported=S.RUNNING)
     assert any(isinstance(a, CancelInSlurm) for a in decide(s))
