@@ -74,7 +74,7 @@ def run(config: ConfigOption = None, log_level: LogLevelOption = None) -> None:
         except OSError as exc:
             typer.echo(f"supervisor cannot start: {exc}", err=True)
             raise typer.Exit(1) from exc
-        listeners.append(MetricsListener(state))
+        listeners.append(MetricsListener(state, settings.sbatch))
     try:
         asyncio.run(Daemon(settings, listeners=listeners).run())
     except (StoreError, ValueError, OSError) as exc:

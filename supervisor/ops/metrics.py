@@ -2,18 +2,21 @@
 
 The server runs beside the daemon's event loop, so a probe still answers (and says "stalled") when
 the loop is stuck. Values come from the snapshot the daemon's listener takes at the end of each work
-cycle; the wallet balance and the provider's approval are chain reads, made at most every
-`metrics.chain_read_seconds` in a task of their own so a slow RPC never delays a cycle.
+cycle; the wallet balance, the provider's approval, Slurm's controller and accounting and the sbatch service
+are probed at most every `metrics.probe_seconds`, in a task of their own so a slow probe never
+delays a cycle.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -24,8 +27,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from supervisor.chain.rpc import describe
-from supervisor.config import MetricsSettings
+from supervisor.config import MetricsSettings, SbatchServiceSettings
+from supervisor.ops.probes import probe_sbatch
 from supervisor.ops.state import Snapshot, Verdict, liveness, readiness, take_snapshot
+from supervisor.slurm.models import SlurmHealth
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIEnvironment
@@ -35,8 +40,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("supervisor.ops")
 
 PREFIX = "grid_supervisor"
-#: A chain read for the balance must not outlive a few RPC timeouts.
-CHAIN_READ_TIMEOUT_S = 60.0
+#: A probe must not outlive a few RPC or command timeouts.
+PROBE_TIMEOUT_S = 60.0
 
 
 class OpsState:
@@ -106,6 +111,12 @@ class SupervisorCollector(Collector):
         for name, ok in (("chain", snap.chain_ok), ("slurm", snap.slurm_ok), ("sbatch", snap.sbatch_ok)):
             up.add_metric([name], float(ok))
         yield up
+        if snap.slurm_accounting is not None:
+            yield from gauge(
+                "slurm_accounting_available",
+                "1 when Slurm's accounting (sacct) answers: finished jobs are known for sure.",
+                snap.slurm_accounting,
+            )
         yield from gauge("registered", "1 when the provider is approved for scheduling.", snap.registered)
 
         yield from gauge("chain_last_block", "Last block whose logs are processed.", snap.last_block)
@@ -166,58 +177,111 @@ class SupervisorCollector(Collector):
         )
 
 
-class MetricsListener:
-    """A daemon listener: takes a snapshot after every cycle and reads the chain now and then."""
+@dataclass
+class ProbeResults:
+    """What the last probes found; None until a probe has answered."""
 
-    def __init__(self, state: OpsState) -> None:
+    wallet_balance_wei: int | None = None
+    registered: bool | None = None
+    slurm: SlurmHealth | None = None
+    sbatch_error: str | None = None
+    sbatch_probed: bool = False
+
+
+class MetricsListener:
+    """A daemon listener: takes a snapshot after every cycle and probes the rest now and then."""
+
+    def __init__(self, state: OpsState, sbatch: SbatchServiceSettings) -> None:
         self.state = state
-        self._balance: int | None = None
-        self._registered: bool | None = None
-        self._last_chain_read = float("-inf")
-        self._chain_read: asyncio.Task[None] | None = None
+        self.probes = ProbeResults()
+        self._sbatch = sbatch
+        self._last_probe = float("-inf")
+        self._probe_task: asyncio.Task[None] | None = None
 
     def ready(self, daemon: Daemon) -> None:
         self.cycle_done(daemon)
 
     def cycle_done(self, daemon: Daemon) -> None:
-        self._maybe_read_chain(daemon)
+        self._maybe_probe(daemon)
         try:
-            self.state.snapshot = take_snapshot(
-                daemon, wallet_balance_wei=self._balance, registered=self._registered
+            snapshot = take_snapshot(
+                daemon,
+                wallet_balance_wei=self.probes.wallet_balance_wei,
+                registered=self.probes.registered,
             )
         except Exception as exc:  # metrics never stop the daemon
             log.warning("metrics snapshot failed", error=describe(exc))
+            return
+        self.state.snapshot = with_probes(snapshot, self.probes)
 
     def stopping(self, daemon: Daemon) -> None:
         self.state.stopping = True
-        if self._chain_read is not None:
-            self._chain_read.cancel()
+        if self._probe_task is not None:
+            self._probe_task.cancel()
 
-    def _maybe_read_chain(self, daemon: Daemon) -> None:
+    def _maybe_probe(self, daemon: Daemon) -> None:
         now = time.monotonic()
-        busy = self._chain_read is not None and not self._chain_read.done()
-        if busy or now - self._last_chain_read < self.state.settings.chain_read_seconds:
+        busy = self._probe_task is not None and not self._probe_task.done()
+        if busy or now - self._last_probe < self.state.settings.probe_seconds:
             return
+        self._last_probe = now
+        self._probe_task = asyncio.get_running_loop().create_task(self._probe(daemon), name="ops-probes")
+
+    async def _probe(self, daemon: Daemon) -> None:
+        """Chain, Slurm and sbatch probes side by side; each bounded, none raising."""
+        await asyncio.gather(self._probe_chain(daemon), self._probe_slurm(daemon), self._probe_sbatch())
+
+    async def _probe_chain(self, daemon: Daemon) -> None:
         contracts = daemon.contracts
         if contracts is None:
             return
-        self._last_chain_read = now
-        self._chain_read = asyncio.get_running_loop().create_task(
-            self._read_chain(daemon), name="metrics-chain-read"
-        )
-
-    async def _read_chain(self, daemon: Daemon) -> None:
-        contracts = daemon.contracts
-        assert contracts is not None
         provider = daemon.provider
         try:
-            async with asyncio.timeout(CHAIN_READ_TIMEOUT_S):
-                self._balance = int(await contracts.w3.eth.get_balance(provider))  # type: ignore[arg-type]
-                self._registered = await contracts.is_valid_for_scheduling(provider)
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                self.probes.wallet_balance_wei = int(await contracts.w3.eth.get_balance(provider))  # type: ignore[arg-type]
+                self.probes.registered = await contracts.is_valid_for_scheduling(provider)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.warning("reading the wallet balance failed", error=describe(exc))
+
+    async def _probe_slurm(self, daemon: Daemon) -> None:
+        if daemon.slurm is None:
+            return
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                self.probes.slurm = await daemon.slurm.health()
+        except TimeoutError:
+            self.probes.slurm = SlurmHealth(False, False, problems=("Slurm's health probe timed out",))
+
+    async def _probe_sbatch(self) -> None:
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                self.probes.sbatch_error = await probe_sbatch(self._sbatch)
+        except TimeoutError:
+            self.probes.sbatch_error = "the probe timed out"
+        self.probes.sbatch_probed = True
+
+
+def with_probes(snapshot: Snapshot, probes: ProbeResults) -> Snapshot:
+    """The daemon's own view, darkened by what the probes found (a dependency is up when both agree)."""
+    problems = dict(snapshot.problems)
+    slurm_ok, sbatch_ok = snapshot.slurm_ok, snapshot.sbatch_ok
+    accounting: bool | None = None
+    if probes.slurm is not None:
+        accounting = probes.slurm.accounting_available
+        if not probes.slurm.controller_reachable:
+            slurm_ok = False
+            problems.setdefault("slurm", "; ".join(probes.slurm.problems) or "slurmctld does not answer")
+    if probes.sbatch_probed:
+        if probes.sbatch_error is not None:
+            sbatch_ok = False
+            problems.setdefault("sbatch", probes.sbatch_error)
+        else:
+            sbatch_ok = sbatch_ok or "sbatch" not in snapshot.problems
+    return dataclasses.replace(
+        snapshot, slurm_ok=slurm_ok, sbatch_ok=sbatch_ok, problems=problems, slurm_accounting=accounting
+    )
 
 
 # ---------------------------------------------------------------------------------- HTTP

@@ -56,6 +56,7 @@ class Snapshot:
     slurm_submissions: int
     sender_error: str | None
     wallet_balance_wei: int | None
+    slurm_accounting: bool | None = None
 
 
 def transaction_figures(store: Store) -> TransactionFigures:
