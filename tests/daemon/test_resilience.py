@@ -9,7 +9,13 @@ import pytest
 from supervisor.core.status import JobStatus as S
 from tests.fixtures.chain_layer import TcpProxy
 from tests.fixtures.sbatch import start_sbatch_service
-from tests.fixtures.supervisor import ProviderStack, SupervisorProcess, credits_per_minute, wait_for
+from tests.fixtures.supervisor import (
+    PRICES_WEI,
+    ProviderStack,
+    SupervisorProcess,
+    credits_per_minute,
+    wait_for,
+)
 
 PER_MINUTE = credits_per_minute(1, 1, 1024, 1)
 
@@ -70,7 +76,11 @@ def test_killed_at_every_stage_no_double_and_exact_settlement(
     ended = stack.request("sleep 4; echo four", 500)
     stack.wait_status(ended, S.RUNNING)
     supervisor.kill()
-    wait_for("Slurm to finish the job", lambda: any(line.endswith("COMPLETED") for line in stack.slurm_jobs(ended)), 60)
+    wait_for(
+        "Slurm to finish the job",
+        lambda: any(line.endswith("COMPLETED") for line in stack.slurm_jobs(ended)),
+        60,
+    )
     assert stack.status(ended) == S.RUNNING
     supervisor.start()
     stack.wait_status(ended, S.FINISHED)
@@ -131,8 +141,23 @@ def test_started_while_the_sbatch_service_is_down(provider_stack: ProviderStack)
         supervisor.stop()
 
 
+def register_as_the_supervisor_would(stack: ProviderStack) -> None:
+    """The registration the supervisor makes, done beforehand for tests that start it without Slurm."""
+    cluster = stack.cluster
+    stack.grid.register_provider(
+        stack.provider,
+        PRICES_WEI,
+        cpus=cluster.cpus_per_node,
+        gpus=cluster.gpus_per_node,
+        mem=cluster.memory_mb_per_node,
+        labels=(("os", "linux"),),
+        approve=False,
+    )
+
+
 def test_started_while_slurm_is_down(provider_stack: ProviderStack) -> None:
     stack = provider_stack
+    register_as_the_supervisor_would(stack)
     assert stack.cluster.run_script("stop-ctld").returncode == 0
     supervisor = stack.supervisor()
     try:
@@ -153,11 +178,14 @@ def test_started_while_the_rpc_is_down(
 ) -> None:
     stack = provider_stack
     proxy = proxy_factory(stack.grid.anvil.port)
+    register_as_the_supervisor_would(stack)
     proxy.mode = "hang"
     supervisor = stack.supervisor(rpc_url=proxy.http_url)
     try:
         supervisor.start()
-        wait_for("the supervisor to wait for the chain", lambda: "waiting for the chain" in supervisor.text(), 90)
+        wait_for(
+            "the supervisor to wait for the chain", lambda: "waiting for the chain" in supervisor.text(), 90
+        )
         assert supervisor.running()
         proxy.mode = "pass"
         proxy.cut()
