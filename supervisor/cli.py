@@ -86,6 +86,20 @@ def run(config: ConfigOption = None, log_level: LogLevelOption = None) -> None:
 
 
 @app.command()
+def doctor(config: ConfigOption = None) -> None:
+    """Check the configuration, the chain, the registration, the wallet, Slurm and the sbatch service.
+
+    Prints OK, WARN or FAIL per check with what to do; exit status 1 when any check fails.
+    """
+    from supervisor.ops.doctor import exit_status, render, run_doctor
+
+    configure_logging("error", "auto")  # the checks speak for themselves; retries stay quiet
+    checks = run_doctor(config)
+    typer.echo(render(checks))
+    raise typer.Exit(exit_status(checks))
+
+
+@app.command()
 def status(config: ConfigOption = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The daemon's view from its store: chain cursor, outbox, jobs by status."""
     settings = _config(config)

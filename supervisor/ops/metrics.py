@@ -230,6 +230,15 @@ class MetricsListener:
     async def _probe(self, daemon: Daemon) -> None:
         """Chain, Slurm and sbatch probes side by side; each bounded, none raising."""
         await asyncio.gather(self._probe_chain(daemon), self._probe_slurm(daemon), self._probe_sbatch())
+        probes = self.probes
+        log.debug(
+            "dependencies probed",
+            wallet_balance_wei=probes.wallet_balance_wei,
+            registered=probes.registered,
+            slurm_reachable=None if probes.slurm is None else probes.slurm.controller_reachable,
+            slurm_accounting=None if probes.slurm is None else probes.slurm.accounting_available,
+            sbatch_error=probes.sbatch_error,
+        )
 
     async def _probe_chain(self, daemon: Daemon) -> None:
         contracts = daemon.contracts
