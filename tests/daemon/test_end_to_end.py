@@ -154,7 +154,8 @@ def test_time_limit_out_of_credits_top_up_and_auto_top_up(
     grid.send(stack.customer, grid.scheduler.functions.topUpJob(topped, 200 * CREDIT))
 
     assert stack.wait_status(starved, S.OUT_OF_CREDITS, S.FINISHED, timeout=240) == S.OUT_OF_CREDITS
-    assert stack.grid.job(starved)["finalCost"] == 100 * CREDIT  # capped at what was locked
+    starved_minutes = max(stack.reported_duration(starved, S.OUT_OF_CREDITS), 1)
+    assert stack.grid.job(starved)["finalCost"] == min(starved_minutes * per_minute, 100 * CREDIT)
     assert stack.wait_status(topped, S.FINISHED, S.OUT_OF_CREDITS, timeout=240) == S.FINISHED
     assert stack.wait_status(delegated, S.FINISHED, S.OUT_OF_CREDITS, timeout=240) == S.FINISHED
     assert grid.job(topped)["maxCost"] == 300 * CREDIT
