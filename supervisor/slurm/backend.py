@@ -134,15 +134,17 @@ class CommandSlurmBackend:
 
     async def _existing_job_id(self, name: str, since: datetime | None) -> int | None:
         """A job with this name in the queue or in accounting (two small answers, whatever the queue)."""
-        if since is not None:
-            seen = (await self.query([name], since=since)).get(name)
-            return None if seen is None else seen.slurm_job_id
-        live = parsing.parse_job_ids((await self._run(commands.squeue_name_argv(name))).stdout)
+        answer = await self._run(commands.squeue_name_argv(name), env=commands.TIME_FORMAT_ENV)
+        live = [
+            job_id
+            for job_id, submitted in parsing.parse_job_submissions(answer.stdout)
+            if since is None or submitted is None or submitted >= since
+        ]
         if live:
             return max(live)
         if self._accounting is False:
             return None
-        accounted = await self._accounting_records([name], None)
+        accounted = [job for job in await self._accounting_records([name], since) if _not_before(job, since)]
         return max((job.slurm_job_id for job in accounted), default=None)
 
     def _submit_user(self, unix_user: str) -> str | None:

@@ -70,8 +70,9 @@ def squeue_argv() -> list[str]:
 
 
 def squeue_name_argv(name: str) -> list[str]:
-    """The ids of live jobs with one name: a small answer, for the look-up before a submission."""
-    return ["squeue", "--noheader", "--all", "--states=all", f"--name={name}", "--format=%i"]
+    """Id and submission time (run with TIME_FORMAT_ENV: seconds) of the live jobs with one name: a
+    small answer, for the look-up before a submission."""
+    return ["squeue", "--noheader", "--all", "--states=all", f"--name={name}", "--format=%i|%V"]
 
 
 def sacct_argv(names: Iterable[str], lookback_days: int, *, since: datetime | None = None) -> list[str]:

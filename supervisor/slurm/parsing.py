@@ -60,14 +60,17 @@ def parse_sbatch(stdout: str) -> int:
     return int(head)
 
 
-def parse_job_ids(stdout: str) -> list[int]:
-    """One job id per line (`squeue --format=%i`)."""
-    ids = []
+def parse_job_submissions(stdout: str) -> list[tuple[int, datetime | None]]:
+    """`id|submit time` per line (`squeue --format=%i|%V` with SLURM_TIME_FORMAT=%s)."""
+    found: list[tuple[int, datetime | None]] = []
     for line in stdout.split():
-        if not _is_number(line):
-            raise SlurmOutputError(f"squeue printed {line[:100]!r} instead of a job id")
-        ids.append(int(line))
-    return ids
+        job_id, _, submitted = line.partition("|")
+        if not _is_number(job_id) or not (submitted == "" or _is_number(submitted) or submitted == "N/A"):
+            raise SlurmOutputError(
+                f"squeue printed {line[:100]!r} instead of a job id and its submission time"
+            )
+        found.append((int(job_id), _epoch(int(submitted)) if _is_number(submitted) else None))
+    return found
 
 
 def parse_ping(stdout: str) -> bool:

@@ -16,7 +16,7 @@ from supervisor.core.status import JobStatus
 from supervisor.slurm import SlurmOutputError, SlurmUnavailable
 from supervisor.slurm.parsing import (
     latest_by_name,
-    parse_job_ids,
+    parse_job_submissions,
     parse_ping,
     parse_sacct,
     parse_sbatch,
@@ -90,10 +90,13 @@ def test_sinfo_capture_describes_the_partition() -> None:
 
 
 def test_job_id_lists() -> None:
-    assert parse_job_ids("") == []
-    assert parse_job_ids("12\n13\n") == [12, 13]
+    assert parse_job_submissions("") == []
+    assert parse_job_submissions("12|1795389662\n13|N/A\n") == [
+        (12, datetime.fromtimestamp(1795389662, tz=UTC)),
+        (13, None),
+    ]
     with pytest.raises(SlurmOutputError, match="instead of a job id"):
-        parse_job_ids("12\nJOBID\n")
+        parse_job_submissions("12|1795389662\nJOBID|SUBMIT_TIME\n")
 
 
 def test_sbatch_and_ping_outputs() -> None:
