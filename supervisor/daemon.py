@@ -60,6 +60,8 @@ log = structlog.get_logger("supervisor")
 T = TypeVar("T")
 
 CLAIM_KIND = "claim_next_job"
+#: Jobs acted on at once in a cycle (script fetches, submissions, cancellations run side by side).
+JOB_CONCURRENCY = 8
 DRAIN_TIMEOUT_S = 30.0
 
 
@@ -452,14 +454,22 @@ class Daemon:
         if self._claiming:
             await self._claim(jobs, query)
             await self._claim_queues()
-        for job in jobs:
-            with structlog.contextvars.bound_contextvars(job_id=job.job_id):
-                try:
-                    await self._act(job, chain.get(job.job_id), query)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    log.exception("acting on the job failed, will retry", error=describe(exc))
+        limit = asyncio.Semaphore(JOB_CONCURRENCY)
+
+        async def act(job: JobRecord) -> None:
+            async with limit:
+                with structlog.contextvars.bound_contextvars(job_id=job.job_id):
+                    try:
+                        await self._act(job, chain.get(job.job_id), query)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        log.exception("acting on the job failed, will retry", error=describe(exc))
+
+        await asyncio.gather(*(act(job) for job in jobs))
+        if time.monotonic() - self._last_reconcile > self.config.policy.reconcile_interval_seconds:
+            await self._refresh_delegation(jobs)
+            self._last_reconcile = time.monotonic()
 
     async def _query_slurm(self, jobs: list[JobRecord]) -> QueryResult | None:
         assert self._slurm is not None
@@ -681,9 +691,12 @@ class Daemon:
         if reason is not None:
             self._refuse(job, reason)
             return
-        key = str(definition.get("batchLocationHash", ""))
+        chain_job = await self._contracts.get_job(job.job_id)
+        if chain_job.delegate_spending_authority != job.delegate_top_up:
+            self.store.update_job(job.job_id, delegate_top_up=chain_job.delegate_spending_authority)
+        key = chain_job.definition.batch_location_hash
         try:
-            fetched = await self._sbatch.fetch(job.job_id, customer, key)
+            fetched = await self._sbatch.fetch(job.job_id, chain_job.customer, key)
         except ScriptRefused as exc:
             self._fail(job, f"batch script unusable: {exc}")
             return
@@ -738,6 +751,20 @@ class Daemon:
             time_limit_minutes=submission.time_limit_minutes,
         )
 
+    async def _refresh_delegation(self, jobs: list[JobRecord]) -> None:
+        """Customers may grant or withdraw delegated spending at any time: re-read it now and then."""
+        assert self._contracts is not None
+        for job in jobs:
+            if job.status != JobStatus.RUNNING or not job.ours:
+                continue
+            try:
+                chain_job = await self._contracts.get_job(job.job_id)
+            except Exception as exc:
+                log.warning("reading the job failed, will retry", job_id=job.job_id, error=describe(exc))
+                return
+            if chain_job.delegate_spending_authority != job.delegate_top_up:
+                self.store.update_job(job.job_id, delegate_top_up=chain_job.delegate_spending_authority)
+
     async def _cancel_in_slurm(self, job: JobRecord, reason: str) -> None:
         assert self._slurm is not None
         seen = self._observed.get(job.job_id)
@@ -771,10 +798,13 @@ class Daemon:
     async def _auto_top_up(self, job: JobRecord) -> None:
         """Adds a slice from the customer's allowance when a delegated job's time runs low."""
         assert self._contracts is not None and self._sender is not None
-        if self.store.open_actions("top_up_job_delegate", job.job_id):
+        if not job.delegate_top_up or self.store.open_actions("top_up_job_delegate", job.job_id):
             return
         chain_job: Job = await self._contracts.get_job(job.job_id)
-        if not chain_job.delegate_spending_authority or chain_job.status != JobStatus.RUNNING:
+        if not chain_job.delegate_spending_authority:
+            self.store.update_job(job.job_id, delegate_top_up=False)
+            return
+        if chain_job.status != JobStatus.RUNNING:
             return
         if self._prices is None:
             prices = await self._contracts.provider_prices(self.provider)
