@@ -8,6 +8,7 @@ with the fix and exit 1.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -206,3 +207,32 @@ def test_a_full_run_logs_every_state_change_and_no_secret(
         assert key_hex.lower() not in lowered, where
         assert PASSWORD.lower() not in lowered, where
         assert keystore[0].read_text()[:40] not in text, where  # nor the keystore itself
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the install script runs as root")
+def test_installed_release_runs_the_doctor(supervisor: SupervisorProcess, tmp_path: Path) -> None:
+    """scripts/install.sh into temporary folders (systemd is not running here), then its doctor."""
+    service_user = "grid-svc"  # an existing user: the test does not add users to the machine
+    result = subprocess.run(
+        ["bash", str(Path(__file__).resolve().parents[2] / "scripts" / "install.sh"),
+         "--prefix", str(tmp_path / "opt"), "--config-dir", str(tmp_path / "etc"),
+         "--unit-dir", str(tmp_path / "units"), "--user", service_user, "--create-key"],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    key = tmp_path / "etc" / "provider.key"
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    assert key.read_text().strip().removeprefix("0x") not in result.stdout + result.stderr
+    unit = (tmp_path / "units" / "grid-supervisor.service").read_text()
+    assert (
+        f"ExecStart={tmp_path}/opt/venv/bin/grid-supervisor run --config {tmp_path}/etc/supervisor.toml"
+        in unit
+    )
+    assert f"User={service_user}" in unit
+    installed = tmp_path / "opt" / "venv" / "bin" / "grid-supervisor"
+    checked = subprocess.run(
+        [str(installed), "doctor", "--config", str(supervisor.config)],
+        env=supervisor.env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "OK    contract" in checked.stdout
