@@ -67,9 +67,12 @@ def test_cli_deploys_wires_and_writes_the_deployment_file(anvil: Anvil, tmp_path
     assert queues.functions.owner().call() == deployment.meta_scheduler
     credit = contract(w3, "Credit", deployment.credit)
     assert credit.functions.balanceOf(customer.address).call() == 2500 * CREDIT
-    assert deployment.deploy_block <= w3.eth.get_transaction_receipt(
-        w3.eth.get_block(deployment.deploy_block, full_transactions=True)["transactions"][0]["hash"]
-    )["blockNumber"]
+    assert (
+        deployment.deploy_block
+        <= w3.eth.get_transaction_receipt(
+            w3.eth.get_block(deployment.deploy_block, full_transactions=True)["transactions"][0]["hash"]
+        )["blockNumber"]
+    )
 
 
 def test_auto_approve_is_off_by_default(anvil: Anvil) -> None:

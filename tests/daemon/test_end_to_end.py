@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 
 import pytest
@@ -59,7 +60,7 @@ def test_finished_job_settles_exactly(provider_stack: ProviderStack, supervisor:
     stack.wait_status(job_id, S.FINISHED)
     duration = settle_check(stack, job_id, S.FINISHED, before=before)
     assert duration == 0  # a two-second job, billed as one minute by the contract
-    assert [line.split("|")[1] for line in stack.slurm_jobs(job_id)] == ["COMPLETED"]
+    assert [line.split("|")[1] for line in stack.accounted(job_id)] == ["COMPLETED"]
     output = (stack.shared / "jobs" / f"0x{job_id.hex()}.out").read_text()
     assert "done" in output
 
@@ -90,6 +91,29 @@ def test_script_that_does_not_match_its_key_fails_with_refund(
     assert stack.slurm_jobs(job_id) == []
 
 
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ("UPDATE scripts SET script = script || 'echo injected' WHERE key = ?", "hashes to"),
+        ("UPDATE scripts SET expires_at = 0 WHERE key = ?", "expired"),
+    ],
+    ids=["tampered", "expired"],
+)
+def test_tampered_or_expired_script_fails_with_refund(
+    provider_stack: ProviderStack, supervisor: SupervisorProcess, change: str, reason: str
+) -> None:
+    stack = provider_stack
+    key = stack.store_workflow(f"echo {reason}")
+    with sqlite3.connect(stack.sbatch.database) as db:
+        assert db.execute(change, (key,)).rowcount == 1
+    before = balances(stack)
+    job_id = stack.request("", 500, key=key)
+    stack.wait_status(job_id, S.FAILED)
+    assert reason in stack.grid.job(job_id)["lastError"]
+    assert balances(stack) == before
+    assert stack.slurm_jobs(job_id) == []
+
+
 def test_cancel_while_running_bills_the_time_used(
     provider_stack: ProviderStack, supervisor: SupervisorProcess
 ) -> None:
@@ -102,7 +126,7 @@ def test_cancel_while_running_bills_the_time_used(
     settle_check(stack, job_id, S.CANCELLED, before=before)
     wait_for(
         "Slurm to show the job cancelled",
-        lambda: stack.slurm_jobs(job_id)[0].split("|")[1].startswith("CANCELLED"),
+        lambda: any(line.split("|")[1].startswith("CANCELLED") for line in stack.slurm_jobs(job_id)),
         30,
     )
 
@@ -129,12 +153,12 @@ def test_cancel_before_it_ran_refunds_and_leaves_nothing_in_slurm(
         assert balances(stack) == before
         wait_for(
             "the queued Slurm job to be cancelled",
-            lambda: stack.slurm_jobs(job_id)[0].split("|")[1].startswith("CANCELLED"),
+            lambda: any(line.split("|")[1].startswith("CANCELLED") for line in stack.slurm_jobs(job_id)),
             30,
         )
     finally:
         stack.scancel(blocker)
-    assert len(stack.slurm_jobs(job_id)) == 1
+    assert len(stack.accounted(job_id)) == 1
     assert not (stack.shared / "jobs" / f"0x{job_id.hex()}.out").exists()
 
 
@@ -197,4 +221,4 @@ def test_fifty_jobs_at_once_all_settle(provider_stack: ProviderStack, supervisor
         for j, cost in zip(jobs, costs, strict=True)
     )
     assert grid.balance(stack.provider) - provider_before == sum(c - c * 20 // 100 for c in costs)
-    assert all(len(stack.slurm_jobs(job_id)) == 1 for job_id in jobs)
+    assert all(len(stack.accounted(job_id)) == 1 for job_id in jobs)

@@ -87,7 +87,7 @@ def test_killed_at_every_stage_no_double_and_exact_settlement(
 
     total = 0
     for job_id in (claimed, queued, running, ended):
-        assert len(stack.slurm_jobs(job_id)) == 1, "a second Slurm job was submitted"
+        assert len(stack.accounted(job_id)) == 1, "a second Slurm job was submitted"
         assert reports(stack, job_id) == [S.META_SCHEDULED, S.SCHEDULED, S.RUNNING, S.FINISHED]
         cost = stack.grid.job(job_id)["finalCost"]
         assert cost == max(stack.reported_duration(job_id, S.FINISHED), 1) * PER_MINUTE
@@ -107,7 +107,7 @@ def test_sigterm_drains_and_the_next_start_takes_the_job_over(
     assert supervisor.terminate(timeout=60) == 0
     log = supervisor.text()
     assert "stop requested: draining" in log and "supervisor stopped" in log
-    assert stack.slurm_jobs(job_id)[0].split("|")[1] in {"RUNNING", "COMPLETED"}  # Slurm kept it
+    assert stack.accounted(job_id)[0].split("|")[1] in {"RUNNING", "COMPLETED"}  # Slurm kept it
     supervisor.start()
     stack.wait_status(job_id, S.FINISHED)
     exact_settlement(stack, job_id, provider_before)
