@@ -157,6 +157,9 @@ class DaemonListener(Protocol):
     def stopping(self, daemon: Daemon) -> None:
         """Draining has begun."""
 
+    def waiting(self, daemon: Daemon, what: str) -> None:
+        """Start-up is waiting for a dependency (called at every retry, so start-up is seen alive)."""
+
 
 @dataclass
 class Health:
@@ -253,6 +256,8 @@ class Daemon:
                 if not said:
                     log.warning(f"waiting for {what}", error=describe(exc))
                     said = True
+                for listener in self.listeners:
+                    listener.waiting(self, what)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
                 delay = min(delay * 2, 15.0)

@@ -201,6 +201,9 @@ class MetricsListener:
     def ready(self, daemon: Daemon) -> None:
         self.cycle_done(daemon)
 
+    def waiting(self, daemon: Daemon, what: str) -> None:
+        """Nothing to measure before the loops run: /readyz already answers not ready."""
+
     def cycle_done(self, daemon: Daemon) -> None:
         self._maybe_probe(daemon)
         try:

@@ -120,3 +120,10 @@ class SystemdNotifier:
 
     def stopping(self, daemon: Daemon) -> None:
         send("STOPPING=1\nSTATUS=draining: delivering the outbox before exit", self.address)
+
+    def waiting(self, daemon: Daemon, what: str) -> None:
+        """Start-up waits for a dependency: ask systemd for more time, and say what for."""
+        if daemon.ready:
+            return
+        extend = int(START_EXTENSION_S * 1_000_000)
+        send(f"EXTEND_TIMEOUT_USEC={extend}\nSTATUS=waiting for {what}", self.address)

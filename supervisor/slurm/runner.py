@@ -97,11 +97,12 @@ class LocalRunner:
             async with asyncio.timeout(timeout):
                 out, err = await process.communicate(stdin.encode() if stdin is not None else None)
         except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            with contextlib.suppress(Exception):
-                await process.wait()
+            await _reap(process)
             raise SlurmCommandTimeout(argv, timeout) from None
+        except asyncio.CancelledError:
+            # The daemon is stopping: end the command too, so no process outlives its event loop.
+            await asyncio.shield(_reap(process))
+            raise
         return CommandResult(
             argv=tuple(argv),
             returncode=process.returncode if process.returncode is not None else -1,
@@ -111,6 +112,14 @@ class LocalRunner:
 
     async def close(self) -> None:
         return None
+
+
+async def _reap(process: asyncio.subprocess.Process) -> None:
+    """Kill a command's process group and wait for it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(Exception):
+        await process.wait()
 
 
 @dataclass
