@@ -194,3 +194,22 @@ def test_watchdog_stops_while_the_work_loop_hangs(
         wait_for("a healthy probe again", lambda: probe(healthz)[0] == 200, 30)
     finally:
         process.stop()
+
+
+def test_start_waiting_for_the_chain_extends_the_start_timeout(
+    provider_stack: ProviderStack, notify_socket: NotifySocket, rpc_proxy: TcpProxy
+) -> None:
+    rpc_proxy.set_mode("hang")
+    process = notified_supervisor(provider_stack, notify_socket, rpc_proxy, free_port())
+    try:
+        waiting = wait_for(
+            "a start-up extension while the chain does not answer",
+            lambda: notify_socket.messages("EXTEND_TIMEOUT_USEC"),
+            90,
+        )[0]
+        assert waiting.fields["STATUS"] == "waiting for the chain (RPC and contracts)"
+        assert not notify_socket.messages("READY")
+        rpc_proxy.set_mode("pass")
+        wait_for("READY=1 once the chain answers", lambda: notify_socket.messages("READY", "1"), 120)
+    finally:
+        process.stop()
