@@ -68,8 +68,16 @@ def test_cli_deploys_wires_and_writes_the_deployment_file(anvil: Anvil, tmp_path
     credit = contract(w3, "Credit", deployment.credit)
     assert credit.functions.balanceOf(customer.address).call() == 2500 * CREDIT
     # The deploy block is the one that created the first contract: logs are complete from there on.
-    assert w3.eth.get_code(deployment.credit, block_identifier=deployment.deploy_block - 1) == b""
-    assert w3.eth.get_code(deployment.credit, block_identifier=deployment.deploy_block) != b""
+    assert (
+        w3.eth.get_code(
+            Web3.to_checksum_address(deployment.credit), block_identifier=deployment.deploy_block - 1
+        )
+        == b""
+    )
+    assert (
+        w3.eth.get_code(Web3.to_checksum_address(deployment.credit), block_identifier=deployment.deploy_block)
+        != b""
+    )
 
 
 def test_auto_approve_is_off_by_default(anvil: Anvil) -> None:
