@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -222,3 +226,41 @@ def test_fifty_jobs_at_once_all_settle(provider_stack: ProviderStack, supervisor
     )
     assert grid.balance(stack.provider) - provider_before == sum(c - c * 20 // 100 for c in costs)
     assert all(len(stack.accounted(job_id)) == 1 for job_id in jobs)
+
+
+def test_status_and_jobs_commands_show_the_store(
+    provider_stack: ProviderStack, supervisor: SupervisorProcess
+) -> None:
+    stack = provider_stack
+    job_id = stack.request("echo listed", 500)
+    stack.wait_status(job_id, S.FINISHED)
+    name = "0x" + job_id.hex()
+    command = [str(Path(sys.executable).parent / "grid-supervisor")]
+
+    def jobs() -> list[dict[str, object]]:
+        answer = subprocess.run(
+            [*command, "jobs", "--all", "--json", "--config", str(supervisor.config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        rows: list[dict[str, object]] = json.loads(answer.stdout)
+        return rows
+
+    row = wait_for(
+        "the job closed in the store", lambda: [r for r in jobs() if r["job_id"] == name and r["closed"]]
+    )[0]
+    assert row["chain_status"] == "FINISHED" and row["reported"] == "FINISHED"
+    assert isinstance(row["slurm_job_id"], int)
+    status = subprocess.run(
+        [*command, "status", "--json", "--config", str(supervisor.config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    summary = json.loads(status.stdout)
+    assert summary["chain_id"] == "31337"
+    assert summary["cursor_block"] <= stack.grid.w3.eth.block_number
+    assert summary["closed_jobs"] >= 1

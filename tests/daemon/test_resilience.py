@@ -111,6 +111,9 @@ def test_sigterm_drains_and_the_next_start_takes_the_job_over(
     supervisor.start()
     stack.wait_status(job_id, S.FINISHED)
     exact_settlement(stack, job_id, provider_before)
+    log = supervisor.text()
+    assert log.count("registered with the grid") <= 1  # a restart registers nothing new
+    assert "registration unchanged" in log
 
 
 def test_started_while_the_sbatch_service_is_down(provider_stack: ProviderStack) -> None:
