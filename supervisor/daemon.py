@@ -184,7 +184,6 @@ class Daemon:
         self.cycles = 0
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
-        self._claim_hint = True
         self._claiming = True
         self._store: Store | None = None
         self._signer: Signer | None = None
@@ -209,9 +208,6 @@ class Daemon:
                 listener.stopping(self)
         self._claiming = False
         self._stop.set()
-        self._wake.set()
-
-    def wake(self) -> None:
         self._wake.set()
 
     @property
@@ -342,7 +338,7 @@ class Daemon:
             log.info("supervisor stopped", outbox_left=left)
 
     def _on_claim_hint(self) -> None:
-        self._claim_hint = True
+        """A job was meta-scheduled somewhere: look for claimable jobs now rather than next cycle."""
         self._wake.set()
 
     async def _follower_loop(self) -> None:
@@ -553,13 +549,11 @@ class Daemon:
         if wanted == 0:
             return
         if not await self._contracts.has_next_claimable_job(self.provider):
-            self._claim_hint = False
             return
         wanted = min(wanted, await self._contracts.claimable_queue_size(self.provider))
         for _ in range(wanted):
             self._sender.submit_call(self._contracts.claim_next_job())
         log.info("claiming jobs", count=wanted, held=held)
-        self._claim_hint = False
         if self._follower is not None:
             self._follower.wake()
 
