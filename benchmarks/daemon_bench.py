@@ -39,9 +39,8 @@ sys.path.insert(0, str(ROOT))
 from grid_dev.anvil import Anvil, start_anvil  # noqa: E402
 from supervisor.core.status import JobStatus  # noqa: E402
 from tests.fixtures.contracts import CREDIT, Grid, deploy_grid  # noqa: E402
-from tests.fixtures.sbatch import start_sbatch_service  # noqa: E402
 from tests.fixtures.slurm import SlurmCluster, ensure_cluster_up  # noqa: E402
-from tests.fixtures.supervisor import ProviderStack, credits_per_minute, wait_for  # noqa: E402
+from tests.fixtures.supervisor import ProviderStack, credits_per_minute, open_provider_stack, wait_for  # noqa: E402
 
 LOCKED_CREDITS = 100
 CPUS, MEM_MB, GPUS = 1, 1024, 0
@@ -153,29 +152,13 @@ def run(count: int, timeout: float) -> int:
     cluster = ensure_cluster_up()
     at_once = min(cluster.cpus_per_node // CPUS, cluster.memory_mb_per_node // (CPUS * MEM_MB))
     workdir = Path(tempfile.mkdtemp(prefix="grid-daemon-bench-"))
-    shared = Path("/var/tmp") / f"grid-daemon-bench-{uuid.uuid4().hex[:8]}"
-    for folder in (shared, shared / "jobs", shared / "storage"):
-        folder.mkdir(parents=True)
-        folder.chmod(0o1777)
-    jobs_dir = shared / "jobs"
     bare_name = f"bench-bare-{uuid.uuid4().hex[:8]}"
     anvil = start_anvil(extra_args=["--gas-limit", str(BLOCK_GAS_LIMIT)])
     stack: ProviderStack | None = None
-    sbatch = None
     try:
         grid = deploy_grid(anvil)
-        grid.send(grid.admin, grid.provider_manager.functions.setAutoApprove(True))
-        sbatch = start_sbatch_service(
-            workdir / "sbatch",
-            rpc_url=anvil.http_url,
-            metascheduler_address=grid.deployment.meta_scheduler,
-            extra_env={"GRID_SBATCH_STORAGE_ROOT": str(shared / "storage")},
-        )
-        provider = grid.providers[0]
-        key_file = workdir / "provider.key"
-        key_file.write_text(provider.key.hex())
-        key_file.chmod(0o600)
-        stack = ProviderStack(grid, cluster, sbatch, provider, workdir, shared, key_file)
+        stack = open_provider_stack(grid, cluster, workdir, name="grid-daemon-bench")
+        provider, jobs_dir = stack.provider, stack.shared / "jobs"
         supervisor = stack.supervisor(max_queued_jobs=count)
         supervisor.start()
         stack.wait_registered()
@@ -299,15 +282,11 @@ def run(count: int, timeout: float) -> int:
         return 0
     finally:
         if stack is not None:
-            for process in stack.supervisors:
-                process.stop()
-        left = cancel_leftovers(jobs_dir, bare_name)
-        if left:
-            print(f"cancelled {left} jobs left in Slurm", flush=True)
-        if sbatch is not None:
-            sbatch.stop()
+            left = cancel_leftovers(stack.shared / "jobs", bare_name)
+            if left:
+                print(f"cancelled {left} jobs left in Slurm", flush=True)
+            stack.close()
         anvil.stop()
-        shutil.rmtree(shared, ignore_errors=True)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

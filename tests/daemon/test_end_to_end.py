@@ -135,10 +135,6 @@ def test_cancel_while_running_bills_the_time_used(
     )
 
 
-def test_credit_value(provider_stack: ProviderStack) -> None:
-    assert credits_per_minute(1, 1, 1024, 1) == 61_024 * CREDIT // 1000
-
-
 def test_cancel_before_it_ran_refunds_and_leaves_nothing_in_slurm(
     provider_stack: ProviderStack, supervisor: SupervisorProcess
 ) -> None:
