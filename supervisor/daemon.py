@@ -169,7 +169,6 @@ class Health:
     slurm_ok: bool = False
     sbatch_ok: bool = True
     registered: bool = False
-    last_cycle_at: float = 0.0
     problems: dict[str, str] = field(default_factory=dict)
 
 
@@ -443,7 +442,6 @@ class Daemon:
 
     async def cycle(self) -> None:
         """One pass: claim, then look at every open job and act on what it needs."""
-        self.health.last_cycle_at = time.time()
         jobs = self.store.open_jobs()
         query = await self._query_slurm(jobs)
         if query is not None:
