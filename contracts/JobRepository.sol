@@ -16,58 +16,61 @@ contract JobRepository is AccessControl {
     event JobCreated(bytes32 _jobId);
     event JobTransitionEvent(bytes32 _jobId, JobStatus _from, JobStatus _to);
 
-    uint256 private _counter;
-    mapping(bytes32 => Job) private _jobs;
-    mapping(address => bytes32[]) private _jobsByCustomer;
+    /// @notice The number of jobs created; the newest job's id is `bytes32(jobIdCounter)`.
+    uint256 public jobIdCounter;
+    /// @notice Every job by id (the whole record; `get` does the same but reverts for an unknown id).
+    mapping(bytes32 => Job) public jobs;
+    /// @notice The ids of a customer's jobs, oldest first (`getByCustomer` returns the whole list).
+    mapping(address => bytes32[]) public jobIdByCustomer;
 
     constructor() {
         _grantRole(DEFAULT_ADMIN_ROLE, msg.sender);
     }
 
     modifier existing(bytes32 _jobId) {
-        if (_jobs[_jobId].jobId == bytes32(0)) revert InvalidJob();
+        if (jobs[_jobId].jobId == bytes32(0)) revert InvalidJob();
         _;
     }
 
     /// @notice Stores a new job under the next id (`bytes32(counter)`); the given jobId is ignored.
     function create(Job memory _job) external onlyRole(METASCHEDULER_ROLE) returns (bytes32) {
-        _counter += 1;
-        bytes32 jobId = bytes32(_counter);
+        jobIdCounter += 1;
+        bytes32 jobId = bytes32(jobIdCounter);
         _job.jobId = jobId;
         _job.time.blockNumberStateChange = block.number;
         _write(_job);
-        _jobsByCustomer[_job.customerAddr].push(jobId);
+        jobIdByCustomer[_job.customerAddr].push(jobId);
         emit JobCreated(jobId);
         return jobId;
     }
 
     /// @notice Replaces a job's record; a changed status is checked and announced like setJobStatus.
     function update(Job memory _job) external onlyRole(METASCHEDULER_ROLE) existing(_job.jobId) {
-        JobStatus current = _jobs[_job.jobId].status;
-        if (_job.customerAddr != _jobs[_job.jobId].customerAddr) {
-            _jobsByCustomer[_job.customerAddr].push(_job.jobId);
+        JobStatus current = jobs[_job.jobId].status;
+        if (_job.customerAddr != jobs[_job.jobId].customerAddr) {
+            jobIdByCustomer[_job.customerAddr].push(_job.jobId);
         }
         _write(_job);
         if (current != _job.status) {
-            _jobs[_job.jobId].status = current;
+            jobs[_job.jobId].status = current;
             _transition(_job.jobId, _job.status);
         }
     }
 
     /// @notice The job; reverts InvalidJob() for an id that was never created.
     function get(bytes32 _jobId) external view existing(_jobId) returns (Job memory) {
-        return _jobs[_jobId];
+        return jobs[_jobId];
     }
 
     /// @notice Extension: the two fields the claim queue needs, without copying the whole job.
     function getStatusAndProvider(bytes32 _jobId) external view existing(_jobId) returns (JobStatus, address) {
-        Job storage job = _jobs[_jobId];
+        Job storage job = jobs[_jobId];
         return (job.status, job.providerAddr);
     }
 
     /// @notice Ids of the jobs a customer requested, oldest first.
     function getByCustomer(address customerAddr) external view returns (bytes32[] memory) {
-        return _jobsByCustomer[customerAddr];
+        return jobIdByCustomer[customerAddr];
     }
 
     function setJobStatus(bytes32 _jobId, JobStatus _newStatus)
@@ -79,11 +82,11 @@ contract JobRepository is AccessControl {
     }
 
     function setCost(bytes32 _jobId, JobCost memory _cost) external onlyRole(METASCHEDULER_ROLE) existing(_jobId) {
-        _jobs[_jobId].cost = _cost;
+        jobs[_jobId].cost = _cost;
     }
 
     function setTime(bytes32 _jobId, JobTime memory _time) external onlyRole(METASCHEDULER_ROLE) existing(_jobId) {
-        _jobs[_jobId].time = _time;
+        jobs[_jobId].time = _time;
     }
 
     function setDefinition(bytes32 _jobId, JobDefinition memory _definition)
@@ -91,7 +94,7 @@ contract JobRepository is AccessControl {
         onlyRole(METASCHEDULER_ROLE)
         existing(_jobId)
     {
-        _writeDefinition(_jobs[_jobId].definition, _definition);
+        _writeDefinition(jobs[_jobId].definition, _definition);
     }
 
     function setCustomerAddr(bytes32 _jobId, address _customerAddr)
@@ -99,8 +102,8 @@ contract JobRepository is AccessControl {
         onlyRole(METASCHEDULER_ROLE)
         existing(_jobId)
     {
-        _jobs[_jobId].customerAddr = _customerAddr;
-        _jobsByCustomer[_customerAddr].push(_jobId);
+        jobs[_jobId].customerAddr = _customerAddr;
+        jobIdByCustomer[_customerAddr].push(_jobId);
     }
 
     function setProviderAddr(bytes32 _jobId, address _providerAddr)
@@ -108,11 +111,11 @@ contract JobRepository is AccessControl {
         onlyRole(METASCHEDULER_ROLE)
         existing(_jobId)
     {
-        _jobs[_jobId].providerAddr = _providerAddr;
+        jobs[_jobId].providerAddr = _providerAddr;
     }
 
     function setJobName(bytes32 _jobId, bytes32 _jobName) external onlyRole(METASCHEDULER_ROLE) existing(_jobId) {
-        _jobs[_jobId].jobName = _jobName;
+        jobs[_jobId].jobName = _jobName;
     }
 
     function setHasCancelRequest(bytes32 _jobId, bool _hasCancelRequest)
@@ -120,28 +123,28 @@ contract JobRepository is AccessControl {
         onlyRole(METASCHEDULER_ROLE)
         existing(_jobId)
     {
-        _jobs[_jobId].hasCancelRequest = _hasCancelRequest;
+        jobs[_jobId].hasCancelRequest = _hasCancelRequest;
     }
 
     function setLastError(bytes32 _jobId, string memory _error) external onlyRole(METASCHEDULER_ROLE) existing(_jobId) {
-        _jobs[_jobId].lastError = _error;
+        jobs[_jobId].lastError = _error;
     }
 
     function setExitCode(bytes32 _jobId, int64 _exitCode) external onlyRole(METASCHEDULER_ROLE) existing(_jobId) {
-        _jobs[_jobId].exitCode = _exitCode;
+        jobs[_jobId].exitCode = _exitCode;
     }
 
     function _transition(bytes32 _jobId, JobStatus _newStatus) private {
-        Job storage job = _jobs[_jobId];
+        Job storage job = jobs[_jobId];
         JobStatus from = job.status;
-        Tools.checkNewJobStatus(from, _newStatus);
+        Tools.requireTransition(from, _newStatus);
         job.status = _newStatus;
         job.time.blockNumberStateChange = block.number;
         emit JobTransitionEvent(_jobId, from, _newStatus);
     }
 
     function _write(Job memory _job) private {
-        Job storage job = _jobs[_job.jobId];
+        Job storage job = jobs[_job.jobId];
         job.jobId = _job.jobId;
         job.status = _job.status;
         job.customerAddr = _job.customerAddr;

@@ -151,7 +151,7 @@ contract MetaScheduler is AccessControl, ReentrancyGuard {
             revert RunningScheduledStatusOnly(job.status);
         }
         uint256 perMin = _creditsPerMin(job);
-        uint256 remaining = _remainingMinutes(job, perMin);
+        uint256 remaining = Tools.remainingMinutes(job, perMin);
         uint256 slice = constants.topUpSliceDurationMin();
         if (remaining > slice) revert RemainingTimeAboveLimit(remaining, slice);
         _topUp(_jobId, job, job.customerAddr, slice * perMin);
@@ -329,13 +329,5 @@ contract MetaScheduler is AccessControl, ReentrancyGuard {
     function _creditsPerMin(Job memory job) private view returns (uint256) {
         ProviderPrices memory prices = providerManager.getProviderPrices(job.providerAddr);
         return Tools.creditsPerMin(job.definition, prices);
-    }
-
-    /// @dev A scheduled job has its whole duration left; a running one loses the minutes elapsed.
-    function _remainingMinutes(Job memory job, uint256 perMin) private view returns (uint256) {
-        uint256 total = Tools.durationMinute(job.cost.maxCost, perMin);
-        if (job.status != JobStatus.RUNNING) return total;
-        uint256 elapsed = (block.timestamp - job.time.start) / 60;
-        return total > elapsed ? total - elapsed : 0;
     }
 }

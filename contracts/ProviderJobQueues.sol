@@ -3,7 +3,7 @@ pragma solidity ^0.8.20;
 
 import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
 import {JobStatus} from "./Types.sol";
-import {NoJob} from "./Errors.sol";
+import {Empty, NoJob, OutOfBounds} from "./Errors.sol";
 
 interface IJobReader {
     function getStatusAndProvider(bytes32 _jobId) external view returns (JobStatus, address);
@@ -70,12 +70,8 @@ contract ProviderJobQueues is Ownable {
     }
 
     /// @notice True when a job is waiting for the provider's claim (stale entries do not count).
-    function hasNextClaimableJob(address _providerAddr) external view returns (bool) {
-        Queue storage queue = _claimable[_providerAddr];
-        for (uint256 i = queue.head; i < queue.items.length; i++) {
-            if (_isClaimable(_providerAddr, queue.items[i])) return true;
-        }
-        return false;
+    function hasNextClaimableJob(address _providerAddr) external view returns (bool found) {
+        (found,) = _firstClaimable(_providerAddr);
     }
 
     function hasCancellingJob(address _providerAddr) external view returns (bool) {
@@ -97,6 +93,60 @@ contract ProviderJobQueues is Ownable {
 
     function getTopUpJobQueueSize(address _providerAddr) external view returns (uint256 length) {
         return _size(_topUp[_providerAddr]);
+    }
+
+    /// @notice Bounds of the provider's claimable queue: entries `_begin` (its head) to `_end` (one past
+    ///         its last entry), stale ones included, as DeepSquare's clients read them.
+    function providerClaimableJobsQueues(address _providerAddr) external view returns (int128 _begin, int128 _end) {
+        return _bounds(_claimable[_providerAddr]);
+    }
+
+    function providerCancellingJobsQueues(address _providerAddr)
+        external
+        view
+        returns (int128 _begin, int128 _end)
+    {
+        return _bounds(_cancelling[_providerAddr]);
+    }
+
+    function providerTopUpJobsQueues(address _providerAddr) external view returns (int128 _begin, int128 _end) {
+        return _bounds(_topUp[_providerAddr]);
+    }
+
+    /// @notice Extension: the job the provider's next `claimNextJob` would get; Empty() when none.
+    function nextClaimableJob(address _providerAddr) external view returns (bytes32 jobId) {
+        bool found;
+        (found, jobId) = _firstClaimable(_providerAddr);
+        if (!found) revert Empty();
+    }
+
+    /// @notice Extension: up to `_count` entries of the claimable queue from position `_offset` (0 is its
+    ///         head), stale ones included; OutOfBounds() when `_offset` is past its end.
+    function getClaimableJobs(address _providerAddr, uint256 _offset, uint256 _count)
+        external
+        view
+        returns (bytes32[] memory page)
+    {
+        Queue storage queue = _claimable[_providerAddr];
+        uint256 size = _size(queue);
+        if (_offset > size) revert OutOfBounds();
+        uint256 length = size - _offset < _count ? size - _offset : _count;
+        page = new bytes32[](length);
+        for (uint256 i = 0; i < length; i++) {
+            page[i] = queue.items[queue.head + _offset + i];
+        }
+    }
+
+    function _firstClaimable(address _providerAddr) private view returns (bool, bytes32) {
+        Queue storage queue = _claimable[_providerAddr];
+        for (uint256 i = queue.head; i < queue.items.length; i++) {
+            if (_isClaimable(_providerAddr, queue.items[i])) return (true, queue.items[i]);
+        }
+        return (false, bytes32(0));
+    }
+
+    function _bounds(Queue storage queue) private view returns (int128, int128) {
+        return (int128(int256(queue.head)), int128(int256(queue.items.length)));
     }
 
     function _isClaimable(address _providerAddr, bytes32 _jobId) private view returns (bool) {

@@ -16,12 +16,14 @@ enum JobStatus {
     PANICKED
 }
 
-/// Where the batch script named by `batchLocationHash` is stored.
+/// Where the job's output goes, as DeepSquare's clients set `JobDefinition.storageType`: DeepSquare's
+/// transfer service, another HTTP upload endpoint, S3, a custom store, or no output at all.
 enum StorageType {
-    IPFS,
-    S3,
+    TRANSFER,
     HTTP,
-    CUSTOM
+    S3,
+    CUSTOM,
+    NONE
 }
 
 struct Label {
@@ -41,7 +43,9 @@ struct JobDefinition {
     uint64 cpusPerTask;
     uint64 ntasks;
     string batchLocationHash;
-    StorageType storageType;
+    /// A StorageType value. Declared uint8 (the same ABI type as the enum) so that an unknown value
+    /// reaches the contract and is refused with InvalidJobDefinition() instead of an empty revert.
+    uint8 storageType;
     Label[] uses;
     Affinity[] affinity;
 }
