@@ -1,9 +1,9 @@
 """The meta-scheduler (oracle) of the local grid: gives PENDING jobs to providers that fit them and
 takes back jobs their provider left unclaimed past `claimJobTimeout`.
 
-ProviderManager cannot list its providers, so the oracle learns them from ProviderApproved,
-ProviderRemoved and ProviderBanChanged since the deployment block and reads each one's record when
-an event names it. Jobs to place come from NewJobRequestEvent and JobRefusedEvent (which timeoutJob
+Each pass pages through ProviderManager's list of providers (`fetchPage`) and reads every listed
+provider's record, so approvals, bans, removals and new prices show at the next pass without replaying
+events since the deployment block. Jobs to place come from NewJobRequestEvent and JobRefusedEvent (which timeoutJob
 emits too) and are checked on chain before anything is done with them; JobTransitionEvent to
 META_SCHEDULED starts the claim clock. Everything it knows can be rebuilt from the chain, so it keeps
 no state on disk. The decisions themselves are the pure functions of `grid_dev.matching`.
@@ -40,7 +40,10 @@ from supervisor.core.status import JobStatus
 
 log = structlog.get_logger("grid_dev.oracle")
 
-PROVIDER_EVENTS = ("ProviderApproved", "ProviderRemoved", "ProviderBanChanged", "ProviderWaitingForApproval")
+#: Providers read per `fetchPage` call, and the most pages one pass reads (a bound against a list
+#: that never ends).
+PROVIDER_PAGE_SIZE = 50
+MAX_PROVIDER_PAGES = 10_000
 JOB_EVENTS = ("NewJobRequestEvent", "JobRefusedEvent")
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 
@@ -118,12 +121,6 @@ class MetaSchedulerOracle:
         self.settings = settings or OracleSettings()
         self.transactor = Transactor(w3, signer)
         self.constants: AsyncContract = contract(w3, "Constants", contracts.constants_address)
-        self._provider_logs = LogReader(
-            w3,
-            contracts.provider_manager.address,
-            events_of(contracts.provider_manager.abi, PROVIDER_EVENTS),  # type: ignore[arg-type]
-            from_block,
-        )
         self._job_logs = LogReader(
             w3,
             contracts.meta_scheduler.address,
@@ -137,7 +134,6 @@ class MetaSchedulerOracle:
             from_block,
         )
         self.providers: dict[str, ProviderOffer] = {}
-        self._waiting_approval: set[str] = set()
         self._to_place: dict[str, None] = {}  # job ids in the order they came (a set with order)
         self._awaiting_claim: set[str] = set()
         self._refusals: dict[str, dict[str, int]] = {}  # job id -> provider -> chain time
@@ -194,17 +190,38 @@ class MetaSchedulerOracle:
     # -- providers ----------------------------------------------------------------------------
 
     async def _follow_providers(self, report: StepReport) -> None:
-        touched: dict[str, None] = {}
-        for event in await self._provider_logs.new_events():
-            named = str(Web3.to_checksum_address(event.args["addr"]))
-            touched[named] = None
-            if event.name == "ProviderWaitingForApproval":
-                self._waiting_approval.add(named)
-        for address in touched:
+        listed = await self._list_providers()
+        for address in listed:
             await self._reload_provider(address)
+        for address in set(self.providers) - set(listed):
+            self._forget_provider(address)
         if self.settings.approve_providers:
-            for waiting in sorted(self._waiting_approval):
-                await self._approve(waiting, report)
+            for address in listed:
+                await self._approve(address, report)
+
+    async def _list_providers(self) -> list[str]:
+        """Every address in ProviderManager's list, page by page from its head."""
+        manager = self.contracts.provider_manager
+        addresses: list[str] = []
+        cursor = 0
+        for _ in range(MAX_PROVIDER_PAGES):
+            data, length, cursor = await read(
+                lambda page=cursor: manager.functions.fetchPage(page, PROVIDER_PAGE_SIZE).call()  # type: ignore[misc]
+            )
+            for item in data[: int(length)]:
+                entry = bytes(item)
+                if len(entry) != 32 or any(entry[:12]):
+                    log.warning("provider list entry is not an address", entry="0x" + entry.hex())
+                    continue
+                addresses.append(str(Web3.to_checksum_address(entry[12:])))
+            if int(cursor) == 0 or int(length) == 0:
+                return list(dict.fromkeys(addresses))
+        raise GridError(f"the provider list has more than {MAX_PROVIDER_PAGES} pages")
+
+    def _forget_provider(self, address: str) -> None:
+        if self.providers.pop(address, None) is not None:
+            log.info("provider gone", provider=address)
+            self._last_reasons.clear()
 
     async def _reload_provider(self, address: str) -> None:
         manager = self.contracts.provider_manager
@@ -212,11 +229,10 @@ class MetaSchedulerOracle:
         outputs = next(e for e in manager.abi if e.get("name") == "getProvider")["outputs"][0]  # type: ignore[typeddict-item]
         record = plain_value(raw, outputs)
         if record["addr"] == ZERO_ADDRESS:
-            if self.providers.pop(address, None) is not None:
-                log.info("provider gone", provider=address)
+            self._forget_provider(address)
             return
-        schedulable = bool(await read(lambda: manager.functions.isValidForScheduling(address).call()))
-        offer = provider_offer(record, schedulable)
+        # An approved record that is not banned is exactly what isValidForScheduling accepts.
+        offer = provider_offer(record, schedulable=True)
         if self.providers.get(address) != offer:
             log.info(
                 "provider known",
@@ -227,13 +243,12 @@ class MetaSchedulerOracle:
                 gpus=sum(offer.gpus_per_node),
                 labels={label.key: label.value for label in offer.labels},
             )
-        self.providers[address] = offer
-        self._last_reasons.clear()
+            self.providers[address] = offer
+            self._last_reasons.clear()
 
     async def _approve(self, address: str, report: StepReport) -> None:
         manager = self.contracts.provider_manager
         if not await read(lambda: manager.functions.isWaitingForApproval(address).call()):
-            self._waiting_approval.discard(address)
             return
         try:
             await self.transactor.send(manager.functions.approve(address), f"approving provider {address}")
@@ -241,7 +256,6 @@ class MetaSchedulerOracle:
             report.failures.append(str(exc))
             log.warning("approval failed", provider=address, error=str(exc))
             return
-        self._waiting_approval.discard(address)
         report.approved.append(address)
         log.info("provider approved", provider=address)
         await self._reload_provider(address)

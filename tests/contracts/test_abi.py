@@ -89,3 +89,46 @@ def test_abi_directory_is_up_to_date_with_the_sources() -> None:
         path: Path = ABI_DIR / f"{name}.json"
         assert path.is_file(), f"{path} missing"
         assert path.read_text() == render_artifact(artifact), f"{path} is stale: run `grid-contracts compile`"
+
+
+SDK_DIR = REFERENCE_DIR / "sdk"
+
+
+def _abi_type(param: dict[str, Any]) -> Any:
+    """A parameter's ABI encoding with struct field names; an enum encodes as uint8 (libraries name it)."""
+    if param["type"].startswith("tuple"):
+        return (param["type"], tuple((c["name"], _abi_type(c)) for c in param["components"]))
+    if param.get("internalType", "").startswith("enum "):
+        return "uint8"
+    return param["type"]
+
+
+def _signature(entry: dict[str, Any]) -> tuple[str, str, tuple[Any, ...]]:
+    return (entry["type"], entry["name"], tuple(_abi_type(p) for p in entry["inputs"]))
+
+
+@pytest.mark.skipif(not SDK_DIR.is_dir(), reason=f"the SDK's ABIs not found at {SDK_DIR}")
+@pytest.mark.parametrize("name", sorted(p.stem for p in SDK_DIR.glob("*.json")))
+def test_every_entry_of_the_sdk_abis_exists_with_the_same_signature(name: str) -> None:
+    """DeepSquare's SDK ships these ABIs: every function, event and error must be in the same contract."""
+    compiled = {_signature(e): e for e in load_abi(name) if e["type"] in ("function", "event", "error")}
+    missing: list[str] = []
+    for entry in json.loads((SDK_DIR / f"{name}.json").read_text()):
+        if entry["type"] not in ("function", "event", "error"):
+            continue
+        mine = compiled.get(_signature(entry))
+        if mine is None:
+            missing.append(f"{entry['type']} {entry['name']}")
+            continue
+        if entry["type"] == "function":
+            assert [_abi_type(p) for p in mine["outputs"]] == [_abi_type(p) for p in entry["outputs"]], (
+                f"outputs of {name}.{entry['name']}"
+            )
+            assert mine["stateMutability"] == entry["stateMutability"], (
+                f"mutability of {name}.{entry['name']}"
+            )
+        if entry["type"] == "event":
+            assert [p["indexed"] for p in mine["inputs"]] == [p["indexed"] for p in entry["inputs"]], (
+                f"indexed flags of {name}.{entry['name']}"
+            )
+    assert missing == [], f"{name}: missing or changed: {', '.join(missing)}"

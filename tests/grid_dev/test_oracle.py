@@ -136,6 +136,29 @@ async def test_a_banned_or_removed_provider_gets_nothing(chain: Grid, oracle: Me
     assert not oracle.providers[banned.address].schedulable
 
 
+async def test_providers_come_from_the_paged_list_not_from_past_events(chain: Grid) -> None:
+    """An oracle that reads no event before the head still knows every listed provider and its changes."""
+    first, second = chain.providers[0], chain.providers[1]
+    chain.register_provider(first, DEAR)
+    chain.register_provider(second, DEAR, cpus=2)
+    head = chain.w3.eth.block_number
+    target = Target(chain.deployment.meta_scheduler, head + 1)
+    oracle = await MetaSchedulerOracle.connect(chain.anvil.http_url, target, Signer(chain.oracle))
+    try:
+        await oracle.step()
+        assert set(oracle.providers) == {first.address, second.address}
+        assert oracle.providers[first.address].cpu_price == DEAR[1]
+        chain.register_provider(first, CHEAP)
+        chain.send(chain.admin, chain.provider_manager.functions.remove(second.address))
+        job = chain.request_job(chain.customers[0], 100 * CREDIT, definition())
+        report = await oracle.step()
+        assert set(oracle.providers) == {first.address}
+        assert oracle.providers[first.address].cpu_price == CHEAP[1]
+        assert report.assigned == {"0x" + job.hex(): first.address}
+    finally:
+        await oracle.close()
+
+
 async def test_a_refused_job_goes_to_another_provider(chain: Grid, oracle: MetaSchedulerOracle) -> None:
     cheap, dear = chain.providers[0], chain.providers[1]
     chain.register_provider(cheap, CHEAP)
