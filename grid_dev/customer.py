@@ -10,7 +10,7 @@ and calls `requestNewJob`. Every refusal (bad workflow, unknown job, too few cre
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,7 +37,7 @@ from grid_dev.matching import encode_operator
 from sbatch_service.loader import parse_workflow_text
 from sbatch_service.models import Job as Workflow
 from sbatch_service.models import WorkflowError, validate_workflow
-from supervisor.chain.contracts import Job, ProtocolContracts, job_id_hex
+from supervisor.chain.contracts import Job, ProtocolContracts, StorageType, job_id_hex
 from supervisor.chain.errors import ErrorDecoder, revert_data_of
 from supervisor.chain.events import EventDecoder
 from supervisor.chain.keys import Signer
@@ -46,6 +46,8 @@ from supervisor.core.status import JobStatus
 
 SUBMIT_MUTATION = "mutation Submit($job: Job!) { submit(job: $job) }"
 SBATCH_TIMEOUT_S = 30.0
+#: An HTTP output to this endpoint is stored with DeepSquare's transfer service (storage type 0).
+DEEPSQUARE_TRANSFER_URL = "https://transfer.deepsquare.run/"
 
 
 @dataclass(frozen=True)
@@ -173,13 +175,27 @@ def parse_affinities(values: Sequence[str]) -> list[tuple[str, str, str]]:
     return parsed
 
 
+def storage_type(document: object) -> StorageType:
+    """The storage type DeepSquare's SDK puts on chain for a workflow, read from its `output`."""
+    output = document.get("output") if isinstance(document, Mapping) else None
+    if not isinstance(output, Mapping):
+        return StorageType.NONE
+    if output.get("s3") is not None:
+        return StorageType.S3
+    http = output.get("http")
+    if isinstance(http, Mapping):
+        return StorageType.TRANSFER if http.get("url") == DEEPSQUARE_TRANSFER_URL else StorageType.HTTP
+    return StorageType.NONE
+
+
 def job_definition(
+    document: object,
     workflow: Workflow,
     batch_location_hash: str,
     uses: Sequence[tuple[str, str]] = (),
     affinity: Sequence[tuple[str, str, str]] = (),
 ) -> tuple[Any, ...]:
-    """The on-chain JobDefinition of a workflow's resources (storage type CUSTOM: the sbatch service)."""
+    """The on-chain JobDefinition of a workflow (`document` as sent, `workflow` validated)."""
     resources = workflow.resources
     return (
         resources.gpus,
@@ -187,7 +203,7 @@ def job_definition(
         resources.cpus_per_task,
         resources.tasks,
         batch_location_hash,
-        3,
+        storage_type(document),
         [[key, value] for key, value in uses],
         [((key, value), encode_operator(op)) for key, op, value in affinity],
     )
@@ -280,7 +296,7 @@ class CustomerSession:
             )
         await self._check_funds(credits)
         key = await asyncio.to_thread(store_workflow, sbatch_url, document)
-        definition = job_definition(workflow, key, uses, affinity)
+        definition = job_definition(document, workflow, key, uses, affinity)
         await self._ensure_allowance(credits)
         receipt = await self.transactor.send(
             self.contracts.meta_scheduler.functions.requestNewJob(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,16 @@ class TxCall:
     kind: str
     serial_key: str | None = None
     dedup_key: str | None = None
+
+
+class StorageType(IntEnum):
+    """`JobDefinition.storageType`: where the job's output goes, as DeepSquare's clients set it."""
+
+    TRANSFER = 0  # DeepSquare's transfer service
+    HTTP = 1
+    S3 = 2
+    CUSTOM = 3
+    NONE = 4
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,10 @@ from typer.testing import CliRunner
 
 from grid_dev.chain import GridError
 from grid_dev.cli import CUSTOMER_KEY_ENV, app
-from grid_dev.customer import store_workflow
+from grid_dev.customer import storage_type, store_workflow
 from grid_dev.matching import encode_operator
 from sbatch_service.storage import ScriptStore, script_key
+from supervisor.chain.contracts import StorageType
 from supervisor.core.status import JobStatus
 from tests.fixtures.contracts import CREDIT, WORKED_EXAMPLE_PRICES, Grid
 from tests.fixtures.sbatch import SbatchProcess
@@ -112,8 +113,9 @@ def test_submit_stores_the_workflow_and_puts_its_key_on_chain(
     assert job["status"] == JobStatus.PENDING
     assert job["customerAddr"] == cli.customer.address
     assert job["maxCost"] == 150 * CREDIT + CREDIT // 2
-    gpus, mem_per_cpu, cpus_per_task, ntasks, key, _storage, uses, affinity = job["definition"]
+    gpus, mem_per_cpu, cpus_per_task, ntasks, key, storage, uses, affinity = job["definition"]
     assert (gpus, mem_per_cpu, cpus_per_task, ntasks) == (0, 1024, 1, 1)
+    assert storage == StorageType.NONE  # the workflow has no output, as DeepSquare's SDK marks it
     assert (uses, affinity) == ([], [])
     assert f"batch script key {key}" in out
     assert job["jobName"].rstrip(b"\0") == b"hello"
@@ -126,6 +128,24 @@ def test_submit_stores_the_workflow_and_puts_its_key_on_chain(
         store.close()
     assert script is not None and script_key(script) == key
     assert "hello world" in script
+
+
+@pytest.mark.parametrize(
+    ("document", "expected"),
+    [
+        ({"resources": {}, "steps": []}, StorageType.NONE),
+        ({"output": None}, StorageType.NONE),
+        ({"output": {}}, StorageType.NONE),
+        ({"output": {"s3": {"bucketUrl": "s3://b"}}}, StorageType.S3),
+        ({"output": {"s3": {}, "http": {"url": "https://transfer.deepsquare.run/"}}}, StorageType.S3),
+        ({"output": {"http": {"url": "https://transfer.deepsquare.run/"}}}, StorageType.TRANSFER),
+        ({"output": {"http": {"url": "https://transfer.deepsquare.run"}}}, StorageType.HTTP),
+        ({"output": {"http": {"url": "https://upload.example.org/"}}}, StorageType.HTTP),
+        ("not a mapping", StorageType.NONE),
+    ],
+)
+def test_storage_type_follows_the_output_as_the_sdk_sets_it(document: object, expected: StorageType) -> None:
+    assert storage_type(document) == expected
 
 
 def test_submit_puts_uses_and_affinity_on_chain(cli: Cli, chain: Grid, workflows: dict[str, Path]) -> None:
