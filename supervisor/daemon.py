@@ -383,6 +383,7 @@ class Daemon:
         if waiting.address and waiting.same_offer(desired):
             log.info("registration unchanged, waiting for approval", nodes=hw.node_count)
             return True
+        await self._pay_registration_tax()
         outcome = await self._sender.wait(self._sender.submit_call(self._contracts.register(desired)))
         if not outcome.delivered:
             raise RuntimeError(f"registration failed: {outcome.error}")
@@ -396,6 +397,26 @@ class Daemon:
         )
         self.health.registered = True
         return True
+
+    async def _pay_registration_tax(self) -> None:
+        """Approve ProviderManager for the grid's registration tax, which `register` then takes."""
+        assert self._contracts is not None and self._sender is not None
+        tax, token = await self._contracts.registration_tax()
+        if tax == 0:
+            return
+        if token is None:
+            raise RuntimeError(
+                f"the grid charges a registration tax of {tax} credit-wei and does not say in which token"
+            )
+        spender = self._contracts.provider_manager.address
+        if await self._contracts.allowance(token, self.provider, spender) >= tax:
+            return
+        outcome = await self._sender.wait(
+            self._sender.submit_call(self._contracts.approve(token, spender, tax))
+        )
+        if not outcome.delivered:
+            raise RuntimeError(f"approving the registration tax failed: {outcome.error}")
+        log.info("registration tax approved", tax_wei=tax, token=token, tx_hash=outcome.tx_hash)
 
     # -- the work loop ------------------------------------------------------------------------
 

@@ -36,8 +36,25 @@ ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 EXTENSIONS: dict[str, tuple[str, ...]] = {
     "JobRepository": ("getStatusAndProvider",),
     "MetaScheduler": ("withdrawableCut",),
-    "ProviderManager": ("autoApprove",),
+    "ProviderManager": ("autoApprove", "PROVIDER_REGISTRATION_TAX", "registrationTaxCredit"),
 }
+
+_ERC20_ALLOWANCE_AND_APPROVE: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "name": "allowance",
+        "inputs": [{"name": "owner", "type": "address"}, {"name": "spender", "type": "address"}],
+        "outputs": [{"name": "", "type": "uint256"}],
+        "stateMutability": "view",
+    },
+    {
+        "type": "function",
+        "name": "approve",
+        "inputs": [{"name": "spender", "type": "address"}, {"name": "amount", "type": "uint256"}],
+        "outputs": [{"name": "", "type": "bool"}],
+        "stateMutability": "nonpayable",
+    },
+]
 
 #: The events the supervisor follows, by contract.
 FOLLOWED_EVENTS: dict[str, tuple[str, ...]] = {
@@ -348,6 +365,26 @@ class ProtocolContracts:
         raw = await self._call(self.provider_manager, function, provider)
         outputs = _function(self.provider_manager.abi, function)["outputs"][0]  # type: ignore[arg-type]
         return ProviderRecord.from_plain(plain_value(raw, outputs))
+
+    async def registration_tax(self) -> tuple[int, str | None]:
+        """What one `register` costs, in credit-wei, and the token it is paid in (None when unknown)."""
+        if "PROVIDER_REGISTRATION_TAX" not in self.extensions:
+            return 0, None
+        tax = int(await self._call(self.provider_manager, "PROVIDER_REGISTRATION_TAX"))
+        if tax == 0 or "registrationTaxCredit" not in self.extensions:
+            return tax, None
+        token = await self._call(self.provider_manager, "registrationTaxCredit")
+        return tax, Web3.to_checksum_address(token)
+
+    def _erc20(self, token: str) -> AsyncContract:
+        return self.w3.eth.contract(address=Web3.to_checksum_address(token), abi=_ERC20_ALLOWANCE_AND_APPROVE)
+
+    async def allowance(self, token: str, owner: str, spender: str) -> int:
+        return int(await self._call(self._erc20(token), "allowance", owner, spender))
+
+    def approve(self, token: str, spender: str, amount: int) -> TxCall:
+        """ERC20 approve of `amount` for `spender` (the registration tax, for ProviderManager)."""
+        return self._tx(self._erc20(token), "approve", [Web3.to_checksum_address(spender), amount], "approve")
 
     async def claimable_queue_size(self, provider: str) -> int:
         return int(await self._call(self.provider_job_queues, "getClaimableJobQueueSize", provider))
