@@ -58,11 +58,23 @@ def render_command(
 
 
 @app.command("serve")
-def serve_command(config: ConfigOption = None) -> None:
+def serve_command(
+    config: ConfigOption = None,
+    expose_stored_scripts: Annotated[
+        bool,
+        typer.Option(
+            "--expose-stored-scripts",
+            help="Answer the GraphQL job query (debugging only: anyone who knows a job's "
+            "batchLocationHash, public on chain, reads its whole script, secrets included).",
+        ),
+    ] = False,
+) -> None:
     """Run the customer GraphQL API and the supervisor gRPC API until SIGTERM or Ctrl-C."""
     from sbatch_service.server import serve_forever
 
     settings = _settings(config)
+    if expose_stored_scripts:
+        settings = settings.model_copy(update={"expose_stored_scripts": True})
     if not settings.metascheduler_address:
         typer.echo(
             "bad settings: metascheduler_address is required (GRID_SBATCH_METASCHEDULER_ADDRESS)", err=True

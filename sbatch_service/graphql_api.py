@@ -1,30 +1,55 @@
-"""The customer API: GraphQL `submit(job: Job!): String!` at /graphql and `GET /health`.
+"""The customer API: GraphQL at /graphql (the SDL of `schema.graphql`, served with graphql-core) and
+`GET /health`.
 
-`Job` is a scalar holding the workflow object exactly as the DeepSquare clients send it in the
-`$job` variable; the service's own validation then reports problems with the offending field in
-`extensions` (`type` = `validation`), rather than GraphQL's generic coercion errors.
+Every refusal is a GraphQL error whose `extensions.type` says what happened: `validation` (with
+`field`, the dotted path inside the input, and `errors`, every problem) for a bad request or
+workflow, `forbidden` and `not_found` for the `job` query, `internal` for a fault of the service.
+A refused `$job` variable is described by the same function that checks `grid-sbatch render`
+input, so both paths name the same fields in the same words.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, MutableMapping
+import inspect
+import json
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any, NewType
+from typing import Any
 
-import strawberry
 import structlog
-from graphql import GraphQLError, ValueNode
-from graphql.utilities import value_from_ast_untyped
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    GraphQLError,
+    GraphQLInputType,
+    GraphQLResolveInfo,
+    GraphQLSchema,
+    ListValueNode,
+    ObjectValueNode,
+    OperationDefinitionNode,
+    OperationType,
+    ValueNode,
+    default_field_resolver,
+    execute,
+    get_named_type,
+    get_operation_ast,
+    is_input_object_type,
+    is_input_type,
+    parse,
+    type_from_ast,
+    validate,
+)
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from strawberry.asgi import GraphQL
 
-from sbatch_service.models import Limits, WorkflowError, validate_workflow
+from sbatch_service.errors import FieldError, WorkflowError
+from sbatch_service.models import Limits, validate_module, validate_workflow
 from sbatch_service.names import NameSource, RandomNames
 from sbatch_service.renderer import RenderOptions, render
+from sbatch_service.schema import SCHEMA, coerce_input, literal_problems
 from sbatch_service.storage import ScriptStore
 
 log = structlog.get_logger("sbatch_service.graphql")
@@ -35,69 +60,282 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-
-def _parse_literal(node: ValueNode, variables: dict[str, Any] | None = None) -> object:
-    return value_from_ast_untyped(node, variables)
-
-
-JobScalar = strawberry.scalar(
-    NewType("Job", object),
-    name="Job",
-    description="A workflow (resources, env, steps) in the DeepSquare format; see WORKFLOW.md.",
-    serialize=lambda value: value,
-    parse_value=lambda value: value,
-    parse_literal=_parse_literal,
+NOT_EXPOSED = (
+    "this service does not expose stored scripts: only the provider that holds a job fetches its "
+    "script (over gRPC)"
 )
 
 
 @dataclass(frozen=True)
 class SubmitService:
-    """What `submit` needs: validation limits, render options, the store and the scripts' TTL."""
+    """What the resolvers need: validation limits, render options, the store and the scripts' TTL.
+
+    `expose_stored_scripts` turns on the `job` query, which gives any stored script to whoever
+    knows its key; keys are public on chain and scripts may hold customers' secrets.
+    """
 
     store: ScriptStore
     limits: Limits
     render_options: RenderOptions
     ttl_seconds: float
     names: NameSource = field(default_factory=RandomNames)
+    expose_stored_scripts: bool = False
 
     def submit(self, workflow: object) -> str:
         job = validate_workflow(workflow, self.limits)
         script = render(job, self.names, self.render_options)
         return self.store.put(script, self.ttl_seconds)
 
+    def stored_script(self, key: str) -> str | None:
+        return self.store.get(key)
 
-def build_schema(service: SubmitService) -> strawberry.Schema:
-    @strawberry.type
-    class Query:
-        @strawberry.field(description="Answers ok while the service runs.")  # type: ignore[untyped-decorator]
-        def health(self) -> str:
-            return "ok"
+    def check_module(self, module: object) -> str:
+        try:
+            validate_module(module, self.limits)
+        except WorkflowError as error:
+            return str(error)
+        return "valid"
 
-    @strawberry.type
-    class Mutation:
-        @strawberry.mutation(  # type: ignore[untyped-decorator]
-            description="Validate, render and store a workflow; returns the storage key."
+
+def validation_error(problems: list[FieldError], **location: Any) -> GraphQLError:
+    """One GraphQL error for a refused input: the first field in `field`, all of them in `errors`."""
+    return GraphQLError(
+        "; ".join(str(p) for p in problems),
+        extensions={
+            "type": "validation",
+            "field": problems[0].field,
+            "errors": [{"field": p.field, "message": p.message} for p in problems],
+        },
+        **location,
+    )
+
+
+class Resolvers:
+    """The root fields; every other field is read from its parent value."""
+
+    def __init__(self, service: SubmitService) -> None:
+        self.service = service
+        self.handlers: dict[str, Callable[..., Any]] = {
+            "Query.health": self.health,
+            "Query.job": self.job,
+            "Mutation.submit": self.submit,
+            "Mutation.validate": self.validate,
+        }
+        for type_name in ("Query", "Mutation"):
+            root = SCHEMA.get_type(type_name)
+            for name in getattr(root, "fields", {}):
+                if f"{type_name}.{name}" not in self.handlers:
+                    raise LookupError(f"schema.graphql field {type_name}.{name} has no resolver")
+
+    def __call__(self, source: Any, info: GraphQLResolveInfo[Any], **args: Any) -> Any:
+        handler = self.handlers.get(f"{info.parent_type.name}.{info.field_name}")
+        if handler is None:
+            return default_field_resolver(source, info, **args)
+        return handler(**args)
+
+    def health(self) -> str:
+        return "ok"
+
+    async def job(self, batchLocationHash: str) -> str:
+        if not self.service.expose_stored_scripts:
+            raise GraphQLError(NOT_EXPOSED, extensions={"type": "forbidden"})
+        script = await asyncio.to_thread(self.service.stored_script, batchLocationHash)
+        if script is None:
+            raise GraphQLError(
+                "no stored script under this key (unknown or expired)", extensions={"type": "not_found"}
+            )
+        log.info("stored script read", key=batchLocationHash)
+        return script
+
+    async def submit(self, job: object) -> str:
+        try:
+            key = await asyncio.to_thread(self.service.submit, job)
+        except WorkflowError as error:
+            raise validation_error(error.errors) from None
+        except Exception:
+            log.exception("submit failed")
+            raise GraphQLError("internal error", extensions={"type": "internal"}) from None
+        log.info("script stored", key=key)
+        return key
+
+    async def validate(self, module: object) -> str:
+        return await asyncio.to_thread(self.service.check_module, module)
+
+
+def _literal_inputs(
+    schema: GraphQLSchema, document: DocumentNode
+) -> Iterator[tuple[ValueNode, GraphQLInputType]]:
+    """Input objects written inline as arguments of root fields, with their declared types."""
+    for definition in document.definitions:
+        if not isinstance(definition, OperationDefinitionNode):
+            continue
+        root = schema.get_root_type(definition.operation)
+        if root is None:
+            continue
+        for selection in definition.selection_set.selections:
+            if not isinstance(selection, FieldNode) or selection.name.value not in root.fields:
+                continue
+            arguments = root.fields[selection.name.value].args
+            for argument in selection.arguments or ():
+                declared = arguments.get(argument.name.value)
+                if (
+                    declared is not None
+                    and isinstance(argument.value, ObjectValueNode | ListValueNode)
+                    and is_input_object_type(get_named_type(declared.type))
+                ):
+                    yield argument.value, declared.type
+
+
+def _inside(error: GraphQLError, node: ValueNode) -> bool:
+    span = node.loc
+    return (
+        bool(error.nodes)
+        and span is not None
+        and all(
+            n.loc is not None and span.start <= n.loc.start and n.loc.end <= span.end
+            for n in error.nodes or ()
         )
-        async def submit(self, job: JobScalar) -> str:  # type: ignore[valid-type]
-            try:
-                key = await asyncio.to_thread(service.submit, job)
-            except WorkflowError as error:
-                first = error.errors[0]
-                raise GraphQLError(
-                    str(error),
-                    extensions={
-                        "type": "validation",
-                        "field": first.field,
-                        "errors": [{"field": e.field, "message": e.message} for e in error.errors],
-                    },
-                ) from None
-            except Exception:
-                log.exception("submit failed")
-                raise GraphQLError("internal error", extensions={"type": "internal"}) from None
-            log.info("script stored", key=key)
-            return key
+    )
 
-    return strawberry.Schema(query=Query, mutation=Mutation)
+
+def _document_errors(schema: GraphQLSchema, document: DocumentNode) -> list[GraphQLError]:
+    """The document's validation errors; those inside an inline input become one field-named error."""
+    errors = validate(schema, document)
+    if not errors:
+        return []
+    for node, type_ in _literal_inputs(schema, document):
+        problems = literal_problems(node, type_)
+        if problems:
+            errors = [e for e in errors if not _inside(e, node)]
+            errors.append(validation_error(problems, nodes=node))
+    return errors
+
+
+def _variable_errors(
+    schema: GraphQLSchema, operation: OperationDefinitionNode, variables: Mapping[str, Any]
+) -> list[GraphQLError]:
+    """Input object variables that graphql-core would refuse, each as one field-named error.
+
+    They are checked by `coerce_input`, the function that checks `grid-sbatch render` input.
+    """
+    errors = []
+    for definition in operation.variable_definitions or ():
+        name = definition.variable.name.value
+        type_ = type_from_ast(schema, definition.type)
+        if (
+            name not in variables
+            or not is_input_type(type_)
+            or not is_input_object_type(get_named_type(type_))
+        ):
+            continue
+        try:
+            coerce_input(variables[name], type_)
+        except WorkflowError as error:
+            errors.append(validation_error(error.errors, nodes=definition))
+    return errors
+
+
+def format_error(error: GraphQLError) -> dict[str, Any]:
+    """The error as the response shows it; a fault inside a resolver never shows its details."""
+    original = error.original_error
+    if error.path is not None and original is not None and not isinstance(original, GraphQLError):
+        log.error("resolver failed", path=error.path, exc_info=original)
+        error = GraphQLError("internal error", path=error.path, extensions={"type": "internal"})
+    formatted: dict[str, Any] = {**error.formatted}
+    extensions: dict[str, Any] = {**(formatted.get("extensions") or {})}
+    if "type" not in extensions:
+        # Errors of the request itself: syntax, unknown fields in the query, missing variables.
+        extensions.update(
+            {"type": "validation", "field": "", "errors": [{"field": "", "message": error.message}]}
+        )
+    formatted["extensions"] = extensions
+    return formatted
+
+
+def _result(data: Any, errors: list[GraphQLError] | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"data": data}
+    if errors:
+        body["errors"] = [format_error(e) for e in errors]
+    return body
+
+
+def _request_error(message: str, status_code: int) -> JSONResponse:
+    error = GraphQLError(message)
+    return JSONResponse({"errors": [format_error(error)]}, status_code=status_code)
+
+
+class BodyTooLarge(Exception):
+    """A request body went over the limit while it was being read."""
+
+
+class GraphQLEndpoint:
+    """GraphQL over HTTP: POST with a JSON body, or GET with query parameters for queries only."""
+
+    def __init__(self, service: SubmitService) -> None:
+        self.schema = SCHEMA
+        self.resolvers = Resolvers(service)
+
+    async def handle(self, request: Request) -> Response:
+        if request.method == "GET":
+            params: Any = dict(request.query_params)
+            if "variables" in params:
+                try:
+                    params["variables"] = json.loads(params["variables"])
+                except ValueError:
+                    return _request_error("variables must be JSON", 400)
+        else:
+            try:
+                params = json.loads(await request.body())
+            except BodyTooLarge:
+                return PlainTextResponse("request body too large", status_code=413)
+            except ValueError:
+                return _request_error("the request body must be a JSON object", 400)
+        if not isinstance(params, dict):
+            return _request_error("the request body must be a JSON object", 400)
+        query, variables, operation_name = (
+            params.get("query"),
+            params.get("variables"),
+            params.get("operationName"),
+        )
+        if not isinstance(query, str):
+            return _request_error("query must be a string", 400)
+        if variables is None:
+            variables = {}
+        if not isinstance(variables, dict):
+            return _request_error("variables must be a JSON object", 400)
+        if operation_name is not None and not isinstance(operation_name, str):
+            return _request_error("operationName must be a string", 400)
+        status, body = await self.run(query, variables, operation_name, request.method == "GET")
+        return JSONResponse(body, status_code=status)
+
+    async def run(
+        self, query: str, variables: dict[str, Any], operation_name: str | None, read_only: bool
+    ) -> tuple[int, dict[str, Any]]:
+        """The HTTP status and the GraphQL response of one request."""
+        try:
+            document = parse(query)
+        except GraphQLError as error:
+            return 200, {"errors": [format_error(error)]}
+        errors = _document_errors(self.schema, document)
+        if errors:
+            return 200, {"errors": [format_error(e) for e in errors]}
+        operation = get_operation_ast(document, operation_name)
+        if operation is not None:
+            if read_only and operation.operation is not OperationType.QUERY:
+                return 405, {"errors": [format_error(GraphQLError("mutations are accepted over POST only"))]}
+            errors = _variable_errors(self.schema, operation, variables)
+            if errors:
+                return 200, _result(None, errors)
+        result = execute(
+            self.schema,
+            document,
+            variable_values=variables,
+            operation_name=operation_name,
+            field_resolver=self.resolvers,
+        )
+        if inspect.isawaitable(result):
+            result = await result
+        return 200, _result(result.data, result.errors)
 
 
 class BodyLimit:
@@ -123,7 +361,7 @@ class BodyLimit:
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.max_bytes:
-                raise ValueError("request body too large")
+                raise BodyTooLarge
             return message
 
         await self.app(scope, limited_receive, send)
@@ -135,7 +373,9 @@ async def _health(_: Request) -> PlainTextResponse:
 
 def build_app(service: SubmitService) -> ASGIApp:
     """The ASGI application: /graphql (POST, and GET for queries) and /health."""
-    graphql = GraphQL(build_schema(service), graphql_ide=None)
-    app = Starlette(routes=[Route("/health", _health), Route("/graphql", graphql)])
+    graphql = GraphQLEndpoint(service)
+    app = Starlette(
+        routes=[Route("/health", _health), Route("/graphql", graphql.handle, methods=["GET", "POST"])]
+    )
     # GraphQL wraps the workflow in a query and variables; JSON escapes can double a string's size.
     return BodyLimit(app, max_bytes=2 * service.limits.max_workflow_bytes + 64 * 1024)

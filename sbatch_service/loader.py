@@ -35,5 +35,5 @@ def parse_workflow_text(text: str, limits: Limits | None = None) -> object:
 
 
 def load_workflow(text: str, limits: Limits | None = None) -> Job:
-    """Parse and validate workflow text."""
+    """Parse and validate workflow text; the verdict is the one GraphQL `submit` gives the same object."""
     return validate_workflow(parse_workflow_text(text, limits), limits)

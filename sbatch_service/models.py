@@ -1,7 +1,9 @@
 """The workflow format (WORKFLOW.md subset) as strict pydantic models, and its validation.
 
 Validation turns any input into either a `Job` or a `WorkflowError` listing every problem with the
-path of the offending field (`steps[0].run.container.image`), so that customers can fix it.
+path of the offending field (`steps[0].run.container.image`), so that customers can fix it. It first
+coerces the input through the GraphQL `Job` type of `schema.graphql` (types, nullability, unknown
+fields), as GraphQL `submit` does, then checks the constraints the schema cannot express.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import re
 import shlex
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
+from graphql import GraphQLInputType
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -24,6 +27,11 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from sbatch_service.errors import FieldError as FieldError
+from sbatch_service.errors import WorkflowError as WorkflowError
+from sbatch_service.errors import dotted_path
+from sbatch_service.schema import JOB_INPUT, MODULE_INPUT, coerce_input
 
 ENV_KEY_PATTERN = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 FORBIDDEN_ENV_KEYS = frozenset(
@@ -48,25 +56,6 @@ class Limits:
     max_depth: int = 16
     max_items: int = 10_000
     max_parallel_iterations: int = 1024
-
-
-@dataclass(frozen=True)
-class FieldError:
-    """One problem in a workflow: where (dotted path, `[i]` for list items) and what."""
-
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.field or '<workflow>'}: {self.message}"
-
-
-class WorkflowError(ValueError):
-    """A workflow was refused; `errors` names every offending field."""
-
-    def __init__(self, errors: list[FieldError]) -> None:
-        self.errors = errors
-        super().__init__("; ".join(str(e) for e in errors))
 
 
 class _Strict(BaseModel):
@@ -95,20 +84,28 @@ def _refuse_for_now(*fields: str) -> Any:
     return field_validator(*fields)(classmethod(check))
 
 
+def _valid_env_key(key: str) -> str:
+    if not ENV_KEY_PATTERN.fullmatch(key):
+        raise ValueError(f"invalid environment variable name {key!r}: must match {ENV_KEY_PATTERN.pattern}")
+    if key in FORBIDDEN_ENV_KEYS or key.upper().startswith(RESERVED_ENV_PREFIXES):
+        raise ValueError(f"environment variable {key} may not be set")
+    return key
+
+
+def _env_key_rule(field: str) -> Any:
+    """A validator applying the environment variable name rules to a field."""
+
+    def check(cls: type[BaseModel], key: str) -> str:
+        return _valid_env_key(key)
+
+    return field_validator(field)(classmethod(check))
+
+
 class EnvVar(_Strict):
     key: StrictStr
     value: StrictStr
 
-    @field_validator("key")
-    @classmethod
-    def _valid_key(cls, key: str) -> str:
-        if not ENV_KEY_PATTERN.fullmatch(key):
-            raise ValueError(
-                f"invalid environment variable name {key!r}: must match {ENV_KEY_PATTERN.pattern}"
-            )
-        if key in FORBIDDEN_ENV_KEYS or key.upper().startswith(RESERVED_ENV_PREFIXES):
-            raise ValueError(f"environment variable {key} may not be set")
-        return key
+    _key = _env_key_rule("key")
 
 
 class JobResources(_Strict):
@@ -154,8 +151,9 @@ class Container(_Strict):
     read_only_root_fs: StrictBool = Field(default=False, alias="readOnlyRootFS")
     x11: StrictBool = False
     deepsquare_hosted: Any = Field(default=None, alias="deepsquareHosted")
+    mounts: Any = None
 
-    _later = _refuse_for_now("deepsquare_hosted")
+    _later = _refuse_for_now("deepsquare_hosted", "mounts")
 
     @field_validator("image")
     @classmethod
@@ -212,11 +210,8 @@ class StepRun(_Strict):
     custom_network_interfaces: Any = Field(default=None, alias="customNetworkInterfaces")
     map_uid: Any = Field(default=None, alias="mapUid")
     map_gid: Any = Field(default=None, alias="mapGid")
-    mount_home: Any = Field(default=None, alias="mountHome")
 
-    _later = _refuse_for_now(
-        "network", "dns", "custom_network_interfaces", "map_uid", "map_gid", "mount_home"
-    )
+    _later = _refuse_for_now("network", "dns", "custom_network_interfaces", "map_uid", "map_gid")
 
     @field_validator("work_dir")
     @classmethod
@@ -323,23 +318,40 @@ class Job(_Strict):
     steps: list[Step] = Field(min_length=1)
     enable_logging: Any = Field(default=None, alias="enableLogging")
     input: Any = None
+    input_mode: Any = Field(default=None, alias="inputMode")
     output: Any = None
     continuous_output_sync: Any = Field(default=None, alias="continuousOutputSync")
     virtual_networks: Any = Field(default=None, alias="virtualNetworks")
 
     _later = _refuse_for_now(
-        "enable_logging", "input", "output", "continuous_output_sync", "virtual_networks"
+        "enable_logging", "input", "input_mode", "output", "continuous_output_sync", "virtual_networks"
     )
 
 
-def _path(loc: tuple[int | str, ...]) -> str:
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += f".{part}" if text else part
-    return text
+class ModuleInput(_Strict):
+    key: StrictStr
+    description: StrictStr
+    default: StrictStr | None = None
+
+    _key = _env_key_rule("key")
+
+
+class ModuleOutput(_Strict):
+    key: StrictStr
+    description: StrictStr
+
+    _key = _env_key_rule("key")
+
+
+class Module(_Strict):
+    """A module definition (`module.yaml`), checked by GraphQL `validate`; modules do not run yet."""
+
+    name: StrictStr
+    description: StrictStr
+    minimum_resources: JobResources = Field(alias="minimumResources")
+    inputs: list[ModuleInput] | None = None
+    outputs: list[ModuleOutput] | None = None
+    steps: list[Step]
 
 
 def _check_strings(value: object, path: str, limits: Limits, errors: list[FieldError]) -> None:
@@ -422,28 +434,45 @@ def _check_handles(steps: list[Step], path: str, visible: frozenset[str], errors
             known.add(step.launch.handle_name)
 
 
-def validate_workflow(data: object, limits: Limits | None = None) -> Job:
-    """Check a parsed workflow (the JSON/YAML object) and return it as a `Job`, or raise WorkflowError."""
-    limits = limits or Limits()
-    if not isinstance(data, dict):
-        raise WorkflowError([FieldError("", "a workflow must be an object with resources and steps")])
-    size = len(json.dumps(data, ensure_ascii=False, default=str).encode())
+_M = TypeVar("_M", Job, Module)
+
+
+def _checked(data: object, type_: GraphQLInputType, model: type[_M], limits: Limits) -> _M:
+    """`data` through the GraphQL input type, then the limits and the model's constraints."""
+    coerced = coerce_input(data, type_)
+    size = len(json.dumps(coerced, ensure_ascii=False, default=str).encode())
     if size > limits.max_workflow_bytes:
         raise WorkflowError(
             [FieldError("", f"the workflow is {size} bytes, more than {limits.max_workflow_bytes}")]
         )
     errors: list[FieldError] = []
-    _check_strings(data, "", limits, errors)
+    _check_strings(coerced, "", limits, errors)
     if errors:
         raise WorkflowError(errors)
     try:
-        job = Job.model_validate(data)
+        checked = model.model_validate(coerced)
     except ValidationError as error:
         raise WorkflowError(
-            [FieldError(_path(e["loc"]), e["msg"].removeprefix("Value error, ")) for e in error.errors()]
+            [
+                FieldError(dotted_path(e["loc"]), e["msg"].removeprefix("Value error, "))
+                for e in error.errors()
+            ]
         ) from None
-    _walk_steps(job.steps, "steps", 1, limits, [0], errors)
-    _check_handles(job.steps, "steps", frozenset(), errors)
+    _walk_steps(checked.steps, "steps", 1, limits, [0], errors)
+    _check_handles(checked.steps, "steps", frozenset(), errors)
     if errors:
         raise WorkflowError(errors)
-    return job
+    return checked
+
+
+def validate_workflow(data: object, limits: Limits | None = None) -> Job:
+    """Check a parsed workflow (the JSON/YAML object) and return it as a `Job`, or raise WorkflowError.
+
+    The one verdict for every entry path: GraphQL `submit` and `grid-sbatch render` both call it.
+    """
+    return _checked(data, JOB_INPUT, Job, limits or Limits())
+
+
+def validate_module(data: object, limits: Limits | None = None) -> Module:
+    """Check a module definition the way a workflow is checked (no rendering, nothing fetched)."""
+    return _checked(data, MODULE_INPUT, Module, limits or Limits())

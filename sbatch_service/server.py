@@ -55,7 +55,15 @@ async def start_service(settings: Settings) -> RunningService:
     grpc_server, grpc_port = await start_grpc_server(
         f"{settings.grpc_host}:{settings.grpc_port}", nonces, gate, settings.logger_url
     )
-    submit = SubmitService(store, settings.limits, settings.render_options, settings.script_ttl_seconds)
+    submit = SubmitService(
+        store,
+        settings.limits,
+        settings.render_options,
+        settings.script_ttl_seconds,
+        expose_stored_scripts=settings.expose_stored_scripts,
+    )
+    if settings.expose_stored_scripts:
+        log.warning("the GraphQL job query gives any stored script to whoever knows its key")
     config = uvicorn.Config(
         build_app(submit),
         host=settings.graphql_host,

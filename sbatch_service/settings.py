@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     running_retention_seconds: int = Field(default=7 * 24 * 3600, ge=1)
     challenge_ttl_seconds: int = Field(default=600, ge=1)
     logger_url: str = ""
+    # GraphQL `job(batchLocationHash)` gives a stored script to anyone who knows its key, and keys are
+    # public on chain: only for debugging, since scripts may hold customers' secrets.
+    expose_stored_scripts: bool = False
     abi_dir: Path | None = None
     max_workflow_bytes: int = Field(default=Limits.max_workflow_bytes, ge=1)
     max_string_length: int = Field(default=Limits.max_string_length, ge=1)

@@ -312,7 +312,7 @@ def test_tools_pricing_on_the_worked_example(market: Grid) -> None:
         market, "isJobDefinitionValid", [DEFINITION_TYPE], [WORKED_EXAMPLE_DEFINITION], ["bool"]
     )
     assert valid is True
-    no_tasks = (1, 1024, 2, 0, "0" * 64, 0, [], [])
+    no_tasks: tuple[Any, ...] = (1, 1024, 2, 0, "0" * 64, 0, [], [])
     (valid,) = call_tools(market, "isJobDefinitionValid", [DEFINITION_TYPE], [no_tasks], ["bool"])
     assert valid is False
 

@@ -45,7 +45,7 @@ def test_render_reports_errors_with_exit_status_2(tmp_path: Path) -> None:
     )
     assert rendered.returncode == 2
     assert rendered.stdout == ""
-    assert "steps[0].run.shel: Extra inputs are not permitted" in rendered.stderr
+    assert "steps[0].run.shel: Field 'shel' is not defined by type 'StepRun'" in rendered.stderr
     missing = subprocess.run(
         [GRID_SBATCH, "render", str(tmp_path / "nope.yaml")], capture_output=True, text=True, check=False
     )
@@ -62,6 +62,9 @@ def test_settings_file_then_environment(tmp_path: Path, monkeypatch: pytest.Monk
     assert settings.storage_root == "/data/grid"
     assert settings.script_ttl_seconds == 60
     assert settings.render_options.storage_root == "/data/grid"
+    assert settings.expose_stored_scripts is False
+    monkeypatch.setenv("GRID_SBATCH_EXPOSE_STORED_SCRIPTS", "true")
+    assert load_settings(config).expose_stored_scripts is True
     config.write_text("grpc_prot: 1\n")
     with pytest.raises(ValueError, match="grpc_prot"):
         load_settings(config)

@@ -41,10 +41,14 @@ def test_the_base_workflow_is_valid() -> None:
     ("path", "value", "field", "message"),
     [
         (["resources", "tasks"], 0, "resources.tasks", "greater than or equal to 1"),
-        (["resources", "cpusPerTask"], "2", "resources.cpusPerTask", "valid integer"),
-        (["resources", "memPerCpu"], True, "resources.memPerCpu", "valid integer"),
+        (["resources", "cpusPerTask"], "2", "resources.cpusPerTask", "Int cannot represent non-integer"),
+        (["resources", "memPerCpu"], True, "resources.memPerCpu", "Int cannot represent non-integer"),
+        (["resources", "memPerCpu"], 1.5, "resources.memPerCpu", "Int cannot represent non-integer"),
+        (["resources", "tasks"], 2**31, "resources.tasks", "non 32-bit signed integer"),
+        (["resources", "tasks"], None, "resources.tasks", "non-null type 'Int!' not to be null"),
+        (["resources"], None, "resources", "non-null type 'JobResources!' not to be null"),
         (["resources", "gpus"], -1, "resources.gpus", "greater than or equal to 0"),
-        (["resources", "cores"], 4, "resources.cores", "Extra inputs"),
+        (["resources", "cores"], 4, "resources.cores", "is not defined by type 'JobResources'"),
         (["env"], [{"key": "1BAD", "value": "x"}], "env[0].key", "invalid environment variable name"),
         (["env"], [{"key": "PATH", "value": "/x"}], "env[0].key", "may not be set"),
         (["env"], [{"key": "LD_LIBRARY_PATH", "value": "/x"}], "env[0].key", "may not be set"),
@@ -52,17 +56,46 @@ def test_the_base_workflow_is_valid() -> None:
         (["env"], [{"key": "A-B", "value": "x"}], "env[0].key", "invalid environment variable name"),
         (["enableLogging"], True, "enableLogging", "not supported yet"),
         (["input"], {"http": {"url": "x"}}, "input", "not supported yet"),
-        (["output"], {"s3": {}}, "output", "not supported yet"),
+        (
+            ["output"],
+            {
+                "s3": {
+                    "region": "r",
+                    "bucketUrl": "s3://b",
+                    "path": "/",
+                    "accessKeyId": "a",
+                    "secretAccessKey": "s",
+                    "endpointUrl": "https://s3.example.org",
+                }
+            },
+            "output",
+            "not supported yet",
+        ),
+        (["output"], {"s3": {"region": "r"}}, "output.s3.bucketUrl", "of required type 'String!'"),
+        (["inputMode"], 0o755, "inputMode", "not supported yet"),
         (["continuousOutputSync"], True, "continuousOutputSync", "not supported yet"),
-        (["virtualNetworks"], [{"name": "n"}], "virtualNetworks", "not supported yet"),
-        (["unknown"], 1, "unknown", "Extra inputs"),
+        (
+            ["virtualNetworks"],
+            [{"name": "n", "gatewayAddress": "10.0.0.1/24"}],
+            "virtualNetworks",
+            "not supported yet",
+        ),
+        (["virtualNetworks"], [{"name": "n"}], "virtualNetworks[0].gatewayAddress", "was not provided"),
+        (["unknown"], 1, "unknown", "is not defined by type 'Job'"),
         (["steps"], [], "steps", "at least 1 item"),
-        (["steps", 0, "colour"], "red", "steps[0].colour", "Extra inputs"),
+        (["steps", 0, "colour"], "red", "steps[0].colour", "is not defined by type 'Step'"),
+        (["steps", 0, "run", "command"], 1, "steps[0].run.command", "String cannot represent"),
+        (["steps", 0, "run", "mountHome"], True, "steps[0].run.mountHome", "not defined by type 'StepRun'"),
         (["steps", 0, "run", "shell"], "/bin/zsh", "steps[0].run.shell", "/bin/sh"),
         (["steps", 0, "run", "workDir"], "relative", "steps[0].run.workDir", "absolute"),
         (["steps", 0, "run", "mpi"], "openmpi", "steps[0].run.mpi", "pmix_v4"),
         (["steps", 0, "run", "resources"], {"tasks": 0}, "steps[0].run.resources.tasks", "greater than"),
-        (["steps", 0, "run", "resources"], {"gpus": 1}, "steps[0].run.resources.gpus", "Extra inputs"),
+        (
+            ["steps", 0, "run", "resources"],
+            {"gpus": 1},
+            "steps[0].run.resources.gpus",
+            "is not defined by type 'StepRunResources'",
+        ),
         (
             ["steps", 0, "run", "container"],
             {"image": "Ubuntu"},
@@ -104,7 +137,27 @@ def test_the_base_workflow_is_valid() -> None:
         ),
         (["steps", 0, "run", "shell"], "ENTRYPOINT", "steps[0].run", "needs a container"),
         (["steps", 0, "run", "network"], "slirp4netns", "steps[0].run.network", "not supported yet"),
+        (["steps", 0, "run", "mapUid"], 0, "steps[0].run.mapUid", "not supported yet"),
+        (
+            ["steps", 0, "run", "customNetworkInterfaces"],
+            [{"vnet": {"name": "n", "address": "10.0.0.2/24"}}],
+            "steps[0].run.customNetworkInterfaces",
+            "not supported yet",
+        ),
+        (
+            ["steps", 0, "run", "container"],
+            {"image": "x", "mounts": [{"hostDir": "/a", "containerDir": "/b", "options": "ro"}]},
+            "steps[0].run.container.mounts",
+            "not supported yet",
+        ),
+        (
+            ["steps", 0, "run", "container"],
+            {"image": "x", "deepsquareHosted": True},
+            "steps[0].run.container.deepsquareHosted",
+            "not supported yet",
+        ),
         (["steps", 0, "use"], {"source": "x"}, "steps[0].use", "not supported yet"),
+        (["steps", 0, "use"], {"args": []}, "steps[0].use.source", "was not provided"),
         (["steps", 0, "steps"], [{"run": {"command": "x"}}], "steps[0]", "exactly one of"),
         (["steps", 0], {"name": "empty"}, "steps[0]", "exactly one of"),
         (
@@ -194,7 +247,7 @@ def test_yaml_aliases_and_bad_documents_are_refused() -> None:
         parse_workflow_text("a: [\n")
     with pytest.raises(WorkflowError, match="invalid JSON"):
         parse_workflow_text('{"a": }')
-    with pytest.raises(WorkflowError, match="must be an object"):
+    with pytest.raises(WorkflowError, match="Expected value of type 'Job' to be an object"):
         load_workflow("- 1\n- 2\n")
 
 

@@ -1,0 +1,151 @@
+"""The customer GraphQL schema (`schema.graphql`) and input coercion through its types.
+
+A workflow reaches the service in two ways: the `$job` variable of GraphQL `submit`, which
+graphql-core coerces through the `Job` input type, and a file given to `grid-sbatch render`.
+`coerce_input` applies graphql-core's coercion to a parsed file, and the GraphQL endpoint checks
+each input object variable with it before executing, so both paths give the same verdict with the
+same field-named messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from importlib import resources
+from typing import Any
+
+from graphql import (
+    GraphQLError,
+    GraphQLInputObjectType,
+    GraphQLInputType,
+    GraphQLNonNull,
+    GraphQLSchema,
+    ObjectFieldNode,
+    ValueNode,
+    build_schema,
+    get_named_type,
+    is_input_object_type,
+    is_list_type,
+    is_non_null_type,
+)
+from graphql.execution.values import input_is_nested_too_deeply
+from graphql.language.parser import MAX_NESTING_DEPTH
+from graphql.pyutils import Undefined, did_you_mean, suggestion_list
+from graphql.utilities import coerce_input_value, validate_input_literal, validate_input_value
+
+from sbatch_service.errors import FieldError, WorkflowError, dotted_path
+
+SCHEMA_SDL = resources.files("sbatch_service").joinpath("schema.graphql").read_text(encoding="utf-8")
+SCHEMA: GraphQLSchema = build_schema(SCHEMA_SDL)
+
+TOO_DEEP = f"nested too deeply (more than {MAX_NESTING_DEPTH} levels of objects and lists)"
+
+
+def input_type(name: str) -> GraphQLInputObjectType:
+    """An input object type of the schema (`Job`, `Module`, ...)."""
+    found = SCHEMA.get_type(name)
+    if not isinstance(found, GraphQLInputObjectType):
+        raise KeyError(f"no input type {name} in schema.graphql")
+    return found
+
+
+JOB_INPUT: GraphQLInputType = GraphQLNonNull(input_type("Job"))
+MODULE_INPUT: GraphQLInputType = GraphQLNonNull(input_type("Module"))
+
+
+def coerce_input(value: object, type_: GraphQLInputType) -> Any:
+    """`value` coerced through `type_` exactly as graphql-core coerces a variable, or WorkflowError.
+
+    The result holds only the fields that `value` has (plus the schema's defaults), as plain
+    dicts and lists.
+    """
+    try:
+        if input_is_nested_too_deeply(value, type_):
+            raise WorkflowError([FieldError("", TOO_DEEP)])
+        coerced = coerce_input_value(value, type_)
+        if coerced is not Undefined:
+            return coerced
+        problems = _input_problems(value, type_)
+    except RecursionError:
+        raise WorkflowError([FieldError("", TOO_DEEP)]) from None
+    raise WorkflowError(problems or [FieldError("", f"not a valid {type_}")])
+
+
+def _input_problems(value: object, type_: GraphQLInputType) -> list[FieldError]:
+    """Every reason why graphql-core refuses `value` as a `type_`, each naming its field."""
+    problems: list[FieldError] = []
+
+    def on_error(error: GraphQLError, path: list[str | int]) -> None:
+        problems.append(_describe(error.message, path, type_, lambda: _keys_at(value, path)))
+
+    validate_input_value(value, type_, on_error)
+    return problems
+
+
+def literal_problems(node: ValueNode, type_: GraphQLInputType) -> list[FieldError]:
+    """Why graphql-core refuses a value written inline in the query text, each naming its field."""
+    problems: list[FieldError] = []
+
+    def on_error(error: GraphQLError, path: list[str | int]) -> None:
+        nodes = error.nodes or []
+        names = [n.name.value for n in nodes if isinstance(n, ObjectFieldNode)]
+        problems.append(_describe(error.message, path, type_, lambda: names))
+
+    validate_input_literal(node, type_, on_error)
+    return problems
+
+
+def _keys_at(value: object, path: Sequence[str | int]) -> list[str]:
+    for part in path:
+        if isinstance(part, int):
+            value = value[part] if isinstance(value, list) and part < len(value) else None
+        else:
+            value = value.get(part) if isinstance(value, dict) else None
+    return [str(key) for key in value] if isinstance(value, dict) else []
+
+
+def _object_type_at(type_: GraphQLInputType, path: Sequence[str | int]) -> GraphQLInputObjectType | None:
+    """The input object type of the value at `path` (GraphQL takes a non-list value as a list of one)."""
+    current: Any = type_
+    for part in path:
+        while is_non_null_type(current) or (is_list_type(current) and not isinstance(part, int)):
+            current = current.of_type
+        if isinstance(part, int):
+            if not is_list_type(current):
+                return None
+            current = current.of_type
+        elif is_input_object_type(current) and part in current.fields:
+            current = current.fields[part].type
+        else:
+            return None
+    named = get_named_type(current)
+    return named if isinstance(named, GraphQLInputObjectType) else None
+
+
+def _describe(
+    message: str, path: list[str | int], type_: GraphQLInputType, keys: Callable[[], Iterable[str]]
+) -> FieldError:
+    """A graphql-core message as a FieldError; an unknown or missing field is named in the path."""
+    where = dotted_path(path)
+    owner = _object_type_at(type_, path)
+    if owner is not None:
+        unknown = f"Expected value of type '{owner.name}' not to include unknown field '"
+        if message.startswith(unknown):
+            rest = message[len(unknown) :]
+            names = [k for k in keys() if k not in owner.fields and rest.startswith(f"{k}'")]
+            if names:
+                name = max(names, key=len)
+                hint = did_you_mean(suggestion_list(name, list(owner.fields)))
+                return FieldError(
+                    dotted_path([*path, name]), f"Field '{name}' is not defined by type '{owner.name}'.{hint}"
+                )
+        required = f"Expected value of type '{owner.name}' to include required field '"
+        if message.startswith(required):
+            name = message[len(required) :].split("'", 1)[0]
+            if name in owner.fields:
+                return FieldError(
+                    dotted_path([*path, name]),
+                    f"Field '{name}' of required type '{owner.fields[name].type}' was not provided.",
+                )
+    if message.startswith("Expected value of non-null type ") and message.endswith(" not to be None."):
+        message = message.removesuffix(" not to be None.") + " not to be null."
+    return FieldError(where, message)
