@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,10 +182,18 @@ class MetaSchedulerOracle:
         now = await self._block_time("latest")
         timeout_minutes = int(await read(lambda: self.constants.functions.claimJobTimeout().call()))
         for job_id in sorted(self._awaiting_claim):
-            await self._check_claim(job_id, now, timeout_minutes, report)
+            await self._isolated(job_id, report, self._check_claim(job_id, now, timeout_minutes, report))
         for job_id in list(self._to_place):
-            await self._place(job_id, now, report)
+            await self._isolated(job_id, report, self._place(job_id, now, report))
         return report
+
+    async def _isolated(self, job_id: str, report: StepReport, work: Awaitable[None]) -> None:
+        """One job's trouble (an unreadable record, a failed read) never stops the others' pass."""
+        try:
+            await work
+        except Exception as exc:
+            report.failures.append(f"job {job_id}: {describe(exc)}")
+            log.warning("job skipped in this pass", job=job_id, error=describe(exc))
 
     # -- providers ----------------------------------------------------------------------------
 

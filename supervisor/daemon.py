@@ -26,11 +26,18 @@ from typing import Any, Protocol, TypeVar
 
 import structlog
 
-from supervisor.chain.contracts import Job, ProtocolContracts, ProviderRecord, TxCall, job_id_hex
+from supervisor.chain.contracts import (
+    Job,
+    ProtocolContracts,
+    ProviderRecord,
+    TxCall,
+    job_id_hex,
+    status_report_key,
+)
 from supervisor.chain.events import ChainEvent
 from supervisor.chain.follower import FollowerSettings, LogFollower
 from supervisor.chain.keys import Signer, load_signer
-from supervisor.chain.rpc import connect_http, describe
+from supervisor.chain.rpc import check_chain_id, connect_http, describe, is_transient
 from supervisor.chain.sender import SenderSettings, TransactionSender
 from supervisor.config import SupervisorConfig
 from supervisor.core.decisions import (
@@ -45,16 +52,18 @@ from supervisor.core.decisions import (
     decide,
     needs_delegated_top_up,
     remaining_minutes,
+    wanted_time_limit,
 )
-from supervisor.core.policy import Node, Resources, refusal_reason
+from supervisor.core.policy import Node, Resources, label_problem, refusal_reason
 from supervisor.core.slurm_states import ACTIVE_STATES, WAITING_STATES, UnknownSlurmState
 from supervisor.core.status import JobStatus
+from supervisor.faults import crash_point
 from supervisor.sbatch.client import SbatchClient, SbatchServiceUnavailable, ScriptRefused
 from supervisor.slurm.backend import QueryResult, SlurmBackend
 from supervisor.slurm.errors import JobAlreadySubmitted, SlurmError, SlurmUnavailable
 from supervisor.slurm.factory import create_backend
 from supervisor.slurm.models import JobSubmission, ObservedJob, PartitionHardware
-from supervisor.store import JobRecord, Store
+from supervisor.store import JobRecord, OutboxState, Store
 
 log = structlog.get_logger("supervisor")
 T = TypeVar("T")
@@ -63,6 +72,9 @@ CLAIM_KIND = "claim_next_job"
 #: Jobs acted on at once in a cycle (script fetches, submissions, cancellations run side by side).
 JOB_CONCURRENCY = 8
 DRAIN_TIMEOUT_S = 30.0
+#: A status report the chain refused is sent again after this many seconds, doubling up to the max.
+REPORT_RETRY_S = 5.0
+REPORT_RETRY_MAX_S = 300.0
 
 
 # ---------------------------------------------------------------------------------- events
@@ -74,6 +86,12 @@ class JobEventHandler:
     def __init__(self, on_claim_hint: Callable[[], None]) -> None:
         self._on_claim_hint = on_claim_hint
 
+    def order_key(self, event: ChainEvent) -> str | None:
+        """A job's events are handled in chain order (a parked claim holds back its top-ups)."""
+        if event.name == "JobTransitionEvent":
+            return None
+        return job_id_hex(str(event.args.get("jobId", event.args.get("_jobId"))))
+
     def handle(self, event: ChainEvent, store: Store) -> None:
         args = event.args
         if event.name == "JobTransitionEvent":
@@ -82,18 +100,24 @@ class JobEventHandler:
         job_id = job_id_hex(str(args.get("jobId", args.get("_jobId"))))
         with structlog.contextvars.bound_contextvars(job_id=job_id):
             if event.name == "ClaimJobEvent":
+                crash_point("claim_recorded")
                 definition = dict(args["jobDefinition"])
                 max_minutes = int(args["maxDurationMinute"])
-                store.upsert_job(
+                again = store.get_job(job_id) is not None
+                if store.record_claim(
                     job_id,
-                    JobStatus.SCHEDULED,
                     customer=str(args["customerAddr"]),
                     max_duration_minute=max_minutes,
                     definition=definition,
                     claimed_block=event.block_number,
-                )
-                store.update_job(job_id, ours=True, closed=False)
-                log.info("job claimed", customer=args["customerAddr"], max_duration_minute=max_minutes)
+                    lookup_margin_s=SINCE_MARGIN_S,
+                ):
+                    log.info(
+                        "job claimed",
+                        customer=args["customerAddr"],
+                        max_duration_minute=max_minutes,
+                        claimed_again=again,
+                    )
             elif event.name == "ClaimNextCancellingJobEvent":
                 if store.get_job(job_id) is not None:
                     store.update_job(job_id, cancel_requested=True)
@@ -134,15 +158,28 @@ class JobEventHandler:
 SINCE_MARGIN_S = 2.0
 
 
-def _since(jobs: list[JobRecord]) -> datetime | None:
-    """The earliest moment a Slurm job of these jobs can have been submitted: their claim.
+def _lookup_since(job: JobRecord) -> float:
+    """The earliest submission time of a Slurm job that can belong to the job's current attempt."""
+    if job.lookup_since is not None:
+        return job.lookup_since
+    return (job.claimed_at if job.claimed_at is not None else job.created_at) - SINCE_MARGIN_S
 
-    Job ids repeat across deployments (a test chain, a second grid on the same cluster), so older Slurm
-    jobs with the same name belong to other jobs and must not be taken for these.
+
+def _reclaimed(job: JobRecord) -> bool:
+    """A job claimed again after an attempt that had a Slurm job: its look-ups start after its claim."""
+    return job.lookup_since is not None and job.claimed_at is not None and job.lookup_since > job.claimed_at
+
+
+def _since(jobs: list[JobRecord]) -> datetime | None:
+    """The earliest moment a Slurm job of these jobs can have been submitted: their current claim.
+
+    Job ids repeat across deployments (a test chain, a second grid on the same cluster), and a job
+    handed back and claimed again has the Slurm job of its earlier attempt: older Slurm jobs with the
+    same name belong to other attempts and must not be taken for these.
     """
     if not jobs:
         return None
-    return datetime.fromtimestamp(min(job.created_at for job in jobs) - SINCE_MARGIN_S, tz=UTC)
+    return datetime.fromtimestamp(min(_lookup_since(job) for job in jobs), tz=UTC)
 
 
 class DaemonListener(Protocol):
@@ -225,7 +262,7 @@ class Daemon:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
         try:
-            if not await self._start():
+            if not await self.start():
                 return
             self._tasks = [
                 asyncio.create_task(self._follower_loop(), name="follower"),
@@ -234,7 +271,7 @@ class Daemon:
             ]
             await self._stop.wait()
         finally:
-            await self._shutdown()
+            await self.shutdown()
 
     async def _until_ready(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T | None:
         """Retry `attempt` with backoff until it succeeds or the daemon stops; says once what it waits for."""
@@ -258,20 +295,28 @@ class Daemon:
                 delay = min(delay * 2, 15.0)
         return None
 
-    async def _start(self) -> bool:
+    async def start(self) -> bool:
+        """Open the store, connect the chain, start the sender: what `run()` does before its loops.
+
+        With `start()`, `follower.poll_once()`, `cycle()` and `shutdown()` a caller drives the daemon
+        one step at a time (the crash and recovery tests do); False when stopped while waiting.
+        """
         cfg = self.config
         self._store = Store.open(cfg.store.path)
         self._signer = load_signer(cfg.key.file, cfg.key.password_file)
         log.info("supervisor starting", provider=self.provider, store=str(cfg.store.path))
         w3 = connect_http(cfg.chain.rpc_url)
 
-        async def discover() -> ProtocolContracts:
-            return await ProtocolContracts.discover(w3, cfg.chain.meta_scheduler)
+        async def discover() -> tuple[int, ProtocolContracts]:
+            chain_id = await check_chain_id(w3, cfg.chain.chain_id)
+            return chain_id, await ProtocolContracts.discover(w3, cfg.chain.meta_scheduler)
 
-        contracts = await self._until_ready("the chain (RPC and contracts)", discover)
-        if contracts is None:
+        found = await self._until_ready("the chain (RPC and contracts)", discover)
+        if found is None:
             return False
+        chain_id, contracts = found
         self._contracts = contracts
+        self.store.bind_deployment(chain_id, contracts.meta_scheduler.address)
         self.health.chain_ok = True
         sender_settings = SenderSettings(
             chain_id=cfg.chain.chain_id,
@@ -308,7 +353,8 @@ class Daemon:
         )
         return True
 
-    async def _shutdown(self) -> None:
+    async def shutdown(self) -> None:
+        """Stop the loops, deliver the outbox (bounded), close every connection and the store."""
         self._claiming = False
         for task in self._tasks:
             if task.get_name() != "follower":
@@ -472,8 +518,13 @@ class Daemon:
         if chain is None:
             return
         if self._claiming:
-            await self._claim(jobs, query)
-            await self._claim_queues()
+            try:
+                await self._claim(jobs, query)
+                await self._claim_queues()
+            except Exception as exc:  # the reports below must not wait for a claim that failed
+                log.warning("claiming failed, will retry next cycle", error=describe(exc))
+        if query is not None:
+            await self._cancel_orphans()
         limit = asyncio.Semaphore(JOB_CONCURRENCY)
 
         async def act(job: JobRecord) -> None:
@@ -495,7 +546,7 @@ class Daemon:
         assert self._slurm is not None
         try:
             if jobs:
-                result = await self._slurm.query([job.job_id for job in jobs], since=_since(jobs))
+                result = await self._query_in_groups(jobs)
             else:
                 # Nothing to look up: ask Slurm for the partition instead, so that no job is claimed
                 # while Slurm cannot take it.
@@ -514,6 +565,23 @@ class Daemon:
         self._observed = dict(result.jobs)
         return result
 
+    async def _query_in_groups(self, jobs: list[JobRecord]) -> QueryResult:
+        """One query for all jobs, except re-claimed ones: each of those has a later bound of its own."""
+        assert self._slurm is not None
+        regular = [job for job in jobs if not _reclaimed(job)]
+        results = []
+        if regular:
+            results.append(await self._slurm.query([job.job_id for job in regular], since=_since(regular)))
+        for job in jobs:
+            if _reclaimed(job):
+                results.append(await self._slurm.query([job.job_id], since=_since([job])))
+        return QueryResult(
+            jobs={name: seen for result in results for name, seen in result.jobs.items()},
+            not_found=frozenset().union(*(result.not_found for result in results)),
+            not_found_is_certain=all(result.not_found_is_certain for result in results),
+            accounting_available=all(result.accounting_available for result in results),
+        )
+
     def _record_slurm_ids(self, jobs: list[JobRecord], query: QueryResult) -> None:
         for job in jobs:
             seen = query.get(job.job_id)
@@ -529,19 +597,30 @@ class Daemon:
             status, provider = await contracts.job_status_and_provider(job.job_id)
             return job.job_id, (status, provider.lower() == self.provider.lower())
 
-        try:
-            views = dict(await asyncio.gather(*(view(job) for job in jobs)))
-        except Exception as exc:
+        results = await asyncio.gather(*(view(job) for job in jobs), return_exceptions=True)
+        views = dict(r for r in results if not isinstance(r, BaseException))
+        failures = [(job, r) for job, r in zip(jobs, results, strict=True) if isinstance(r, BaseException)]
+        for job, failure in failures:
+            if isinstance(failure, asyncio.CancelledError):
+                raise failure
+            if not is_transient(failure):
+                # One job the chain cannot answer for must not hold up the others.
+                log.warning("reading the job on chain failed", job_id=job.job_id, error=describe(failure))
+        transient = [f for _, f in failures if is_transient(f)]
+        if transient and not views:
+            error = describe(transient[0])
             if self.health.chain_ok:
-                log.error("chain unreachable: reports wait in the outbox", error=describe(exc))
+                log.error("chain unreachable: reports wait in the outbox", error=error)
             self.health.chain_ok = False
-            self.health.problems["chain"] = describe(exc)
+            self.health.problems["chain"] = error
             return None
         if not self.health.chain_ok:
             log.info("chain reachable again")
         self.health.chain_ok = True
         self.health.problems.pop("chain", None)
         for job in jobs:
+            if job.job_id not in views:
+                continue
             status = views[job.job_id][0]
             if status != job.status:
                 self.store.update_job(job.job_id, status=int(status))
@@ -549,6 +628,18 @@ class Daemon:
                     "chain status changed", job_id=job.job_id, status=status.name, previous=job.status.name
                 )
         return views
+
+    async def _cancel_orphans(self) -> None:
+        """Cancel the Slurm jobs of earlier attempts of re-claimed jobs (harmless when they ended)."""
+        assert self._slurm is not None
+        for slurm_id, job_id in self.store.orphan_slurm_jobs():
+            try:
+                await self._slurm.cancel(slurm_id)
+            except SlurmError as exc:
+                log.warning("cancelling an earlier attempt's Slurm job failed", job_id=job_id, error=str(exc))
+                continue
+            self.store.forget_orphan(slurm_id)
+            log.info("earlier attempt's Slurm job cancelled", job_id=job_id, slurm_job_id=slurm_id)
 
     # -- claiming -----------------------------------------------------------------------------
 
@@ -639,12 +730,15 @@ class Daemon:
             if isinstance(action, Submit):
                 await self._submit(job)
             elif isinstance(action, Report):
+                if action.status.is_cold:
+                    crash_point("end_decided")
                 self._report(job, action)
             elif isinstance(action, CancelInSlurm):
                 await self._cancel_in_slurm(job, action.reason)
             elif isinstance(action, Forget):
                 self.store.update_job(job.job_id, closed=True, note=action.reason)
                 log.info("job closed", reason=action.reason, chain_status=status.name)
+        self._retry_refused_reports(job, status)
         if status == JobStatus.RUNNING and situation.slurm.presence in (
             SlurmPresence.WAITING,
             SlurmPresence.ACTIVE,
@@ -663,6 +757,7 @@ class Daemon:
             duration_minute=report.duration_minute,
             last_error=report.last_error[:1000],
             exit_code=report.exit_code,
+            attempt=job.claimed_block or 0,
         )
         self._sender.submit_call(call)
         self.store.update_job(job.job_id, last_reported_status=int(report.status))
@@ -674,9 +769,38 @@ class Daemon:
             last_error=report.last_error or None,
         )
 
+    def _retry_refused_reports(self, job: JobRecord, chain_status: JobStatus) -> None:
+        """Send again a report the chain refused for a passing reason (a temporary ban, say).
+
+        A refused report is not "already done": until the chain takes it, or the job is settled
+        some other way, the provider would go unpaid. Retries back off up to REPORT_RETRY_MAX_S.
+        """
+        if chain_status.is_cold or job.last_reported_status is None:
+            return
+        for status in dict.fromkeys((JobStatus.RUNNING, job.last_reported_status)):
+            if status == chain_status:
+                continue
+            action = self.store.action_by_dedup_key(
+                status_report_key(job.job_id, job.claimed_block or 0, status)
+            )
+            if action is None or action.state != OutboxState.FAILED or action.already_done:
+                continue
+            wait = min(REPORT_RETRY_S * 2**action.retries, REPORT_RETRY_MAX_S)
+            if time.time() - action.updated_at < wait:
+                continue
+            self.store.retry_failed(action.id, f"sent again after: {action.error}")
+            assert self._sender is not None
+            self._sender.wake()
+            log.warning(
+                "status report refused by the chain, sending it again",
+                status=status.name,
+                error=action.error,
+                retries=action.retries + 1,
+            )
+
     def _refuse(self, job: JobRecord, reason: str) -> None:
         assert self._contracts is not None and self._sender is not None
-        self._sender.submit_call(self._contracts.refuse_job(job.job_id))
+        self._sender.submit_call(self._contracts.refuse_job(job.job_id, attempt=job.claimed_block or 0))
         self.store.update_job(job.job_id, ours=False, note=f"refused: {reason}")
         log.warning("job refused", reason=reason)
 
@@ -705,7 +829,9 @@ class Daemon:
         )
         nodes = [Node(n.cpus, n.memory_mb, n.gpus) for n in self._hardware.nodes]
         policy = self.config.policy
-        reason = refusal_reason(resources, customer, nodes, denied_customers=policy.denied_customers)
+        reason = label_problem(definition) or refusal_reason(
+            resources, customer, nodes, denied_customers=policy.denied_customers
+        )
         if reason is not None:
             self._refuse(job, reason)
             return
@@ -741,7 +867,9 @@ class Daemon:
                 unix_user=user,
                 workdir=root,
                 output_path=f"{root}/{job.job_id}.out",
-                time_limit_minutes=job.max_duration_minute + job.extra_minutes,
+                time_limit_minutes=wanted_time_limit(
+                    max_duration_minute=job.max_duration_minute, extra_minutes=job.extra_minutes
+                ),
                 ntasks=resources.ntasks,
                 cpus_per_task=resources.cpus_per_task,
                 mem_per_cpu_mb=resources.mem_per_cpu_mb,
@@ -750,6 +878,9 @@ class Daemon:
         except (ValueError, SlurmError) as exc:
             self._refuse(job, str(exc))
             return
+        early = _lookup_since(job) - time.time()
+        if early > 0:  # a re-claim: its Slurm job must be submitted after the bound of its look-ups
+            await asyncio.sleep(early)
         try:
             slurm_id = await self._slurm.submit(submission, since=_since([job]))
         except JobAlreadySubmitted as exc:
@@ -761,6 +892,7 @@ class Daemon:
         except SlurmError as exc:
             self._refuse(job, f"Slurm refused the submission: {exc}")
             return
+        crash_point("slurm_submitted")
         self.store.update_job(job.job_id, slurm_job_id=slurm_id)
         log.info(
             "job submitted to Slurm",
@@ -802,7 +934,9 @@ class Daemon:
         seen = self._observed.get(job.job_id)
         if seen is None or seen.time_limit_minutes is None or job.max_duration_minute is None:
             return
-        wanted = job.max_duration_minute + job.extra_minutes
+        wanted = wanted_time_limit(
+            max_duration_minute=job.max_duration_minute, extra_minutes=job.extra_minutes
+        )
         if seen.time_limit_minutes >= wanted:
             return
         extra = wanted - seen.time_limit_minutes

@@ -11,6 +11,7 @@ so two tasks never interleave inside one transaction.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
@@ -113,7 +114,37 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE job ADD COLUMN note TEXT;
     CREATE INDEX job_open ON job (closed, created_at);
     """,
+    # 3: events whose handler failed, kept for retry; when each job's current claim was recorded.
+    """
+    CREATE TABLE parked_event (
+        stream       TEXT NOT NULL,
+        tx_hash      TEXT NOT NULL,
+        log_index    INTEGER NOT NULL,
+        block_number INTEGER NOT NULL,
+        block_hash   TEXT NOT NULL,
+        address      TEXT NOT NULL,
+        name         TEXT NOT NULL,
+        args_json    TEXT NOT NULL,
+        error        TEXT NOT NULL,
+        attempts     INTEGER NOT NULL,
+        parked_at    REAL NOT NULL,
+        retry_at     REAL NOT NULL,
+        PRIMARY KEY (stream, tx_hash, log_index)
+    );
+    ALTER TABLE job ADD COLUMN claimed_at REAL;
+    ALTER TABLE job ADD COLUMN lookup_since REAL;
+    UPDATE job SET claimed_at = created_at;
+    ALTER TABLE outbox ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE orphan_slurm_job (
+        slurm_job_id INTEGER PRIMARY KEY,
+        job_id       TEXT NOT NULL,
+        noted_at     REAL NOT NULL
+    );
+    """,
 )
+
+#: SQLite's INTEGER is 64-bit signed; on-chain uint64 durations (a free job's is 2^64-1) are capped.
+SQLITE_MAX_INT = 2**63 - 1
 
 
 class StoreError(RuntimeError):
@@ -147,6 +178,8 @@ class JobRecord:
     claimed_block: int | None
     created_at: float
     updated_at: float
+    claimed_at: float | None = None
+    lookup_since: float | None = None
     ours: bool = True
     cancel_requested: bool = False
     extra_minutes: int = 0
@@ -177,6 +210,7 @@ class OutboxAction:
     already_done: bool
     created_at: float
     updated_at: float
+    retries: int = 0
 
 
 @dataclass(frozen=True)
@@ -314,6 +348,22 @@ class Store:
                 f"state file {self.path} belongs to chain id {known}, but the RPC serves chain id {chain_id}"
             )
 
+    def bind_deployment(self, chain_id: int, meta_scheduler: str) -> None:
+        """Tie the state file to one deployment: a chain and its MetaScheduler.
+
+        Jobs of another deployment mean nothing here (their ids repeat across deployments), so a file
+        made for another one is refused rather than acted on.
+        """
+        self.bind_chain_id(chain_id)
+        known = self.get_meta("meta_scheduler")
+        if known is None:
+            self.set_meta("meta_scheduler", meta_scheduler)
+        elif known.lower() != meta_scheduler.lower():
+            raise StoreError(
+                f"state file {self.path} belongs to the MetaScheduler {known} on chain id {chain_id}, "
+                f"not to {meta_scheduler}: point store.path at a new file for this deployment"
+            )
+
     # -- cursor -------------------------------------------------------------------------------
 
     def get_cursor(self, stream: str) -> Cursor | None:
@@ -398,6 +448,13 @@ class Store:
                 ),
             )
 
+    def set_event_outcome(self, stream: str, tx_hash: str, log_index: int, outcome: str) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE processed_event SET outcome = ? WHERE stream = ? AND tx_hash = ? AND log_index = ?",
+                (outcome, stream, tx_hash, log_index),
+            )
+
     def events_after(self, stream: str, block_number: int) -> list[sqlite3.Row]:
         """Processed events above a block, newest first (the order in which to undo them)."""
         return self._conn.execute(
@@ -420,7 +477,121 @@ class Store:
             )
             return cur.rowcount
 
+    # -- parked events ------------------------------------------------------------------------
+
+    def park_event(self, stream: str, row: dict[str, Any], error: str, *, retry_at: float) -> None:
+        """Keep an event whose handler failed, to be handled again; one row per event."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO parked_event (stream, tx_hash, log_index, block_number, block_hash, address, "
+                "name, args_json, error, attempts, parked_at, retry_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?) "
+                "ON CONFLICT (stream, tx_hash, log_index) DO UPDATE SET error = excluded.error, "
+                "attempts = parked_event.attempts + 1, retry_at = excluded.retry_at",
+                (
+                    stream,
+                    row["tx_hash"],
+                    row["log_index"],
+                    row["block_number"],
+                    row["block_hash"],
+                    row["address"],
+                    row["name"],
+                    row["args_json"],
+                    error,
+                    time.time(),
+                    retry_at,
+                ),
+            )
+
+    def parked_events(self, stream: str, *, due_by: float | None = None) -> list[sqlite3.Row]:
+        """Parked events in chain order (all, or those due for a retry by `due_by`)."""
+        query = "SELECT * FROM parked_event WHERE stream = ?"
+        params: tuple[Any, ...] = (stream,)
+        if due_by is not None:
+            query += " AND retry_at <= ?"
+            params = (stream, due_by)
+        return self._conn.execute(query + " ORDER BY block_number, log_index", params).fetchall()
+
+    def unpark_event(self, stream: str, tx_hash: str, log_index: int) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "DELETE FROM parked_event WHERE stream = ? AND tx_hash = ? AND log_index = ?",
+                (stream, tx_hash, log_index),
+            )
+
+    def forget_parked_after(self, stream: str, block_number: int) -> None:
+        """A reorganisation removed these blocks: their parked events are no longer on chain."""
+        with self.transaction() as conn:
+            conn.execute(
+                "DELETE FROM parked_event WHERE stream = ? AND block_number > ?", (stream, block_number)
+            )
+
     # -- jobs ---------------------------------------------------------------------------------
+
+    def record_claim(
+        self,
+        job_id: str,
+        *,
+        customer: str,
+        max_duration_minute: int,
+        definition: dict[str, Any],
+        claimed_block: int,
+        lookup_margin_s: float = 2.0,
+    ) -> bool:
+        """Record this provider's claim of a job; True when it starts a new attempt.
+
+        A job handed back (refused, timed out) and claimed again is a new attempt: what belonged to
+        the previous one (its Slurm job, its reports, cancellation and top-ups) is cleared, so nothing
+        of it is taken for the new one. The same claim recorded twice changes nothing.
+
+        `lookup_since` bounds the Slurm jobs that can belong to the attempt. Slurm keeps submission
+        times to the second, so a first attempt looks `lookup_margin_s` before its claim; an attempt
+        after one that had a Slurm job starts at the next whole second, and is submitted no earlier,
+        so the earlier attempt's Slurm job of the same name is never taken for it.
+        """
+        now = time.time()
+        existing = self.get_job(job_id)
+        if existing is not None and existing.claimed_block == claimed_block:
+            return False
+        had_slurm_job = existing is not None and existing.slurm_job_id is not None
+        lookup_since = float(math.floor(now) + 1) if had_slurm_job else now - lookup_margin_s
+        with self.transaction() as conn:
+            if existing is not None and existing.slurm_job_id is not None:
+                # The previous attempt's Slurm job may still be queued or running: have it cancelled.
+                conn.execute(
+                    "INSERT OR IGNORE INTO orphan_slurm_job (slurm_job_id, job_id, noted_at) VALUES (?, ?, ?)",
+                    (existing.slurm_job_id, job_id, now),
+                )
+            conn.execute("DELETE FROM job WHERE job_id = ?", (job_id,))
+            conn.execute(
+                "INSERT INTO job (job_id, status, customer, max_duration_minute, definition_json, "
+                "claimed_block, created_at, updated_at, claimed_at, lookup_since) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    int(JobStatus.SCHEDULED),
+                    customer,
+                    min(max_duration_minute, SQLITE_MAX_INT),
+                    json.dumps(definition, sort_keys=True),
+                    claimed_block,
+                    existing.created_at if existing is not None else now,
+                    now,
+                    now,
+                    lookup_since,
+                ),
+            )
+        return True
+
+    def orphan_slurm_jobs(self) -> list[tuple[int, str]]:
+        """(Slurm job id, job id) of Slurm jobs left by an earlier attempt of a re-claimed job."""
+        rows = self._conn.execute(
+            "SELECT slurm_job_id, job_id FROM orphan_slurm_job ORDER BY noted_at"
+        ).fetchall()
+        return [(int(r["slurm_job_id"]), str(r["job_id"])) for r in rows]
+
+    def forget_orphan(self, slurm_job_id: int) -> None:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM orphan_slurm_job WHERE slurm_job_id = ?", (slurm_job_id,))
 
     def upsert_job(
         self,
@@ -448,7 +619,7 @@ class Store:
                     job_id,
                     int(status),
                     customer,
-                    max_duration_minute,
+                    None if max_duration_minute is None else min(max_duration_minute, SQLITE_MAX_INT),
                     None if definition is None else json.dumps(definition, sort_keys=True),
                     claimed_block,
                     now,
@@ -552,6 +723,20 @@ class Store:
             )
             assert cur.lastrowid is not None
             return int(cur.lastrowid)
+
+    def action_by_dedup_key(self, dedup_key: str) -> OutboxAction | None:
+        row = self._conn.execute("SELECT * FROM outbox WHERE dedup_key = ?", (dedup_key,)).fetchone()
+        return None if row is None else _action_from_row(row)
+
+    def retry_failed(self, action_id: int, reason: str) -> None:
+        """Queue a failed action again (the chain refused it for a passing reason), counting retries."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE outbox SET state = 'queued', nonce = NULL, tx_hash = NULL, gas_limit = NULL, "
+                "already_done = 0, retries = retries + 1, error = ?, updated_at = ? "
+                "WHERE id = ? AND state = 'failed'",
+                (reason, time.time(), action_id),
+            )
 
     def get_action(self, action_id: int) -> OutboxAction | None:
         row = self._conn.execute("SELECT * FROM outbox WHERE id = ?", (action_id,)).fetchone()
@@ -690,6 +875,8 @@ def _job_from_row(row: sqlite3.Row) -> JobRecord:
         claimed_block=row["claimed_block"],
         created_at=float(row["created_at"]),
         updated_at=float(row["updated_at"]),
+        claimed_at=None if row["claimed_at"] is None else float(row["claimed_at"]),
+        lookup_since=None if row["lookup_since"] is None else float(row["lookup_since"]),
         ours=bool(row["ours"]),
         cancel_requested=bool(row["cancel_requested"]),
         extra_minutes=int(row["extra_minutes"]),
@@ -719,4 +906,5 @@ def _action_from_row(row: sqlite3.Row) -> OutboxAction:
         already_done=bool(row["already_done"]),
         created_at=float(row["created_at"]),
         updated_at=float(row["updated_at"]),
+        retries=int(row["retries"]),
     )

@@ -13,12 +13,46 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from eth_abi.codec import ABICodec
+from eth_abi.decoding import StringDecoder
+from eth_abi.encoding import TextStringEncoder
+from eth_abi.grammar import BasicType
+from eth_abi.registry import ABIRegistry, BaseEquals
 from eth_utils.address import to_checksum_address
+from web3._utils.abi import build_strict_registry
 
 PACKAGE_DATA = Path(__file__).resolve().parent / "data"
 DEFAULT_ABI_DIR = Path(__file__).resolve().parents[2] / "abi"
 
 ABIEntry = dict[str, Any]
+
+
+class _ReplacingStringDecoder(StringDecoder):
+    """Decodes `string` values with U+FFFD for bytes that are not UTF-8."""
+
+    def __init__(self) -> None:
+        super().__init__(handle_string_errors="replace")  # type: ignore[no-untyped-call]
+
+    @classmethod
+    def from_type_str(cls, abi_type: BasicType, registry: ABIRegistry) -> _ReplacingStringDecoder:
+        return cls()
+
+
+def _lenient_registry() -> ABIRegistry:
+    registry: ABIRegistry = build_strict_registry()
+    registry.unregister("string")
+    registry.register(
+        BaseEquals("string"),  # type: ignore[no-untyped-call]
+        TextStringEncoder,
+        _ReplacingStringDecoder,
+        label="string",
+    )
+    return registry
+
+
+#: web3's strict codec, except that strings decode leniently: a job's labels, names and errors are
+#: bytes its customer chose, and one byte that is not UTF-8 must not make the whole job unreadable.
+LENIENT_CODEC = ABICodec(_lenient_registry())
 
 
 class AbiNotFoundError(FileNotFoundError):

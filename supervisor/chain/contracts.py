@@ -224,6 +224,11 @@ class ProviderRecord:
         )
 
 
+def status_report_key(job_id: bytes | str, attempt: int, status: JobStatus) -> str:
+    """The outbox dedup key of a job's report of `status` in one attempt (the claim's block)."""
+    return f"status:{job_id_hex(job_id)}:{attempt}:{int(status)}"
+
+
 def job_id_hex(job_id: bytes | str) -> str:
     """A job id as 0x + 64 lowercase hex digits (the Slurm job name too)."""
     raw = (
@@ -445,7 +450,8 @@ class ProtocolContracts:
     def claim_next_top_up_job(self) -> TxCall:
         return self._tx(self.meta_scheduler, "claimNextTopUpJob", [], "claim_next_top_up_job")
 
-    def refuse_job(self, job_id: bytes | str) -> TxCall:
+    def refuse_job(self, job_id: bytes | str, *, attempt: int = 0) -> TxCall:
+        """refuseJob, once per attempt (`attempt`: the block of the claim it answers)."""
         jid = job_id_hex(job_id)
         return self._tx(
             self.meta_scheduler,
@@ -453,7 +459,7 @@ class ProtocolContracts:
             [bytes.fromhex(jid[2:])],
             "refuse_job",
             serial_key=jid,
-            dedup_key=f"refuse:{jid}",
+            dedup_key=f"refuse:{jid}:{attempt}",
         )
 
     def provider_set_job_status(
@@ -464,8 +470,13 @@ class ProtocolContracts:
         duration_minute: int = 0,
         last_error: str = "",
         exit_code: int = 0,
+        attempt: int = 0,
     ) -> TxCall:
-        """A status report; one per (job, status), sent after the job's earlier reports."""
+        """A status report; one per (job, attempt, status), sent after the job's earlier reports.
+
+        `attempt` is the block of the claim the report belongs to: a job handed back and claimed
+        again reports its statuses anew.
+        """
         jid = job_id_hex(job_id)
         return self._tx(
             self.meta_scheduler,
@@ -473,7 +484,7 @@ class ProtocolContracts:
             [bytes.fromhex(jid[2:]), int(status), duration_minute, last_error, exit_code],
             "provider_set_job_status",
             serial_key=jid,
-            dedup_key=f"status:{jid}:{int(status)}",
+            dedup_key=status_report_key(jid, attempt, status),
         )
 
     def top_up_job_delegate(self, job_id: bytes | str, slice_index: int) -> TxCall:

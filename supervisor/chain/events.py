@@ -11,12 +11,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from eth_abi.abi import decode as abi_decode
 from eth_abi.exceptions import DecodingError
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
-from supervisor.chain.abi import ABIEntry, _canonical_type, plain_value, signature_of
+from supervisor.chain.abi import LENIENT_CODEC, ABIEntry, _canonical_type, plain_value, signature_of
 
 
 @dataclass(frozen=True)
@@ -84,7 +83,7 @@ class EventDecoder:
         data = log.get("data", b"")
         raw = bytes.fromhex(data[2:]) if isinstance(data, str) else bytes(data)
         try:
-            values = abi_decode([_canonical_type(dict(i)) for i in plain], raw)
+            values = LENIENT_CODEC.decode([_canonical_type(dict(i)) for i in plain], raw)
             plain_values = dict(zip((str(i["name"]) for i in plain), values, strict=True))
             args: dict[str, Any] = {}
             topic_iter = iter(topics[1:])
@@ -96,7 +95,7 @@ class EventDecoder:
                     if kind in ("string", "bytes") or kind.endswith("]") or kind.startswith("("):
                         args[name] = "0x" + topic.hex()  # only the hash of a dynamic value is logged
                     else:
-                        (decoded,) = abi_decode([kind], topic)
+                        (decoded,) = LENIENT_CODEC.decode([kind], topic)
                         args[name] = plain_value(decoded, param)
                 else:
                     args[name] = plain_value(plain_values[name], param)

@@ -6,6 +6,11 @@ so after a crash either both the effects and the cursor are saved, or neither is
 hash at the cursor is a reorganisation: the follower walks back its saved checkpoints to a block the
 chain still has, undoes (newest first) the events above it, and reads again from there.
 
+An event whose handler fails is never dropped: it is parked in the store and handled again, with
+backoff, at later reads, while the cursor moves on so that other jobs' events are not held up. An
+event with the same ordering key (the same job) as a parked one is parked behind it, so one job's
+events are still handled in chain order.
+
 A WebSocket `newHeads` subscription is only a wake-up hint that makes the next read happen at once;
 it reconnects with backoff on its own, and polling goes on meanwhile.
 """
@@ -35,6 +40,10 @@ from supervisor.store import Cursor, Store
 log = structlog.get_logger(__name__)
 
 UNDECODABLE = "<undecodable>"
+HANDLED = "handled"
+PARKED = "parked"
+#: Seconds before a parked event is tried again: doubling from the first value up to the second.
+PARK_RETRY_S = (1.0, 60.0)
 
 
 class EventHandler(Protocol):
@@ -45,6 +54,12 @@ class EventHandler(Protocol):
     def undo(self, event: ChainEvent, store: Store) -> None:
         """Revert what `handle` recorded: the event's block left the chain."""
         ...
+
+
+def _order_key(handler: EventHandler, event: ChainEvent) -> str | None:
+    """The handler's ordering key of an event (events with one key are handled in chain order)."""
+    key = getattr(handler, "order_key", None)
+    return key(event) if callable(key) else None
 
 
 @dataclass(frozen=True)
@@ -83,9 +98,23 @@ class FollowerHealth:
     reorgs: int = 0
     events_handled: int = 0
     undecodable_logs: int = 0
+    parked_events: int = 0  # events whose handler failed, waiting to be handled again
     caught_up: bool = False  # has reached head - confirmations at least once since start
     head_block: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _event_of(row: Any) -> ChainEvent:
+    """The event a stored row (processed or parked) describes."""
+    return ChainEvent(
+        name=str(row["name"]),
+        args=json.loads(row["args_json"]),
+        address=str(row["address"]),
+        block_number=int(row["block_number"]),
+        block_hash=str(row["block_hash"]),
+        tx_hash=str(row["tx_hash"]),
+        log_index=int(row["log_index"]),
+    )
 
 
 class LogFollower:
@@ -194,6 +223,7 @@ class LogFollower:
             self._store.bind_chain_id(chain_id)
             self._chain_checked = True
         stream = self.settings.stream
+        self._retry_parked()
         head = int(await read(lambda: self._w3.eth.block_number))
         self.health.head_block = head
         safe = head - self.settings.confirmations
@@ -257,6 +287,7 @@ class LogFollower:
         """Handle the range's events and move the cursor, in one local transaction."""
         stream = self.settings.stream
         handled = 0
+        blocked = self._parked_keys()
         with self._store.transaction():
             for entry in logs:
                 address = AsyncWeb3.to_checksum_address(entry["address"])
@@ -279,26 +310,99 @@ class LogFollower:
                     continue
                 if accept is not None and not accept(event):
                     continue
-                try:
-                    with self._store.savepoint("event"):
-                        self._handler.handle(event, self._store)
-                    outcome = "handled"
-                    handled += 1
-                except Exception as exc:
-                    outcome = f"handler failed: {describe(exc)}"
-                    log.error(
-                        "event handler failed, event skipped",
-                        event_name=event.name,
-                        tx_hash=event.tx_hash,
-                        log_index=event.log_index,
-                        error=describe(exc),
-                    )
+                key = _order_key(self._handler, event)
+                if key is not None and key in blocked:
+                    outcome = PARKED
+                    self._park(event, "waiting behind an earlier parked event of the same job", 0)
+                else:
+                    try:
+                        with self._store.savepoint("event"):
+                            self._handler.handle(event, self._store)
+                        outcome = HANDLED
+                        handled += 1
+                    except Exception as exc:
+                        outcome = PARKED
+                        self._park(event, describe(exc), 0)
+                        if key is not None:
+                            blocked.add(key)
                 self._record(entry, event.name, dict(event.args), outcome)
             self._store.set_cursor(stream, cursor, keep_checkpoints=self.settings.keep_checkpoints)
             # Dedup records are needed only as far back as a rollback can reach.
             oldest = self._store.checkpoints(stream)[-1]
             self._store.prune_events_before(stream, oldest.block_number)
         self.health.events_handled += handled
+
+    # -- parked events ------------------------------------------------------------------------
+
+    def _park(self, event: ChainEvent, error: str, attempts: int) -> None:
+        delay = min(PARK_RETRY_S[0] * 2**attempts, PARK_RETRY_S[1])
+        self._store.park_event(
+            self.settings.stream,
+            {
+                "tx_hash": event.tx_hash,
+                "log_index": event.log_index,
+                "block_number": event.block_number,
+                "block_hash": event.block_hash,
+                "address": event.address,
+                "name": event.name,
+                "args_json": json.dumps(dict(event.args)),
+            },
+            error,
+            retry_at=time.time() + delay,
+        )
+        if attempts == 0:
+            log.error(
+                "event handler failed: event parked, to be handled again",
+                event_name=event.name,
+                tx_hash=event.tx_hash,
+                log_index=event.log_index,
+                block=event.block_number,
+                error=error,
+            )
+        self.health.parked_events = len(self._store.parked_events(self.settings.stream))
+
+    def _parked_keys(self) -> set[str]:
+        keys: set[str] = set()
+        for row in self._store.parked_events(self.settings.stream):
+            key = _order_key(self._handler, _event_of(row))
+            if key is not None:
+                keys.add(key)
+        return keys
+
+    def _retry_parked(self) -> None:
+        """Handle again the parked events that are due, in chain order; a job's later ones wait."""
+        stream = self.settings.stream
+        due = self._store.parked_events(stream, due_by=time.time())
+        if not due:
+            self.health.parked_events = len(self._store.parked_events(stream))
+            return
+        blocked: set[str] = set()
+        with self._store.transaction():
+            for row in self._store.parked_events(stream):
+                event = _event_of(row)
+                key = _order_key(self._handler, event)
+                if (key is not None and key in blocked) or row["retry_at"] > time.time():
+                    if key is not None:
+                        blocked.add(key)
+                    continue
+                try:
+                    with self._store.savepoint("parked"):
+                        self._handler.handle(event, self._store)
+                except Exception as exc:
+                    if key is not None:
+                        blocked.add(key)
+                    self._park(event, describe(exc), int(row["attempts"]))
+                    continue
+                self._store.unpark_event(stream, event.tx_hash, event.log_index)
+                self._store.set_event_outcome(stream, event.tx_hash, event.log_index, HANDLED)
+                self.health.events_handled += 1
+                log.info(
+                    "parked event handled",
+                    event_name=event.name,
+                    tx_hash=event.tx_hash,
+                    attempts=int(row["attempts"]) + 1,
+                )
+        self.health.parked_events = len(self._store.parked_events(stream))
 
     def _record(self, entry: Any, name: str, args: dict[str, Any], outcome: str) -> None:
         self._store.record_event(
@@ -333,20 +437,12 @@ class LogFollower:
         undone = 0
         with self._store.transaction():
             for row in self._store.events_after(stream, ancestor.block_number):
-                if row["outcome"] != "handled":
+                if row["outcome"] != HANDLED:
                     continue
-                event = ChainEvent(
-                    name=str(row["name"]),
-                    args=json.loads(row["args_json"]),
-                    address=str(row["address"]),
-                    block_number=int(row["block_number"]),
-                    block_hash=str(row["block_hash"]),
-                    tx_hash=str(row["tx_hash"]),
-                    log_index=int(row["log_index"]),
-                )
-                self._handler.undo(event, self._store)
+                self._handler.undo(_event_of(row), self._store)
                 undone += 1
             self._store.forget_events_after(stream, ancestor.block_number)
+            self._store.forget_parked_after(stream, ancestor.block_number)
             self._store.drop_checkpoints_after(stream, ancestor.block_number)
             self._store.set_cursor(stream, ancestor, keep_checkpoints=self.settings.keep_checkpoints)
         self.health.reorgs += 1

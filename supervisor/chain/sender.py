@@ -108,6 +108,9 @@ def bump_fees(previous: FeeBid, current: FeeBid, factor: float, cap: int | None)
 
 
 # Node answers meaning "bid more" (geth, anvil, erigon, nethermind wordings).
+#: Refusals that pass once the account is funded: the transaction waits rather than being given up.
+WAIT_REFUSALS = ("insufficient funds", "insufficient balance")
+FILLER_GAS = 21_000
 FEE_REFUSALS = (
     "underpriced",
     "less than block base fee",
@@ -149,6 +152,8 @@ class TransactionSender:
         self._receipt_missing_since: dict[int, float] = {}  # nonce used on chain, no receipt of ours
         self._stopping = False
         self.last_error: str | None = None
+        #: Transactions given up because the node refused them for good (each nonce refilled).
+        self.abandoned = 0
 
     @property
     def address(self) -> ChecksumAddress:
@@ -217,6 +222,10 @@ class TransactionSender:
         )
         self._wake_dispatcher.set()
         return action_id
+
+    def wake(self) -> None:
+        """Look at the outbox now (an action was queued again behind the sender's back)."""
+        self._wake_dispatcher.set()
 
     def submit_call(self, call: Any) -> int:
         """Queue a contract write built by `ProtocolContracts` (a `TxCall`)."""
@@ -342,15 +351,21 @@ class TransactionSender:
                 self._store.record_attempt(action.id, attempt)
         self._broadcasting.update(attempt.tx_hash for _, attempt in signed)
         broadcast: list[str] = []
+        refused: list[tuple[OutboxAction, TxAttempt, str]] = []
         try:
             for action, attempt in signed:
-                if await self._broadcast(action, attempt, mark=False) != "unreachable":
+                result = await self._broadcast(action, attempt, mark=False)
+                if result != "unreachable":
                     broadcast.append(attempt.tx_hash)
+                if result == "refused":
+                    refused.append((action, attempt, self.last_error or "refused by the node"))
         finally:
             with self._store.transaction():
                 for tx_hash in broadcast:
                     self._store.mark_broadcast(tx_hash)
             self._broadcasting.difference_update(attempt.tx_hash for _, attempt in signed)
+        for action, attempt, reason in refused:
+            await self._abandon(action, attempt, reason)
         if signed:
             self._wake_watcher.set()
         return bool(signed) or failed > 0
@@ -446,8 +461,13 @@ class TransactionSender:
                     "node refuses the fee", action=action.id, nonce=attempt.nonce, error=describe(exc)
                 )
                 return "fee_too_low"
-            log.error("broadcast refused", action=action.id, nonce=attempt.nonce, error=describe(exc))
             self.last_error = describe(exc)
+            if any(m in message for m in WAIT_REFUSALS):
+                log.warning(
+                    "broadcast refused for now", action=action.id, nonce=attempt.nonce, error=describe(exc)
+                )
+                return "unreachable"
+            log.error("broadcast refused", action=action.id, nonce=attempt.nonce, error=describe(exc))
             return "refused"
         except Exception as exc:
             if not is_transient(exc):
@@ -599,7 +619,10 @@ class TransactionSender:
                 nonce=last.nonce,
                 tx_hash=last.tx_hash,
             )
-            if await self._broadcast(action, last) != "fee_too_low":
+            result = await self._broadcast(action, last)
+            if result == "refused":
+                await self._abandon(action, last, self.last_error or "refused by the node")
+            if result != "fee_too_low":
                 return
         elif not is_head:
             return  # it waits behind the oldest pending nonce, which is the one to replace
@@ -625,6 +648,33 @@ class TransactionSender:
             gas_price=bid.gas_price,
         )
         await self._broadcast(action, replacement)
+
+    async def _abandon(self, action: OutboxAction, attempt: TxAttempt, reason: str) -> None:
+        """The node refuses the transaction for good (gas above the block limit, say): give it up and
+        fill its nonce with a transfer of nothing to ourselves, so the transactions behind it go on.
+
+        The filler is an outbox action of its own, saved before it is broadcast like any other.
+        """
+        fees = await self._current_fees()
+        filler_id = self._store.enqueue(kind="nonce_filler", to_address=self._signer.address, data=b"")
+        filler = self._store.get_action(filler_id)
+        assert filler is not None
+        signed = self._sign(filler, attempt.nonce, FILLER_GAS, fees)
+        with self._store.transaction():
+            self._store.record_attempt(filler_id, signed)
+            self._store.mark_failed(action.id, f"the node refuses the transaction: {reason}")
+        self.abandoned += 1
+        log.error(
+            "transaction given up: the node refuses it; its nonce is filled by a transfer to self",
+            action=action.id,
+            kind=action.kind,
+            nonce=attempt.nonce,
+            filler_tx_hash=signed.tx_hash,
+            error=reason,
+        )
+        self._resolve(action.id)
+        await self._broadcast(filler, signed)
+        self._wake_watcher.set()
 
     def _resolve(self, action_id: int) -> None:
         futures = self._waiters.pop(action_id, [])

@@ -170,3 +170,13 @@ def remaining_minutes(*, max_cost: int, credits_per_minute: int, elapsed_seconds
         return 2**63
     total = max_cost // credits_per_minute
     return max(0, total - elapsed_seconds // 60)
+
+
+#: The longest time limit given to Slurm: ten years. A job whose credits buy more (a free job buys
+#: 2^64-1 minutes) runs under this limit; Slurm itself cannot represent limits past about 68 years.
+MAX_TIME_LIMIT_MINUTES = 10 * 365 * 24 * 60
+
+
+def wanted_time_limit(*, max_duration_minute: int, extra_minutes: int) -> int:
+    """The Slurm time limit a job is owed: the claim's minutes plus every top-up, capped."""
+    return max(1, min(max_duration_minute + extra_minutes, MAX_TIME_LIMIT_MINUTES))

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 # Images appear in rendered scripts as docker:// references: Enroot's `docker://[registry#]image`,
 # Apptainer's `docker://[registry/]image`.
@@ -71,6 +72,21 @@ def _image_denied(image: str, denied: Collection[str]) -> str | None:
         has_tag = normal_rule != rule_name
         if rule_name == name and (not has_tag or rule_tag == tag):
             return rule
+    return None
+
+
+#: What lenient decoding puts in place of bytes that are not UTF-8 (supervisor.chain.abi).
+_REPLACED = "\ufffd"
+
+
+def label_problem(definition: Mapping[str, Any]) -> str | None:
+    """Why a job's `uses`/`affinity` labels are unusable (bytes that are not UTF-8), or None."""
+    for field in ("uses", "affinity"):
+        for index, entry in enumerate(definition.get(field) or []):
+            label = entry.get("label", entry) if isinstance(entry, Mapping) else {}
+            texts = [label.get("key", ""), label.get("value", "")] if isinstance(label, Mapping) else []
+            if any(isinstance(text, str) and _REPLACED in text for text in texts):
+                return f"the job's {field}[{index}] label is not UTF-8 text"
     return None
 
 

@@ -275,3 +275,55 @@ async def test_dedup_records_are_kept_only_within_the_rollback_window(
         assert kept[0] >= oldest and kept[1] <= 2 * 3
     assert recorded(store) == list(range(12))
     store.close()
+
+
+class FlakyTicks(TickRecorder):
+    """Fails the ticks in `failing` until they are removed; ticks 30-39 share one ordering key."""
+
+    def __init__(self, store: Store, failing: set[int]) -> None:
+        super().__init__(store)
+        self.failing = failing
+
+    def order_key(self, event: Any) -> str | None:
+        return "thirties" if 30 <= int(event.args["seq"]) < 40 else None
+
+    def handle(self, event: Any, store: Store) -> None:
+        if int(event.args["seq"]) in self.failing:
+            raise RuntimeError(f"tick {event.args['seq']} cannot be recorded yet")
+        super().handle(event, store)
+
+
+async def test_an_event_whose_handler_fails_is_parked_and_handled_later_in_its_order(
+    own_anvil: Anvil, tmp_path: Path
+) -> None:
+    probe = deploy_probe(own_anvil)
+    store = Store.open(tmp_path / "state.db")
+    handler = FlakyTicks(store, failing={31})
+    w3 = connect_http(own_anvil.http_url, timeout_s=5.0)
+    follower = LogFollower(
+        w3, store, [EventSource(probe.address, probe_events())], handler, FollowerSettings()
+    )
+    try:
+        await asyncio.to_thread(emit, own_anvil, probe, 29, 5)  # ticks 29..33 in one transaction
+        with capture_logs() as logs:
+            assert await follower.poll_once()
+        # 31 failed: it waits, and so do 32 and 33 (same key); 29 and 30 went through, the cursor moved.
+        assert recorded(store) == [29, 30]
+        assert follower.health.parked_events == 3
+        assert any(entry["event"].startswith("event handler failed: event parked") for entry in logs)
+        assert store.get_cursor("main") is not None
+        await asyncio.to_thread(emit, own_anvil, probe, 40, 1)  # another key: not held up
+        assert await follower.poll_once()
+        assert recorded(store) == [29, 30, 40]
+        handler.failing.clear()
+
+        async def retried() -> bool:
+            await follower.poll_once()
+            return recorded(store) == [29, 30, 40, 31, 32, 33]
+
+        await eventually(retried, what="the parked ticks to be handled, in their order")
+        assert follower.health.parked_events == 0
+        assert store.parked_events("main") == []
+    finally:
+        await w3.provider.disconnect()
+        store.close()

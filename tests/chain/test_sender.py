@@ -307,3 +307,40 @@ async def test_garbage_and_silent_rpc_delay_the_outbox_without_losing_or_doublin
         await sender.stop()
         await w3.provider.disconnect()
         store.close()
+
+
+async def test_a_transaction_the_node_refuses_for_good_does_not_block_the_nonces_behind_it(
+    anvil_factory: AnvilFactory, make_sender: SenderFactory
+) -> None:
+    """Gas above the block limit: the node refuses the bytes at every broadcast. The sender gives the
+    action up with the node's reason and fills its nonce with a transfer to itself."""
+    node = anvil_factory.start("--gas-limit", "60000")
+    sender = make_sender(
+        node, settings=SenderSettings(poll_interval_s=0.05, receipt_deadline_s=0.5, gas_margin=3.0)
+    )
+    await sender.start()
+    w3 = sync_w3(node)
+    first_nonce = w3.eth.get_transaction_count(sender.address)
+    # A plain transfer's 21,000 gas x 3 exceeds the 60,000 block limit; the next one is sent normally.
+    doomed = sender.submit(SINK, value=1, kind="transfer")
+    outcome = await asyncio.wait_for(sender.wait(doomed), 30)
+    assert outcome.state == OutboxState.FAILED and not outcome.delivered
+    assert outcome.error is not None and "refuses" in outcome.error
+    assert sender.abandoned == 1
+    await eventually(lambda: w3.eth.get_transaction_count(sender.address) == first_nonce + 1)
+    await sender.stop()
+    # The same state file, now with a margin the block takes: the next nonce is free to use.
+    sender = make_sender(node)
+    await sender.start()
+    sink_before = w3.eth.get_balance(SINK)
+    after = await asyncio.wait_for(sender.send(SINK, value=7, kind="transfer"), 30)
+    assert after.success
+    assert w3.eth.get_balance(SINK) - sink_before == 7
+    assert w3.eth.get_transaction_count(sender.address) == first_nonce + 2
+    filler = w3.eth.get_transaction_by_block(w3.eth.block_number - 1, 0)
+    assert (filler["from"], filler["to"], filler["value"], filler["nonce"]) == (
+        sender.address,
+        sender.address,
+        0,
+        first_nonce,
+    )

@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from supervisor.core.decisions import (
+    MAX_TIME_LIMIT_MINUTES,
     Action,
     CancelInSlurm,
     Forget,
@@ -26,6 +27,7 @@ from supervisor.core.decisions import (
     decide,
     needs_delegated_top_up,
     remaining_minutes,
+    wanted_time_limit,
 )
 from supervisor.core.slurm_states import FINAL_STATES, chain_outcome
 from supervisor.core.status import JobStatus, is_allowed
@@ -508,3 +510,15 @@ def test_remaining_minutes_worked_example() -> None:
     assert remaining_minutes(max_cost=200 * 10**18, credits_per_minute=per_minute, elapsed_seconds=0) == 18
     assert remaining_minutes(max_cost=200 * 10**18, credits_per_minute=per_minute, elapsed_seconds=659) == 8
     assert remaining_minutes(max_cost=200 * 10**18, credits_per_minute=per_minute, elapsed_seconds=10**6) == 0
+
+
+@given(st.integers(0, 2**64 - 1), st.integers(0, 2**40))
+def test_the_time_limit_is_what_was_paid_for_within_slurms_range(minutes: int, extra: int) -> None:
+    wanted = wanted_time_limit(max_duration_minute=minutes, extra_minutes=extra)
+    assert 1 <= wanted <= MAX_TIME_LIMIT_MINUTES
+    assert wanted == max(1, min(minutes + extra, MAX_TIME_LIMIT_MINUTES))
+
+
+def test_a_free_job_gets_ten_years() -> None:
+    assert wanted_time_limit(max_duration_minute=2**64 - 1, extra_minutes=0) == 5_256_000
+    assert wanted_time_limit(max_duration_minute=18, extra_minutes=30) == 48

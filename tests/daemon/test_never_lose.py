@@ -1,0 +1,219 @@
+"""Paths where a claimed job used to be lost or stuck, each driven step by step in this process.
+
+Every test runs the real daemon (`tests/fixtures/daemon_seam.py`) over anvil with the contracts,
+the sbatch service and the Slurm cluster, and checks the chain, the store and Slurm.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from eth_abi import encode
+from eth_utils import function_signature_to_4byte_selector
+
+from supervisor.chain.contracts import status_report_key
+from supervisor.core.status import JobStatus as S
+from supervisor.store import SQLITE_MAX_INT, OutboxState, Store, StoreError
+from tests.fixtures.contracts import CREDIT
+from tests.fixtures.daemon_seam import DaemonSeam, register_as_the_cluster
+from tests.fixtures.supervisor import PRICES_WEI, ProviderStack, credits_per_minute, wait_for
+
+JOB_DEFINITION = "(uint64,uint64,uint64,uint64,string,uint8,(string,string)[],((string,string),bytes2)[])"
+
+
+@pytest.fixture
+def stack(provider_stack: ProviderStack) -> Iterator[ProviderStack]:
+    register_as_the_cluster(provider_stack)
+    yield provider_stack
+    manager = provider_stack.grid.provider_manager.functions
+    if manager.isBanned(provider_stack.provider.address).call():
+        provider_stack.grid.send(provider_stack.grid.admin, manager.unban(provider_stack.provider.address))
+    register_as_the_cluster(provider_stack)  # undo a test's prices
+
+
+@pytest.fixture
+async def seam(stack: ProviderStack, tmp_path: Path) -> AsyncIterator[DaemonSeam]:
+    opened = await DaemonSeam.open(stack, tmp_path)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def accounted(slurm_id: int, field: str = "State") -> str:
+    """A field of Slurm's accounting record of a job, once slurmdbd has it."""
+
+    def state() -> str:
+        return subprocess.run(
+            ["sacct", "-X", "-n", "-P", "-j", str(slurm_id), "-o", field],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        ).stdout.strip()
+
+    found: str = wait_for(f"Slurm job {slurm_id} in accounting", state, 30)
+    return found
+
+
+def refusals(stack: ProviderStack, job_id: bytes) -> int:
+    events = stack.grid.scheduler.events.JobRefusedEvent().get_logs(from_block=0)
+    return sum(1 for e in events if e["args"]["_jobId"] == job_id)
+
+
+def transitions(stack: ProviderStack, job_id: bytes) -> list[int]:
+    events = stack.grid.jobs.events.JobTransitionEvent().get_logs(from_block=0)
+    return [e["args"]["_to"] for e in events if e["args"]["_jobId"] == job_id]
+
+
+async def test_a_job_refused_twice_is_refused_twice(stack: ProviderStack, seam: DaemonSeam) -> None:
+    job_id = stack.request("true", 600, cpus=16)  # more CPUs than a node has
+    await seam.until("the first refusal", lambda: refusals(stack, job_id) == 1)
+    assert stack.status(job_id) == S.PENDING
+    stack.grid.schedule(job_id, stack.provider)  # the meta-scheduler hands it back: nothing else fits
+    await seam.until("the second refusal", lambda: refusals(stack, job_id) == 2)
+    assert stack.status(job_id) == S.PENDING
+    record = seam.store.get_job("0x" + job_id.hex())
+    assert record is not None and "refused" in (record.note or "")
+
+
+async def test_a_job_taken_back_and_claimed_again_runs_in_a_new_slurm_job(
+    stack: ProviderStack, seam: DaemonSeam
+) -> None:
+    grid = stack.grid
+    job_id = stack.request("sleep 20", 500)
+    key = "0x" + job_id.hex()
+    await seam.until(
+        "the first Slurm job", lambda: (record := seam.store.get_job(key)) is not None and record.slurm_job_id
+    )
+    first = seam.store.get_job(key)
+    assert first is not None and first.slurm_job_id is not None
+    # No cycle ran since the submission, so RUNNING is not reported yet: the job can be taken back,
+    # and it is given to the same provider again before the supervisor acts on it.
+    assert stack.status(job_id) == S.SCHEDULED
+    grid.send(grid.oracle, grid.scheduler.functions.timeoutJob(job_id))
+    grid.schedule(job_id, stack.provider)
+    await seam.until(
+        "the second claim",
+        lambda: (
+            (record := seam.store.get_job(key)) is not None and record.claimed_block != first.claimed_block
+        ),
+    )
+    second = await seam.until(
+        "the second Slurm job",
+        lambda: (record := seam.store.get_job(key)) is not None and record.slurm_job_id,
+    )
+    assert second != first.slurm_job_id
+    await seam.until(
+        "the earlier attempt's Slurm job to be cancelled", lambda: not seam.store.orphan_slurm_jobs()
+    )
+    assert accounted(first.slurm_job_id).startswith("CANCELLED")
+    await seam.until("the job to run", lambda: stack.status(job_id) == S.RUNNING)
+    assert transitions(stack, job_id) == [
+        S.META_SCHEDULED,
+        S.SCHEDULED,
+        S.PENDING,
+        S.META_SCHEDULED,
+        S.SCHEDULED,
+        S.RUNNING,
+    ]
+    stack.scancel(int(second))
+
+
+async def test_a_free_job_is_claimed_and_runs_under_a_ten_year_limit(
+    stack: ProviderStack, seam: DaemonSeam
+) -> None:
+    """GPU-only prices and a job without GPU: zero credits a minute, 2^64-1 minutes bought."""
+    register_as_the_cluster(stack, (PRICES_WEI[0], 0, 0))
+    customer_before = stack.grid.balance(stack.customer)
+    job_id = stack.request("echo free", 150, gpus=0)
+    key = "0x" + job_id.hex()
+    await seam.until("the claim", lambda: seam.store.get_job(key))
+    record = seam.store.get_job(key)
+    assert record is not None and record.max_duration_minute == SQLITE_MAX_INT
+    slurm_id = await seam.until(
+        "the submission", lambda: (r := seam.store.get_job(key)) is not None and r.slurm_job_id
+    )
+    assert accounted(int(slurm_id), "Timelimit") == "3650-00:00:00"
+    await seam.until("the job to finish", lambda: stack.status(job_id) == S.FINISHED)
+    assert stack.grid.job(job_id)["finalCost"] == 0
+    assert stack.grid.balance(stack.customer) == customer_before
+
+
+async def test_labels_that_are_not_utf8_are_refused_with_the_reason(
+    stack: ProviderStack, seam: DaemonSeam
+) -> None:
+    grid, customer = stack.grid, stack.customer
+    key = stack.store_workflow("true")
+    # The label's value is the byte 0xff: encoded as `bytes`, which has the layout of `string`.
+    definition: tuple[Any, ...] = (1, 1024, 1, 1, key, 4, [(b"os", b"\xff")], [])
+    types = [JOB_DEFINITION.replace("string,string", "bytes,bytes"), "uint256", "bytes32", "bool"]
+    selector = function_signature_to_4byte_selector(f"requestNewJob({JOB_DEFINITION},uint256,bytes32,bool)")
+    data = selector + encode(types, [definition, 150 * CREDIT, b"utf8".ljust(32, b"\0"), False])
+    grid.send(customer, grid.credit.functions.approve(grid.scheduler.address, 150 * CREDIT))
+    tx = grid.w3.eth.send_transaction({"from": customer.address, "to": grid.scheduler.address, "data": data})
+    assert grid.w3.eth.wait_for_transaction_receipt(tx)["status"] == 1
+    job_id = (grid.jobs.functions.jobIdCounter().call()).to_bytes(32, "big")
+    grid.schedule(job_id, stack.provider)
+    await seam.until("the refusal", lambda: refusals(stack, job_id) == 1)
+    record = seam.store.get_job("0x" + job_id.hex())
+    assert record is not None and "uses[0] label is not UTF-8" in (record.note or "")
+    status, provider = grid.jobs.functions.getStatusAndProvider(job_id).call()  # no string to decode
+    assert (status, provider) == (S.PENDING, "0x" + "0" * 40)
+
+
+async def test_a_state_file_of_another_deployment_is_refused(stack: ProviderStack, tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "seam.sqlite")
+    store.bind_deployment(31337, "0x000000000000000000000000000000000000bEEF")
+    store.close()
+    with pytest.raises(
+        StoreError, match="belongs to the MetaScheduler 0x000000000000000000000000000000000000bEEF"
+    ):
+        await DaemonSeam.open(stack, tmp_path)
+
+
+async def test_a_job_the_chain_cannot_answer_for_does_not_hold_up_the_others(
+    stack: ProviderStack, seam: DaemonSeam
+) -> None:
+    ghost = "0x" + "ee" * 32  # never created on this deployment: reading it reverts InvalidJob()
+    seam.store.record_claim(
+        ghost, customer=stack.customer.address, max_duration_minute=5, definition={}, claimed_block=1
+    )
+    job_id = stack.request("echo fine", 500)
+    await seam.until("the other job to finish", lambda: stack.status(job_id) == S.FINISHED)
+    assert seam.daemon.health.chain_ok
+
+
+async def test_an_end_report_refused_during_a_ban_is_sent_again(
+    stack: ProviderStack, seam: DaemonSeam
+) -> None:
+    grid = stack.grid
+    provider_before = grid.balance(stack.provider)
+    job_id = stack.request("sleep 4", 500)
+    key = "0x" + job_id.hex()
+    await seam.until("the job to run", lambda: stack.status(job_id) == S.RUNNING)
+    grid.send(grid.admin, grid.provider_manager.functions.ban(stack.provider.address))
+    record = seam.store.get_job(key)
+    assert record is not None
+    report_key = status_report_key(key, record.claimed_block or 0, S.FINISHED)
+
+    def refused() -> bool:
+        action = seam.store.action_by_dedup_key(report_key)
+        return action is not None and action.state == OutboxState.FAILED
+
+    await seam.until("the end report to be refused", refused)
+    action = seam.store.action_by_dedup_key(report_key)
+    assert action is not None and "ProviderNotJoined" in (action.error or "")
+    assert stack.status(job_id) == S.RUNNING
+    grid.send(grid.admin, grid.provider_manager.functions.unban(stack.provider.address))
+    await seam.until("the job to settle", lambda: stack.status(job_id) == S.FINISHED)
+    action = seam.store.action_by_dedup_key(report_key)
+    assert action is not None and action.state == OutboxState.MINED and action.retries >= 1
+    duration = stack.reported_duration(job_id, S.FINISHED)
+    final_cost = max(duration, 1) * credits_per_minute(1, 1, 1024, 1)
+    assert grid.job(job_id)["finalCost"] == final_cost
+    assert grid.balance(stack.provider) - provider_before == final_cost - final_cost * 20 // 100
