@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from supervisor.core.status import JobStatus as S
+from supervisor.faults import CRASH_ENV
 from tests.fixtures.chain_layer import TcpProxy
 from tests.fixtures.sbatch import start_sbatch_service
 from tests.fixtures.supervisor import (
@@ -197,3 +199,50 @@ def test_started_while_the_rpc_is_down(
     finally:
         supervisor.stop()
     assert stack.grid.job(job_id)["finalCost"] == PER_MINUTE
+
+
+def store_row(supervisor: SupervisorProcess, job_id: bytes) -> sqlite3.Row | None:
+    """The dead supervisor's record of a job, read from its state file."""
+    with sqlite3.connect(supervisor.config.with_suffix(".sqlite")) as db:
+        db.row_factory = sqlite3.Row
+        row: sqlite3.Row | None = db.execute(
+            "SELECT * FROM job WHERE job_id = ?", ("0x" + job_id.hex(),)
+        ).fetchone()
+        return row
+
+
+@pytest.mark.parametrize("point", ["claim_recorded", "slurm_submitted", "end_decided"])
+def test_killed_exactly_in_a_window_loses_and_doubles_nothing(
+    provider_stack: ProviderStack, supervisor: SupervisorProcess, point: str
+) -> None:
+    """The supervisor kills itself at a crash point (supervisor/faults.py); the test checks from the
+    chain, Slurm and the state file that the kill hit that window, then restarts it."""
+    stack = provider_stack
+    supervisor.start()
+    stack.wait_registered()
+    supervisor.stop()
+    provider_before = stack.grid.balance(stack.provider)
+    supervisor.env[CRASH_ENV] = point
+    supervisor.start()
+    job_id = stack.request("sleep 3; echo window", 500)
+    wait_for("the crash point", lambda: not supervisor.running(), 120)
+    assert f'"point": "{point}"' in supervisor.text() and "crash point reached" in supervisor.text()
+
+    row = store_row(supervisor, job_id)
+    if point == "claim_recorded":  # claimed on chain, unknown to the state file
+        assert stack.status(job_id) == S.SCHEDULED and row is None
+        assert stack.slurm_jobs(job_id) == []
+    elif point == "slurm_submitted":  # in Slurm, its id not saved
+        assert row is not None and row["slurm_job_id"] is None
+        assert len(stack.accounted(job_id)) == 1
+    else:  # Slurm's job ended, its end not reported
+        assert row is not None and row["last_reported_status"] == S.RUNNING
+        assert stack.status(job_id) == S.RUNNING
+        assert any(line.endswith("COMPLETED") for line in stack.accounted(job_id))
+
+    del supervisor.env[CRASH_ENV]
+    supervisor.start()
+    stack.wait_status(job_id, S.FINISHED)
+    assert len(stack.accounted(job_id)) == 1, "a second Slurm job was submitted"
+    assert reports(stack, job_id) == [S.META_SCHEDULED, S.SCHEDULED, S.RUNNING, S.FINISHED]
+    exact_settlement(stack, job_id, provider_before)
