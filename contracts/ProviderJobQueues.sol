@@ -120,6 +120,15 @@ contract ProviderJobQueues is Ownable {
         if (!found) revert Empty();
     }
 
+    /// @notice Extension: how many of the provider's queued jobs are still claimable, counting at most
+    ///         `_max` (a provider sizes its batch of claims with it, so none reverts NoJob()).
+    function countClaimableJobs(address _providerAddr, uint256 _max) external view returns (uint256 count) {
+        Queue storage queue = _claimable[_providerAddr];
+        for (uint256 i = queue.head; i < queue.items.length && count < _max; i++) {
+            if (_isClaimable(_providerAddr, queue.items[i])) count += 1;
+        }
+    }
+
     /// @notice Extension: up to `_count` entries of the claimable queue from position `_offset` (0 is its
     ///         head), stale ones included; OutOfBounds() when `_offset` is past its end.
     function getClaimableJobs(address _providerAddr, uint256 _offset, uint256 _count)

@@ -660,7 +660,9 @@ class Daemon:
             return
         if not await self._contracts.has_next_claimable_job(self.provider):
             return
-        wanted = min(wanted, await self._contracts.claimable_queue_size(self.provider))
+        wanted = await self._contracts.claimable_jobs(self.provider, wanted)
+        if wanted == 0:
+            return
         for _ in range(wanted):
             self._sender.submit_call(self._contracts.claim_next_job())
         log.info("claiming jobs", count=wanted, held=held)
@@ -890,6 +892,10 @@ class Daemon:
             log.error("Slurm unavailable: submission waits", error=str(exc))
             return
         except SlurmError as exc:
+            # Only a definite refusal of this job refuses it on chain; any other failure is retried.
+            if not exc.refuses_job:
+                log.error("Slurm submission failed, not a refusal: submission waits", error=str(exc))
+                return
             self._refuse(job, f"Slurm refused the submission: {exc}")
             return
         crash_point("slurm_submitted")

@@ -35,6 +35,7 @@ ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 #: Functions the supervisor can use when a deployment has them; never assumed.
 EXTENSIONS: dict[str, tuple[str, ...]] = {
     "JobRepository": ("getStatusAndProvider",),
+    "ProviderJobQueues": ("countClaimableJobs",),
     "MetaScheduler": ("withdrawableCut",),
     "ProviderManager": ("autoApprove", "PROVIDER_REGISTRATION_TAX", "registrationTaxCredit"),
 }
@@ -391,8 +392,13 @@ class ProtocolContracts:
         """ERC20 approve of `amount` for `spender` (the registration tax, for ProviderManager)."""
         return self._tx(self._erc20(token), "approve", [Web3.to_checksum_address(spender), amount], "approve")
 
-    async def claimable_queue_size(self, provider: str) -> int:
-        return int(await self._call(self.provider_job_queues, "getClaimableJobQueueSize", provider))
+    async def claimable_jobs(self, provider: str, at_most: int) -> int:
+        """Jobs a batch of claims can take now: stale queue entries are not counted where the
+        deployment can say so (the `countClaimableJobs` extension); else the queue's size."""
+        if "countClaimableJobs" in self.extensions:
+            return int(await self._call(self.provider_job_queues, "countClaimableJobs", provider, at_most))
+        size = int(await self._call(self.provider_job_queues, "getClaimableJobQueueSize", provider))
+        return min(size, at_most)
 
     async def latest_timestamp(self) -> int:
         block = await read(lambda: self.w3.eth.get_block("latest"))

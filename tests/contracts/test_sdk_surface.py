@@ -111,8 +111,11 @@ def test_queue_bounds_follow_pushes_and_pops(market: Grid) -> None:
         queues.getClaimableJobs(provider.address, 4, 1).call()
     assert decode_revert(past_end.value).error == "OutOfBounds"
 
+    assert queues.countClaimableJobs(provider.address, 10).call() == 3
+    assert queues.countClaimableJobs(provider.address, 2).call() == 2
     # A refused head is stale: the next claim skips it, and the bounds move past both.
     market.send(provider, market.scheduler.functions.refuseJob(jobs[0]))
+    assert queues.countClaimableJobs(provider.address, 10).call() == 2
     assert queues.nextClaimableJob(provider.address).call() == jobs[1]
     assert market.claim(provider)["jobId"] == jobs[1]
     assert queues.providerClaimableJobsQueues(provider.address).call() == [2, 3]

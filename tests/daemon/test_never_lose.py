@@ -217,3 +217,25 @@ async def test_an_end_report_refused_during_a_ban_is_sent_again(
     final_cost = max(duration, 1) * credits_per_minute(1, 1, 1024, 1)
     assert grid.job(job_id)["finalCost"] == final_cost
     assert grid.balance(stack.provider) - provider_before == final_cost - final_cost * 20 // 100
+
+
+async def test_claims_are_sized_by_the_jobs_still_claimable(stack: ProviderStack, seam: DaemonSeam) -> None:
+    """Stale entries (jobs taken back after they were queued) are not claimed for: no claim reverts."""
+    grid = stack.grid
+    stale = [stack.request("true", 300) for _ in range(3)]
+    for job_id in stale:
+        grid.send(grid.oracle, grid.scheduler.functions.timeoutJob(job_id))
+    live = [stack.request("echo live", 300) for _ in range(2)]
+    await seam.follow()
+    await seam.cycle()
+    claims = seam.store.connection.execute(
+        "SELECT state, error FROM outbox WHERE kind = 'claim_next_job'"
+    ).fetchall()
+    assert len(claims) == 2
+    await seam.deliver()
+    claims = seam.store.connection.execute(
+        "SELECT state, error FROM outbox WHERE kind = 'claim_next_job'"
+    ).fetchall()
+    assert [(row["state"], row["error"]) for row in claims] == [("mined", None), ("mined", None)]
+    assert [stack.status(job_id) for job_id in live] == [S.SCHEDULED, S.SCHEDULED]
+    await seam.until("both jobs to finish", lambda: all(stack.status(j) == S.FINISHED for j in live))
