@@ -12,9 +12,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from supervisor.grpc_tls import ClientTls
 from supervisor.slurm.settings import SlurmSettings
 
 ENV_PREFIX = "GRID_SUPERVISOR_"
@@ -64,6 +65,38 @@ class SbatchServiceSettings(_Section):
     grpc_target: str = Field(pattern=r"^[A-Za-z0-9.\-\[\]:]+:\d+$")
     tls: bool = False
     timeout_seconds: float = Field(default=15.0, gt=0, le=300)
+    #: CA certificate (PEM) the service's certificate must chain to; unset: the system's roots.
+    ca_file: Path | None = None
+    #: The supervisor's certificate and key (PEM), for a service that requires mutual TLS.
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
+    #: The name checked in the service's certificate, when it is not the target's host.
+    server_name_override: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _tls_settings(self) -> SbatchServiceSettings:
+        used = [
+            name
+            for name in ("ca_file", "client_cert_file", "client_key_file", "server_name_override")
+            if getattr(self, name) is not None
+        ]
+        if used and not self.tls:
+            raise ValueError(f"{', '.join(used)} {'needs' if len(used) == 1 else 'need'} tls = true")
+        if (self.client_cert_file is None) != (self.client_key_file is None):
+            raise ValueError("client_cert_file and client_key_file go together")
+        return self
+
+    @property
+    def client_tls(self) -> ClientTls | None:
+        """The channel's TLS, or None for clear text."""
+        if not self.tls:
+            return None
+        return ClientTls(
+            ca_file=self.ca_file,
+            cert_file=self.client_cert_file,
+            key_file=self.client_key_file,
+            server_name_override=self.server_name_override,
+        )
 
 
 class PolicySettings(_Section):
@@ -137,6 +170,8 @@ class RegistrationSettings(_Section):
 
 class StoreSettings(_Section):
     path: Path = Path("/var/lib/grid-supervisor/state.sqlite")
+    #: Days a closed job and a delivered chain write (with its signed bytes) are kept, then forgotten.
+    retention_days: float = Field(default=14.0, gt=0)
 
 
 class LogSettings(_Section):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -72,6 +73,8 @@ CLAIM_KIND = "claim_next_job"
 #: Jobs acted on at once in a cycle (script fetches, submissions, cancellations run side by side).
 JOB_CONCURRENCY = 8
 DRAIN_TIMEOUT_S = 30.0
+#: Seconds between two passes of the state file's retention.
+PRUNE_INTERVAL_S = 3600.0
 #: A status report the chain refused is sent again after this many seconds, doubling up to the max.
 REPORT_RETRY_S = 5.0
 REPORT_RETRY_MAX_S = 300.0
@@ -232,6 +235,7 @@ class Daemon:
         self._prices: tuple[int, int, int] | None = None
         self._observed: dict[str, ObservedJob] = {}
         self._last_reconcile = 0.0
+        self._last_prune = 0.0
         self._tasks: list[asyncio.Task[Any]] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -430,7 +434,7 @@ class Daemon:
             log.info("registration unchanged, waiting for approval", nodes=hw.node_count)
             return True
         await self._pay_registration_tax()
-        outcome = await self._sender.wait(self._sender.submit_call(self._contracts.register(desired)))
+        outcome = await self._sender.wait(self._registration_action(desired))
         if not outcome.delivered:
             raise RuntimeError(f"registration failed: {outcome.error}")
         log.info(
@@ -443,6 +447,21 @@ class Daemon:
         )
         self.health.registered = True
         return True
+
+    def _registration_action(self, desired: ProviderRecord) -> int:
+        """The outbox action registering `desired`: one row per attempt at one offer, however often a
+        failing registration is retried (a failed row is queued again rather than a new one added)."""
+        assert self._contracts is not None and self._sender is not None
+        prefix = "register:" + hashlib.sha256(repr(desired.offer()).encode()).hexdigest()[:32] + ":"
+        previous = self.store.latest_action("register", prefix)
+        if previous is not None and previous.state in (OutboxState.QUEUED, OutboxState.SENT):
+            return previous.id
+        if previous is not None and previous.state == OutboxState.FAILED and not previous.already_done:
+            self.store.retry_failed(previous.id, f"registering again after: {previous.error}")
+            self._sender.wake()
+            return previous.id
+        call = dataclasses.replace(self._contracts.register(desired), dedup_key=f"{prefix}{time.time_ns()}")
+        return self._sender.submit_call(call)
 
     async def _pay_registration_tax(self) -> None:
         """Approve ProviderManager for the grid's registration tax, which `register` then takes."""
@@ -541,6 +560,16 @@ class Daemon:
         if time.monotonic() - self._last_reconcile > self.config.policy.reconcile_interval_seconds:
             await self._refresh_delegation(jobs)
             self._last_reconcile = time.monotonic()
+        if time.monotonic() - self._last_prune > PRUNE_INTERVAL_S:
+            self._prune()
+            self._last_prune = time.monotonic()
+
+    def _prune(self) -> None:
+        """Keep the state file bounded: forget closed jobs and delivered writes past the retention."""
+        retention_s = self.config.store.retention_days * 86400
+        jobs, actions = self.store.prune(time.time() - retention_s)
+        if jobs or actions:
+            log.info("state file pruned", jobs_forgotten=jobs, chain_writes_forgotten=actions)
 
     async def _query_slurm(self, jobs: list[JobRecord]) -> QueryResult | None:
         assert self._slurm is not None

@@ -135,6 +135,64 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE job ADD COLUMN lookup_since REAL;
     UPDATE job SET claimed_at = created_at;
     ALTER TABLE outbox ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;
+    -- Counters kept by triggers: O(1) to read, and they outlive the rows that retention deletes.
+    CREATE TABLE counter (
+        name TEXT PRIMARY KEY,
+        n    INTEGER NOT NULL
+    );
+    INSERT INTO counter (name, n) VALUES
+        ('attempts', (SELECT COUNT(*) FROM tx_attempt)),
+        ('sent', (SELECT COUNT(DISTINCT outbox_id) FROM tx_attempt)),
+        ('slurm_submissions', (SELECT COUNT(slurm_job_id) FROM job));
+    CREATE TABLE outbox_count (
+        kind         TEXT NOT NULL,
+        state        TEXT NOT NULL,
+        already_done INTEGER NOT NULL,
+        n            INTEGER NOT NULL,
+        PRIMARY KEY (kind, state, already_done)
+    );
+    INSERT INTO outbox_count (kind, state, already_done, n)
+        SELECT kind, state, already_done, COUNT(*) FROM outbox GROUP BY kind, state, already_done;
+    CREATE TABLE job_count (
+        status INTEGER NOT NULL,
+        closed INTEGER NOT NULL,
+        n      INTEGER NOT NULL,
+        PRIMARY KEY (status, closed)
+    );
+    INSERT INTO job_count (status, closed, n) SELECT status, closed, COUNT(*) FROM job GROUP BY status, closed;
+    CREATE TRIGGER attempt_counted AFTER INSERT ON tx_attempt BEGIN
+        UPDATE counter SET n = n + 1 WHERE name = 'attempts';
+        UPDATE counter SET n = n + 1 WHERE name = 'sent'
+            AND (SELECT COUNT(*) FROM tx_attempt WHERE outbox_id = NEW.outbox_id) = 1;
+    END;
+    CREATE TRIGGER outbox_counted AFTER INSERT ON outbox BEGIN
+        INSERT INTO outbox_count (kind, state, already_done, n) VALUES (NEW.kind, NEW.state, NEW.already_done, 1)
+            ON CONFLICT (kind, state, already_done) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER outbox_recounted AFTER UPDATE OF state, already_done ON outbox BEGIN
+        UPDATE outbox_count SET n = n - 1
+            WHERE kind = OLD.kind AND state = OLD.state AND already_done = OLD.already_done;
+        INSERT INTO outbox_count (kind, state, already_done, n) VALUES (NEW.kind, NEW.state, NEW.already_done, 1)
+            ON CONFLICT (kind, state, already_done) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER job_counted AFTER INSERT ON job BEGIN
+        INSERT INTO job_count (status, closed, n) VALUES (NEW.status, NEW.closed, 1)
+            ON CONFLICT (status, closed) DO UPDATE SET n = n + 1;
+        UPDATE counter SET n = n + 1 WHERE name = 'slurm_submissions' AND NEW.slurm_job_id IS NOT NULL;
+    END;
+    CREATE TRIGGER job_recounted AFTER UPDATE OF status, closed, slurm_job_id ON job BEGIN
+        UPDATE job_count SET n = n - 1 WHERE status = OLD.status AND closed = OLD.closed;
+        INSERT INTO job_count (status, closed, n) VALUES (NEW.status, NEW.closed, 1)
+            ON CONFLICT (status, closed) DO UPDATE SET n = n + 1;
+        UPDATE counter SET n = n + 1 WHERE name = 'slurm_submissions'
+            AND OLD.slurm_job_id IS NULL AND NEW.slurm_job_id IS NOT NULL;
+    END;
+    -- A closed job forgotten by retention still counts as closed; an open one deleted does not count.
+    CREATE TRIGGER job_uncounted AFTER DELETE ON job WHEN OLD.closed = 0 BEGIN
+        UPDATE job_count SET n = n - 1 WHERE status = OLD.status AND closed = 0;
+    END;
+    CREATE INDEX job_closed_updated ON job (closed, updated_at);
+    CREATE INDEX outbox_state_updated ON outbox (state, updated_at);
     CREATE TABLE orphan_slurm_job (
         slurm_job_id INTEGER PRIMARY KEY,
         job_id       TEXT NOT NULL,
@@ -593,6 +651,49 @@ class Store:
         with self.transaction() as conn:
             conn.execute("DELETE FROM orphan_slurm_job WHERE slurm_job_id = ?", (slurm_job_id,))
 
+    # -- retention ----------------------------------------------------------------------------
+
+    def prune(self, before: float) -> tuple[int, int]:
+        """Forget what nothing will read again, last changed before `before`: closed jobs, and chain
+        writes that are mined or given up (with their signed attempts) and belong to no open job.
+
+        The counters behind the metrics are kept by triggers and outlive the rows, so they never go
+        down. Returns (jobs, actions) forgotten.
+        """
+        final = (
+            "FROM outbox WHERE state IN ('mined', 'failed') AND updated_at < ? "
+            "AND (serial_key IS NULL OR serial_key NOT IN (SELECT job_id FROM job WHERE closed = 0))"
+        )
+        with self.transaction() as conn:
+            conn.execute(f"DELETE FROM tx_attempt WHERE outbox_id IN (SELECT id {final})", (before,))
+            actions = conn.execute(f"DELETE {final}", (before,)).rowcount
+            jobs = conn.execute("DELETE FROM job WHERE closed = 1 AND updated_at < ?", (before,)).rowcount
+        return jobs, actions
+
+    def counter(self, name: str) -> int:
+        row = self._conn.execute("SELECT n FROM counter WHERE name = ?", (name,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def outbox_counts(self) -> dict[tuple[str, str, bool], int]:
+        """Chain writes ever queued, by (kind, current state, already done)."""
+        return {
+            (str(kind), str(state), bool(done)): int(n)
+            for kind, state, done, n in self._conn.execute(
+                "SELECT kind, state, already_done, n FROM outbox_count WHERE n > 0"
+            )
+        }
+
+    def job_counts(self) -> tuple[dict[JobStatus, int], int, int]:
+        """Open jobs by chain status, jobs ever closed, and Slurm submissions ever made."""
+        open_by_status = {status: 0 for status in JobStatus}
+        closed = 0
+        for status, is_closed, n in self._conn.execute("SELECT status, closed, n FROM job_count"):
+            if is_closed:
+                closed += int(n)
+            else:
+                open_by_status[JobStatus(int(status))] += int(n)
+        return open_by_status, closed, self.counter("slurm_submissions")
+
     def upsert_job(
         self,
         job_id: str,
@@ -726,6 +827,14 @@ class Store:
 
     def action_by_dedup_key(self, dedup_key: str) -> OutboxAction | None:
         row = self._conn.execute("SELECT * FROM outbox WHERE dedup_key = ?", (dedup_key,)).fetchone()
+        return None if row is None else _action_from_row(row)
+
+    def latest_action(self, kind: str, dedup_prefix: str) -> OutboxAction | None:
+        """The newest action of a kind whose dedup key starts with `dedup_prefix`."""
+        row = self._conn.execute(
+            "SELECT * FROM outbox WHERE kind = ? AND substr(dedup_key, 1, ?) = ? ORDER BY id DESC LIMIT 1",
+            (kind, len(dedup_prefix), dedup_prefix),
+        ).fetchone()
         return None if row is None else _action_from_row(row)
 
     def retry_failed(self, action_id: int, reason: str) -> None:

@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from supervisor.core.status import JobStatus
 from supervisor.store import Store
 
 if TYPE_CHECKING:
@@ -60,23 +59,18 @@ class Snapshot:
 
 
 def transaction_figures(store: Store) -> TransactionFigures:
-    conn = store.connection
-    sent, replaced = conn.execute(
-        "SELECT COUNT(*), COALESCE(SUM(n - 1), 0) FROM "
-        "(SELECT COUNT(*) AS n FROM tx_attempt GROUP BY outbox_id)"
-    ).fetchone()
+    """Counts over the whole life of the state file, from the store's trigger-kept counters."""
     actions: dict[tuple[str, str], int] = {}
     mined = failed = 0
-    for kind, state, already_done, count in conn.execute(
-        "SELECT kind, state, already_done, COUNT(*) FROM outbox GROUP BY kind, state, already_done"
-    ):
-        actions[(str(kind), str(state))] = actions.get((str(kind), str(state)), 0) + int(count)
+    for (kind, state, already_done), count in store.outbox_counts().items():
+        actions[(kind, state)] = actions.get((kind, state), 0) + count
         if state == "mined":
-            mined += int(count)
+            mined += count
         elif state == "failed" and not already_done:
-            failed += int(count)
+            failed += count
+    sent = store.counter("sent")
     return TransactionFigures(
-        sent=int(sent), mined=mined, failed=failed, replaced=int(replaced), actions=actions
+        sent=sent, mined=mined, failed=failed, replaced=store.counter("attempts") - sent, actions=actions
     )
 
 
@@ -85,11 +79,8 @@ def take_snapshot(daemon: Daemon, *, wallet_balance_wei: int | None, registered:
     now = time.time()
     store = daemon.store
     follower = daemon.follower.health if daemon.follower is not None else None
-    jobs = store.list_jobs()
-    open_jobs = {status.name: 0 for status in JobStatus}
-    for job in jobs:
-        if not job.closed:
-            open_jobs[job.status.name] += 1
+    open_by_status, closed_jobs, submissions = store.job_counts()
+    open_jobs = {status.name: count for status, count in open_by_status.items()}
     oldest_age = store.oldest_open_action_age(now)
     health = daemon.health
     return Snapshot(
@@ -112,8 +103,8 @@ def take_snapshot(daemon: Daemon, *, wallet_balance_wei: int | None, registered:
         oldest_outbox_created_at=None if oldest_age is None else now - oldest_age,
         transactions=transaction_figures(store),
         open_jobs=open_jobs,
-        closed_jobs=sum(1 for job in jobs if job.closed),
-        slurm_submissions=sum(1 for job in jobs if job.slurm_job_id is not None),
+        closed_jobs=closed_jobs,
+        slurm_submissions=submissions,
         sender_error=None if daemon.sender is None else daemon.sender.last_error,
         wallet_balance_wei=wallet_balance_wei,
     )

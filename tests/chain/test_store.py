@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,44 @@ def test_outbox_lifecycle_and_dedup(tmp_path: Path) -> None:
     store.mark_failed(second, "NoJob()")
     assert store.outbox_depth() == 0
     assert store.get_action(second).error == "NoJob()"  # type: ignore[union-attr]
+
+
+def test_retention_forgets_closed_jobs_and_delivered_writes_but_no_count(tmp_path: Path) -> None:
+    from supervisor.ops.state import transaction_figures
+
+    store = Store.open(tmp_path / "state.db")
+    nonce = 0
+
+    def delivered(kind: str, serial_key: str | None, *, attempts: int = 1) -> int:
+        nonlocal nonce
+        action = store.enqueue(kind=kind, to_address="0x" + "11" * 20, data=b"x", serial_key=serial_key)
+        for n in range(attempts):
+            attempt = TxAttempt(f"0x{nonce:04x}{n}", action, nonce, b"raw", 21000, 1, 1, None, 1.0, None)
+            store.record_attempt(action, attempt)
+        store.mark_mined(action, tx_hash=f"0x{nonce:04x}{attempts - 1}", block_number=1, receipt_status=1)
+        nonce += 1
+        return action
+
+    for i in range(5):
+        job = f"0x{i:064x}"
+        store.record_claim(
+            job, customer="0x" + "22" * 20, max_duration_minute=5, definition={}, claimed_block=i
+        )
+        delivered("provider_set_job_status", job, attempts=2 if i == 0 else 1)
+        if i < 3:
+            store.update_job(job, closed=True)
+    delivered("claim_next_job", None)
+    failed = store.enqueue(kind="refuse_job", to_address="0x" + "11" * 20, data=b"x")
+    store.mark_failed(failed, "MetaScheduledScheduledStatusOnly(current=5)")
+    before = transaction_figures(store)
+    counts_before = store.job_counts()
+
+    assert store.prune(time.time() - 3600) == (0, 0)  # nothing is old enough
+    assert store.prune(time.time() + 1) == (3, 5)  # 3 closed jobs; their 3 reports, the claim, the refusal
+    assert [j.job_id for j in store.open_jobs()] == [f"0x{3:064x}", f"0x{4:064x}"]
+    remaining = store.connection.execute("SELECT serial_key FROM outbox ORDER BY id").fetchall()
+    assert [r[0] for r in remaining] == [f"0x{3:064x}", f"0x{4:064x}"]  # open jobs keep their reports
+    assert store.connection.execute("SELECT COUNT(*) FROM tx_attempt").fetchone()[0] == 2
+    assert transaction_figures(store) == before
+    assert store.job_counts() == counts_before
+    store.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,3 +54,7 @@ def test_the_supervisor_pays_the_tax_once_it_holds_the_credits(taxed_stack: Prov
     assert grid.balance(provider) == 10 * CREDIT - TAX
     assert "registration tax approved" in supervisor.text()
     assert grid.credit.functions.allowance(provider.address, grid.provider_manager.address).call() == 0
+    # The failed registrations were one outbox row, queued again at each retry.
+    with sqlite3.connect(supervisor.config.with_suffix(".sqlite")) as db:
+        rows = db.execute("SELECT state, retries FROM outbox WHERE kind = 'register'").fetchall()
+    assert len(rows) == 1 and rows[0][0] == "mined" and rows[0][1] >= 1
