@@ -267,3 +267,34 @@ async def test_run_places_jobs_as_they_come_until_stopped(chain: Grid) -> None:
         await asyncio.wait_for(task, timeout=10)
         await oracle.close()
     assert task.done() and task.exception() is None
+
+
+async def test_a_job_with_labels_that_are_not_utf8_does_not_stall_the_pass(
+    chain: Grid, oracle: MetaSchedulerOracle
+) -> None:
+    from eth_abi import encode
+    from eth_utils import function_signature_to_4byte_selector
+
+    provider, customer = chain.providers[0], chain.customers[0]
+    chain.register_provider(provider, CHEAP, labels=(("os", "linux"),))
+    definition_type = (
+        "(uint64,uint64,uint64,uint64,string,uint8,(string,string)[],((string,string),bytes2)[])"
+    )
+    selector = function_signature_to_4byte_selector(f"requestNewJob({definition_type},uint256,bytes32,bool)")
+    raw_definition: tuple[Any, ...] = (0, 1000, 1, 1, b"0" * 64, 4, [(b"os", b"\xfflinux")], [])
+    data = selector + encode(
+        [definition_type.replace("string", "bytes"), "uint256", "bytes32", "bool"],
+        [raw_definition, 100 * CREDIT, b"x".ljust(32, b"\0"), False],
+    )
+    chain.send(customer, chain.credit.functions.approve(chain.scheduler.address, 100 * CREDIT))
+    tx = chain.w3.eth.send_transaction(
+        {"from": customer.address, "to": chain.scheduler.address, "data": data}
+    )
+    assert chain.w3.eth.wait_for_transaction_receipt(tx)["status"] == 1
+    odd = "0x" + chain.jobs.functions.jobIdCounter().call().to_bytes(32, "big").hex()
+    normal = chain.request_job(customer, 100 * CREDIT, definition(uses=(("os", "linux"),)))
+
+    report = await oracle.step()
+
+    assert report.assigned == {"0x" + normal.hex(): provider.address}
+    assert odd in report.unmatched  # its label matches no provider: it waits, the pass goes on
