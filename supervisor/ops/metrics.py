@@ -141,6 +141,11 @@ class SupervisorCollector(Collector):
         )
         yield counter("chain_reorgs", "Chain reorganisations handled since the start.", snap.reorgs)
         yield counter("chain_events_handled", "Events handled since the start.", snap.events_handled)
+        yield from gauge(
+            "chain_parked_events",
+            "Events whose handler failed, waiting to be handled again (alert when above 0 for long).",
+            snap.parked_events,
+        )
 
         yield from gauge("outbox_depth", "Chain writes queued or sent, not yet mined.", snap.outbox_depth)
         yield from gauge(

@@ -47,6 +47,7 @@ class Snapshot:
     ws_reconnects: int
     reorgs: int
     events_handled: int
+    parked_events: int
     outbox_depth: int
     oldest_outbox_created_at: float | None
     transactions: TransactionFigures
@@ -99,6 +100,7 @@ def take_snapshot(daemon: Daemon, *, wallet_balance_wei: int | None, registered:
         ws_reconnects=0 if follower is None else follower.ws_reconnects,
         reorgs=0 if follower is None else follower.reorgs,
         events_handled=0 if follower is None else follower.events_handled,
+        parked_events=0 if follower is None else follower.parked_events,
         outbox_depth=store.outbox_depth(),
         oldest_outbox_created_at=None if oldest_age is None else now - oldest_age,
         transactions=transaction_figures(store),
