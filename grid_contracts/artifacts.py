@@ -1,4 +1,8 @@
-"""The compiled contracts in abi/: where they are and how to read them."""
+"""The compiled contracts: where they are and how to read them.
+
+The artifacts live in the package (`grid_contracts/abi/`, shipped as package data), so an installed
+wheel has them; the repository's `abi/` is a link to that folder, the one place they are written.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONTRACTS_DIR = REPO_ROOT / "contracts"
-ABI_DIR = REPO_ROOT / "abi"
+ABI_DIR = Path(__file__).resolve().parent / "abi"
 
 #: The protocol's contracts in deployment order (PROTOCOL.md section 1).
 CONTRACT_NAMES = (

@@ -12,6 +12,7 @@ import typer
 
 from supervisor.config import ConfigError, SupervisorConfig, load_config
 from supervisor.logs import LEVELS, configure_logging
+from supervisor.redaction import redact_text
 from supervisor.store import Store, StoreError
 
 app = typer.Typer(help="The provider-side supervisor of the grid.", no_args_is_help=True)
@@ -72,13 +73,13 @@ def run(config: ConfigOption = None, log_level: LogLevelOption = None) -> None:
         try:
             server.start()
         except OSError as exc:
-            typer.echo(f"supervisor cannot start: {exc}", err=True)
+            typer.echo(f"supervisor cannot start: {redact_text(str(exc))}", err=True)
             raise typer.Exit(1) from exc
         listeners.append(MetricsListener(state, settings.sbatch))
     try:
         asyncio.run(Daemon(settings, listeners=listeners).run())
     except (StoreError, ValueError, OSError) as exc:
-        typer.echo(f"supervisor cannot start: {exc}", err=True)
+        typer.echo(f"supervisor cannot start: {redact_text(str(exc))}", err=True)
         raise typer.Exit(1) from exc
     finally:
         if server is not None:

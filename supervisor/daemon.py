@@ -29,6 +29,7 @@ import structlog
 
 from supervisor.chain.contracts import (
     Job,
+    JobReadError,
     ProtocolContracts,
     ProviderRecord,
     TxCall,
@@ -98,7 +99,7 @@ class JobEventHandler:
     def handle(self, event: ChainEvent, store: Store) -> None:
         args = event.args
         if event.name == "JobTransitionEvent":
-            self._on_claim_hint()
+            self._transition(event, store)
             return
         job_id = job_id_hex(str(args.get("jobId", args.get("_jobId"))))
         with structlog.contextvars.bound_contextvars(job_id=job_id):
@@ -135,10 +136,25 @@ class JobEventHandler:
                     store.update_job(job_id, ours=False)
                 log.info("job handed back to the meta-scheduler")
 
+    def _transition(self, event: ChainEvent, store: Store) -> None:
+        """A job's status changed on chain: a tracked job's record follows; META_SCHEDULED wakes claims."""
+        to = JobStatus(int(event.args["_to"]))
+        if to == JobStatus.META_SCHEDULED:
+            self._on_claim_hint()
+        job_id = job_id_hex(str(event.args["_jobId"]))
+        record = store.get_job(job_id)
+        if record is None or record.closed or record.status == to:
+            return
+        store.update_job(job_id, status=int(to))
+        log.info("chain status changed", job_id=job_id, status=to.name, previous=record.status.name)
+
     def undo(self, event: ChainEvent, store: Store) -> None:
         """The event's block left the chain: take back what `handle` recorded."""
         args = event.args
         if event.name == "JobTransitionEvent":
+            record = store.get_job(job_id_hex(str(args["_jobId"])))
+            if record is not None and not record.closed and record.status == int(args["_to"]):
+                store.update_job(record.job_id, status=int(args["_from"]))
             return
         job_id = job_id_hex(str(args.get("jobId", args.get("_jobId"))))
         record = store.get_job(job_id)
@@ -236,6 +252,7 @@ class Daemon:
         self._observed: dict[str, ObservedJob] = {}
         self._last_reconcile = 0.0
         self._last_prune = 0.0
+        self._last_chain_read = 0.0
         self._tasks: list[asyncio.Task[Any]] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -341,7 +358,7 @@ class Daemon:
         self._follower = LogFollower(
             w3,
             self.store,
-            contracts.follower_sources(self.provider),
+            contracts.follower_sources(self.provider, tracked=self._tracked),
             JobEventHandler(self._on_claim_hint),
             FollowerSettings(
                 start_block=cfg.chain.start_block,
@@ -352,9 +369,7 @@ class Daemon:
             ws_url=cfg.chain.ws_url,
         )
         self._slurm = create_backend(cfg.slurm)
-        self._sbatch = SbatchClient(
-            cfg.sbatch.grpc_target, self._signer, tls=cfg.sbatch.tls, timeout_s=cfg.sbatch.timeout_seconds
-        )
+        self._sbatch = SbatchClient.from_settings(cfg.sbatch, self._signer)
         return True
 
     async def shutdown(self) -> None:
@@ -385,6 +400,11 @@ class Daemon:
             left = self._store.outbox_depth()
             self._store.close()
             log.info("supervisor stopped", outbox_left=left)
+
+    def _tracked(self, job_id: str) -> bool:
+        """Whether the store follows this job's chain status (the follower's filter)."""
+        record = self.store.get_job(job_id)
+        return record is not None and not record.closed
 
     def _on_claim_hint(self) -> None:
         """A job was meta-scheduled somewhere: look for claimable jobs now rather than next cycle."""
@@ -618,45 +638,52 @@ class Daemon:
                 self.store.update_job(job.job_id, slurm_job_id=seen.slurm_job_id)
 
     async def _chain_views(self, jobs: list[JobRecord]) -> dict[str, tuple[JobStatus, bool]] | None:
-        """(status, ours) of every open job on chain; None when the chain cannot be read."""
+        """(status, ours) of every open job, as the follower keeps them from the chain's events.
+
+        Every `reconcile_interval_seconds` the chain is read for all of them, in JSON-RPC batches, and
+        the store repaired where it differs; None when that read finds the chain unreachable.
+        """
+        if time.monotonic() - self._last_chain_read >= self.config.policy.reconcile_interval_seconds:
+            if not await self._read_chain_statuses(jobs):
+                return None
+            self._last_chain_read = time.monotonic()
+            jobs = self.store.open_jobs()
+        return {job.job_id: (job.status, job.ours) for job in jobs}
+
+    async def _read_chain_statuses(self, jobs: list[JobRecord]) -> bool:
         assert self._contracts is not None
-        contracts = self._contracts
-
-        async def view(job: JobRecord) -> tuple[str, tuple[JobStatus, bool]]:
-            status, provider = await contracts.job_status_and_provider(job.job_id)
-            return job.job_id, (status, provider.lower() == self.provider.lower())
-
-        results = await asyncio.gather(*(view(job) for job in jobs), return_exceptions=True)
-        views = dict(r for r in results if not isinstance(r, BaseException))
-        failures = [(job, r) for job, r in zip(jobs, results, strict=True) if isinstance(r, BaseException)]
-        for job, failure in failures:
-            if isinstance(failure, asyncio.CancelledError):
-                raise failure
-            if not is_transient(failure):
-                # One job the chain cannot answer for must not hold up the others.
-                log.warning("reading the job on chain failed", job_id=job.job_id, error=describe(failure))
-        transient = [f for _, f in failures if is_transient(f)]
-        if transient and not views:
-            error = describe(transient[0])
+        try:
+            views = await self._contracts.job_views([job.job_id for job in jobs])
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
             if self.health.chain_ok:
-                log.error("chain unreachable: reports wait in the outbox", error=error)
+                log.error("chain unreachable: reports wait in the outbox", error=describe(exc))
             self.health.chain_ok = False
-            self.health.problems["chain"] = error
-            return None
+            self.health.problems["chain"] = describe(exc)
+            return False
         if not self.health.chain_ok:
             log.info("chain reachable again")
         self.health.chain_ok = True
         self.health.problems.pop("chain", None)
         for job in jobs:
-            if job.job_id not in views:
+            view = views.get(job.job_id)
+            if isinstance(view, JobReadError):
+                # One job the chain cannot answer for must not hold up the others.
+                log.warning("reading the job on chain failed", job_id=job.job_id, error=view.message)
                 continue
-            status = views[job.job_id][0]
+            if view is None:
+                continue
+            status, provider = view
+            ours = provider.lower() == self.provider.lower()
             if status != job.status:
                 self.store.update_job(job.job_id, status=int(status))
                 log.info(
                     "chain status changed", job_id=job.job_id, status=status.name, previous=job.status.name
                 )
-        return views
+            if job.ours and not ours:
+                self.store.update_job(job.job_id, ours=False)
+        return True
 
     async def _cancel_orphans(self) -> None:
         """Cancel the Slurm jobs of earlier attempts of re-claimed jobs (harmless when they ended)."""

@@ -1,8 +1,9 @@
-"""Where the protocol's ABIs come from: the compiled artifacts in `abi/`, else the packaged copies.
+"""Where the protocol's ABIs come from: the compiled artifacts (`grid_contracts/abi/`, the repository's
+`abi/`), else the packaged copies.
 
-The artifacts in the repository's `abi/` folder are the deployed contracts' interfaces. The package
-keeps its own copy of the protocol's custom errors (`data/Errors.json`) so error decoding works even
-where the artifacts are not installed.
+The compiled artifacts are the deployed contracts' interfaces. The package keeps its own copy of the
+protocol's custom errors (`data/Errors.json`) so error decoding works even where the artifacts are
+not installed.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from eth_abi.registry import ABIRegistry, BaseEquals
 from eth_utils.address import to_checksum_address
 from web3._utils.abi import build_strict_registry
 
+from grid_contracts.artifacts import ABI_DIR
+
 PACKAGE_DATA = Path(__file__).resolve().parent / "data"
-DEFAULT_ABI_DIR = Path(__file__).resolve().parents[2] / "abi"
+DEFAULT_ABI_DIR = ABI_DIR
 
 ABIEntry = dict[str, Any]
 
@@ -95,24 +98,22 @@ def protocol_errors(abi_dir: Path = DEFAULT_ABI_DIR) -> tuple[ABIEntry, ...]:
             continue
         for entry in entries:
             if entry.get("type") == "error":
-                signature = (
-                    f"{entry['name']}({','.join(_canonical_type(i) for i in entry.get('inputs', []))})"
-                )
+                signature = f"{entry['name']}({','.join(canonical_type(i) for i in entry.get('inputs', []))})"
                 found.setdefault(signature, entry)
     return tuple(found.values())
 
 
-def _canonical_type(param: dict[str, Any]) -> str:
+def canonical_type(param: dict[str, Any]) -> str:
     """The ABI type string of a parameter, with tuples expanded (as used in selectors)."""
     kind = str(param["type"])
     if kind.startswith("tuple"):
-        inner = ",".join(_canonical_type(c) for c in param.get("components", []))
+        inner = ",".join(canonical_type(c) for c in param.get("components", []))
         return f"({inner}){kind[len('tuple') :]}"
     return kind
 
 
 def signature_of(entry: ABIEntry) -> str:
-    return f"{entry['name']}({','.join(_canonical_type(i) for i in entry.get('inputs', []))})"
+    return f"{entry['name']}({','.join(canonical_type(i) for i in entry.get('inputs', []))})"
 
 
 def plain_value(value: Any, param: Mapping[str, Any]) -> Any:

@@ -7,7 +7,7 @@ for each extension's selector in the contract's dispatcher, so a deployment with
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -20,7 +20,9 @@ from web3.contract import AsyncContract
 
 from supervisor.chain.abi import (
     DEFAULT_ABI_DIR,
+    LENIENT_CODEC,
     ABIEntry,
+    canonical_type,
     load_contract_abi,
     plain_value,
     signature_of,
@@ -67,6 +69,14 @@ FOLLOWED_EVENTS: dict[str, tuple[str, ...]] = {
     ),
     "JobRepository": ("JobTransitionEvent",),
 }
+
+
+@dataclass(frozen=True)
+class JobReadError:
+    """The chain's refusal to answer for one job (a revert, with its data when the node gave it)."""
+
+    message: str
+    data: Any = None
 
 
 class DeploymentError(RuntimeError):
@@ -349,6 +359,55 @@ class ProtocolContracts:
         job = await self.get_job(job_id)
         return job.status, job.provider
 
+    async def job_views(
+        self, job_ids: Sequence[str], *, batch_size: int = 200
+    ) -> dict[str, tuple[JobStatus, str] | JobReadError]:
+        """(status, provider) of many jobs in JSON-RPC batches of `batch_size` calls, not one request
+        per job. A job the chain cannot answer for (a revert) is a JobReadError in its place; a
+        transport failure raises for the whole read."""
+        cheap = "getStatusAndProvider" in self.extensions
+        function = "getStatusAndProvider" if cheap else "get"
+        outputs = _function(self.job_repository.abi, function)["outputs"]  # type: ignore[arg-type]
+        types = [canonical_type(dict(o)) for o in outputs]
+        views: dict[str, tuple[JobStatus, str] | JobReadError] = {}
+        for start in range(0, len(job_ids), batch_size):
+            chunk = [job_id_hex(j) for j in job_ids[start : start + batch_size]]
+            requests = [
+                (
+                    "eth_call",
+                    [
+                        {
+                            "to": self.job_repository.address,
+                            "data": self.job_repository.encode_abi(function, args=[bytes.fromhex(j[2:])]),
+                        },
+                        "latest",
+                    ],
+                )
+                for j in chunk
+            ]
+            answers = await read(lambda r=requests: self.w3.provider.make_batch_request(r))  # type: ignore[misc]
+            if not isinstance(answers, list) or len(answers) != len(chunk):
+                raise ValueError(f"the node answered a batch of {len(chunk)} calls with {answers!r:.200}")
+            ordered = (
+                sorted(answers, key=lambda a: int(a.get("id") or 0))
+                if all("id" in a for a in answers)
+                else answers
+            )
+            for job_id, answer in zip(chunk, ordered, strict=True):
+                if "error" in answer:
+                    error = answer["error"]
+                    views[job_id] = JobReadError(str(error.get("message", error)), error.get("data"))
+                    continue
+                raw = bytes.fromhex(str(answer["result"])[2:])
+                decoded = LENIENT_CODEC.decode(types, raw)
+                if cheap:
+                    status, provider = decoded
+                else:
+                    job = Job.from_plain(plain_value(decoded[0], outputs[0]))
+                    status, provider = job.status, job.provider
+                views[job_id] = (JobStatus(int(status)), Web3.to_checksum_address(provider))
+        return views
+
     async def has_next_claimable_job(self, provider: str) -> bool:
         return bool(await self._call(self.provider_job_queues, "hasNextClaimableJob", provider))
 
@@ -506,17 +565,22 @@ class ProtocolContracts:
 
     # -- events -------------------------------------------------------------------------------
 
-    def follower_sources(self, provider: str) -> list[EventSource]:
+    def follower_sources(
+        self, provider: str, tracked: Callable[[str], bool] = lambda job_id: False
+    ) -> list[EventSource]:
         """The events the supervisor of `provider` acts on: its claims, cancellations, top-ups and
-        refusals, and every transition to META_SCHEDULED as the hint that a job may be claimable."""
+        refusals; every transition to META_SCHEDULED, as the hint that a job may be claimable; and
+        every transition of a job it `tracked`, which keeps that job's chain status without a read."""
         me = Web3.to_checksum_address(provider)
 
         def mine(event: ChainEvent) -> bool:
             who = event.args.get("providerAddr", event.args.get("_providerAddr"))
             return isinstance(who, str) and Web3.to_checksum_address(who) == me
 
-        def meta_scheduled(event: ChainEvent) -> bool:
-            return int(event.args.get("_to", -1)) == int(JobStatus.META_SCHEDULED)
+        def relevant_transition(event: ChainEvent) -> bool:
+            if int(event.args.get("_to", -1)) == int(JobStatus.META_SCHEDULED):
+                return True
+            return tracked(job_id_hex(str(event.args.get("_jobId"))))
 
         def events(contract: AsyncContract, name: str) -> list[ABIEntry]:
             wanted = FOLLOWED_EVENTS[name]
@@ -525,6 +589,6 @@ class ProtocolContracts:
         return [
             EventSource(self.meta_scheduler.address, events(self.meta_scheduler, "MetaScheduler"), mine),
             EventSource(
-                self.job_repository.address, events(self.job_repository, "JobRepository"), meta_scheduled
+                self.job_repository.address, events(self.job_repository, "JobRepository"), relevant_transition
             ),
         ]

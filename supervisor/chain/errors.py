@@ -19,7 +19,7 @@ from eth_utils.crypto import keccak
 from supervisor.chain.abi import (
     DEFAULT_ABI_DIR,
     ABIEntry,
-    _canonical_type,
+    canonical_type,
     plain_value,
     protocol_errors,
     signature_of,
@@ -96,7 +96,7 @@ class ErrorDecoder:
                     "UnknownRevert", {"selector": "0x" + selector.hex()}, selector.hex(), raw_hex
                 )
             inputs = entry.get("inputs", [])
-            values = abi_decode([_canonical_type(i) for i in inputs], body)
+            values = abi_decode([canonical_type(i) for i in inputs], body)
             args = {
                 str(param.get("name") or f"arg{n}"): plain_value(value, param)
                 for n, (param, value) in enumerate(zip(inputs, values, strict=True))

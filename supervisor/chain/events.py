@@ -15,7 +15,7 @@ from eth_abi.exceptions import DecodingError
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
-from supervisor.chain.abi import LENIENT_CODEC, ABIEntry, _canonical_type, plain_value, signature_of
+from supervisor.chain.abi import LENIENT_CODEC, ABIEntry, canonical_type, plain_value, signature_of
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class EventDecoder:
         data = log.get("data", b"")
         raw = bytes.fromhex(data[2:]) if isinstance(data, str) else bytes(data)
         try:
-            values = LENIENT_CODEC.decode([_canonical_type(dict(i)) for i in plain], raw)
+            values = LENIENT_CODEC.decode([canonical_type(dict(i)) for i in plain], raw)
             plain_values = dict(zip((str(i["name"]) for i in plain), values, strict=True))
             args: dict[str, Any] = {}
             topic_iter = iter(topics[1:])
@@ -91,7 +91,7 @@ class EventDecoder:
                 name = str(param["name"])
                 if param.get("indexed"):
                     topic = bytes.fromhex(next(topic_iter)[2:])
-                    kind = _canonical_type(dict(param))
+                    kind = canonical_type(dict(param))
                     if kind in ("string", "bytes") or kind.endswith("]") or kind.startswith("("):
                         args[name] = "0x" + topic.hex()  # only the hash of a dynamic value is logged
                     else:

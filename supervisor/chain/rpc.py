@@ -29,6 +29,9 @@ from web3.exceptions import (
     Web3RPCError,
 )
 
+from supervisor.chain.abi import LENIENT_CODEC
+from supervisor.redaction import redact_text
+
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
@@ -47,7 +50,9 @@ def connect_http(url: str, *, timeout_s: float = DEFAULT_RPC_TIMEOUT_S) -> Async
         request_kwargs={"timeout": aiohttp.ClientTimeout(total=timeout_s)},
         exception_retry_configuration=None,
     )
-    return AsyncWeb3(provider)
+    w3 = AsyncWeb3(provider)
+    w3.codec = LENIENT_CODEC
+    return w3
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -76,9 +81,13 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def describe(exc: BaseException) -> str:
-    """A one-line description of a failure, for logs."""
+    """A one-line description of a failure, for logs and error messages, URL credentials removed.
+
+    aiohttp's HTTP errors name the whole request URL (`url='https://host/v3/KEY'`): it is redacted
+    before the line is cut to length, so a cut can never leave half a key behind.
+    """
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
+    return redact_text(f"{type(exc).__name__}: {text}")[:300] if text else type(exc).__name__
 
 
 def _log_retry(state: RetryCallState) -> None:

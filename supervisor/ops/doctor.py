@@ -21,6 +21,7 @@ from supervisor.chain.keys import Signer, load_signer
 from supervisor.chain.rpc import connect_http, describe
 from supervisor.config import ConfigError, SupervisorConfig, load_config
 from supervisor.ops.probes import probe_sbatch
+from supervisor.redaction import redact_text, redact_url
 from supervisor.slurm.backend import CommandSlurmBackend, SlurmBackend
 from supervisor.slurm.errors import SlurmError
 from supervisor.slurm.factory import create_backend
@@ -73,14 +74,14 @@ def native(wei: int) -> str:
 
 
 def render(checks: list[Check]) -> str:
-    """One line per check, the fix indented below it."""
+    """One line per check, the fix indented below it; any URL keeps only its scheme, host and port."""
     width = max(len(check.name) for check in checks)
     lines = []
     for check in checks:
         lines.append(f"{check.outcome.value:<5} {check.name:<{width}}  {check.found}")
         if check.fix and check.outcome != Outcome.OK:
             lines.append(f"      {'':<{width}}  -> {check.fix}")
-    return "\n".join(lines)
+    return redact_text("\n".join(lines))
 
 
 def exit_status(checks: list[Check]) -> int:
@@ -157,13 +158,14 @@ class Doctor:
     async def _chain(self, config: SupervisorConfig, signer: Signer | None) -> ProtocolContracts | None:
         chain = config.chain
         w3 = connect_http(chain.rpc_url)
+        rpc = redact_url(chain.rpc_url)  # hosted endpoints carry their API key in the URL
         try:
             chain_id = int(await _bounded(lambda: w3.eth.chain_id))
         except Exception as exc:
             self.add(
                 fail(
                     "rpc",
-                    f"{chain.rpc_url} does not answer: {describe(exc)}",
+                    f"{rpc} does not answer: {describe(exc)}",
                     "check chain.rpc_url, that the node runs and that this host may reach it",
                 )
             )
@@ -173,7 +175,7 @@ class Doctor:
             self.add(
                 warn(
                     "rpc",
-                    f"{chain.rpc_url} serves chain id {chain_id}",
+                    f"{rpc} serves chain id {chain_id}",
                     f"set chain.chain_id = {chain_id} so a wrong endpoint is refused",
                 )
             )
@@ -181,14 +183,14 @@ class Doctor:
             self.add(
                 fail(
                     "rpc",
-                    f"{chain.rpc_url} serves chain id {chain_id}, not the configured {chain.chain_id}",
+                    f"{rpc} serves chain id {chain_id}, not the configured {chain.chain_id}",
                     "point chain.rpc_url at the grid's chain, or correct chain.chain_id",
                 )
             )
             self.add(not_checked("contract", "the rpc"))
             return None
         else:
-            self.add(ok("rpc", f"{chain.rpc_url} serves chain id {chain_id}"))
+            self.add(ok("rpc", f"{rpc} serves chain id {chain_id}"))
         try:
             contracts: ProtocolContracts = await _bounded(
                 lambda: ProtocolContracts.discover(w3, chain.meta_scheduler)

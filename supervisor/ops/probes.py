@@ -11,15 +11,15 @@ import grpc
 from sbatch_service.proto import sbatch_pb2
 from sbatch_service.proto.client import async_stubs
 from supervisor.config import SbatchServiceSettings
+from supervisor.grpc_tls import aio_channel
 
 
 async def probe_sbatch(settings: SbatchServiceSettings) -> str | None:
     """None when the sbatch service hands out a challenge (its supervisor API is up), else the failure."""
-    channel = (
-        grpc.aio.secure_channel(settings.grpc_target, grpc.ssl_channel_credentials())
-        if settings.tls
-        else grpc.aio.insecure_channel(settings.grpc_target)
-    )
+    try:
+        channel = aio_channel(settings.grpc_target, settings.client_tls)
+    except (OSError, ValueError) as exc:
+        return str(exc)
     try:
         auth, _ = async_stubs(channel)
         answer = await auth.Challenge(sbatch_pb2.ChallengeRequest(), timeout=settings.timeout_seconds)

@@ -8,13 +8,22 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
+import structlog
 from web3 import Web3
 
 from sbatch_service.proto import sbatch_pb2
 from sbatch_service.proto.client import async_stubs
 from supervisor.chain.keys import Signer
+from supervisor.config import SbatchServiceSettings
+from supervisor.grpc_tls import ClientTls, aio_channel
+
+log = structlog.get_logger("supervisor.sbatch")
+
+#: Fresh challenges tried before an UNAUTHENTICATED answer counts as a refusal.
+CHALLENGE_ATTEMPTS = 3
 
 # Refusals that will not change by asking again: the job fails with the reason on chain.
 _PERMANENT = {
@@ -44,50 +53,82 @@ class FetchedScript:
 
 
 class SbatchClient:
-    """One gRPC channel to the sbatch service, reused for every fetch."""
+    """One gRPC channel to the sbatch service, reused for every fetch.
 
-    def __init__(self, target: str, signer: Signer, *, tls: bool = False, timeout_s: float = 15.0) -> None:
+    `tls=True` verifies the service against the system's roots; `client_tls` (which implies TLS)
+    pins a CA, presents a client certificate for mutual TLS or overrides the checked server name.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        signer: Signer,
+        *,
+        tls: bool = False,
+        timeout_s: float = 15.0,
+        client_tls: ClientTls | None = None,
+    ) -> None:
         self._target = target
         self._signer = signer
         self._timeout = timeout_s
-        self._channel = (
-            grpc.aio.secure_channel(target, grpc.ssl_channel_credentials())
-            if tls
-            else grpc.aio.insecure_channel(target)
-        )
+        if client_tls is None and tls:
+            client_tls = ClientTls()
+        self._channel = aio_channel(target, client_tls)
         self._auth, self._sbatch = async_stubs(self._channel)
+
+    @classmethod
+    def from_settings(cls, settings: SbatchServiceSettings, signer: Signer) -> SbatchClient:
+        """The client the `[sbatch]` section describes."""
+        return cls(
+            settings.grpc_target, signer, timeout_s=settings.timeout_seconds, client_tls=settings.client_tls
+        )
 
     async def close(self) -> None:
         await self._channel.close()
 
     async def fetch(self, job_id: str, customer: str, batch_location_hash: str) -> FetchedScript:
-        """The script stored under `batch_location_hash` for `job_id`, checked against that hash."""
-        try:
-            challenge = (
-                await self._auth.Challenge(sbatch_pb2.ChallengeRequest(), timeout=self._timeout)
-            ).challenge
-            signature = self._signer.sign_message(challenge).signature
-            answer = await self._sbatch.GetSBatch(
-                sbatch_pb2.GetSBatchRequest(
-                    batch_location_hash=batch_location_hash,
-                    signed_challenge=bytes(signature),
-                    challenge=challenge,
-                    provider_address=bytes.fromhex(self._signer.address[2:]),
-                    customer_address=bytes.fromhex(Web3.to_checksum_address(customer)[2:]),
-                    job_id=job_id,
-                ),
-                timeout=self._timeout,
-            )
-        except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            if code in _PERMANENT:
-                raise ScriptRefused(f"{_PERMANENT[code]} ({exc.details()})") from None
-            raise SbatchServiceUnavailable(
-                f"sbatch service at {self._target}: {code.name} {exc.details() or ''}".strip()
-            ) from None
+        """The script stored under `batch_location_hash` for `job_id`, checked against that hash.
+
+        A challenge can be lost between issue and use (the service restarted, or expired it): an
+        UNAUTHENTICATED answer is asked again with a fresh challenge, up to CHALLENGE_ATTEMPTS times,
+        before it counts as a refusal of this provider.
+        """
+        for attempt in range(1, CHALLENGE_ATTEMPTS + 1):
+            try:
+                answer = await self._fetch_once(job_id, customer, batch_location_hash)
+                break
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+                if code == grpc.StatusCode.UNAUTHENTICATED and attempt < CHALLENGE_ATTEMPTS:
+                    log.info("sbatch service refused the challenge, asking with a new one", attempt=attempt)
+                    continue
+                if code in _PERMANENT:
+                    raise ScriptRefused(f"{_PERMANENT[code]} ({exc.details()})") from None
+                raise SbatchServiceUnavailable(
+                    f"sbatch service at {self._target}: {code.name} {exc.details() or ''}".strip()
+                ) from None
         digest = hashlib.sha256(answer.sbatch.encode()).hexdigest()
         if digest != batch_location_hash.lower():
             raise ScriptRefused(
                 f"the script received hashes to {digest}, not to its key {batch_location_hash}"
             )
         return FetchedScript(answer.sbatch, answer.grid_logger_url)
+
+    async def _challenge(self) -> bytes:
+        answer = await self._auth.Challenge(sbatch_pb2.ChallengeRequest(), timeout=self._timeout)
+        return bytes(answer.challenge)
+
+    async def _fetch_once(self, job_id: str, customer: str, batch_location_hash: str) -> Any:
+        challenge = await self._challenge()
+        signature = self._signer.sign_message(challenge).signature
+        return await self._sbatch.GetSBatch(
+            sbatch_pb2.GetSBatchRequest(
+                batch_location_hash=batch_location_hash,
+                signed_challenge=bytes(signature),
+                challenge=challenge,
+                provider_address=bytes.fromhex(self._signer.address[2:]),
+                customer_address=bytes.fromhex(Web3.to_checksum_address(customer)[2:]),
+                job_id=job_id,
+            ),
+            timeout=self._timeout,
+        )

@@ -16,6 +16,7 @@ from web3.exceptions import ContractLogicError
 from supervisor.chain.contracts import (
     DeploymentError,
     JobDefinition,
+    JobReadError,
     ProtocolContracts,
     code_has_function,
     job_id_hex,
@@ -245,3 +246,32 @@ async def test_refusals_of_its_own_jobs_only(provider_side: tuple[Any, ...]) -> 
     assert denied.error == f"JobProviderOnly(current={provider.address}, expected={ZERO})"
     nothing = await sender.wait(sender.submit_call(contracts.claim_next_job()), 30)
     assert nothing.error == "NoJob()"
+
+
+@pytest.mark.parametrize("cheap_read", [True, False], ids=["getStatusAndProvider", "get"])
+async def test_job_views_read_many_jobs_in_batches_and_isolate_a_refusal(
+    clean_grid: Grid, cheap_read: bool
+) -> None:
+    grid = clean_grid
+    provider = grid.providers[0]
+    grid.register_provider(provider)
+    jobs = [grid.request_job(grid.customers[0], 100 * CREDIT) for _ in range(7)]
+    for job_id in jobs[:3]:
+        grid.schedule(job_id, provider)
+    w3 = connect_http(grid.anvil.http_url)
+    try:
+        contracts = await ProtocolContracts.discover(w3, grid.deployment.meta_scheduler)
+        if not cheap_read:
+            contracts = replace(contracts, extensions=contracts.extensions - {"getStatusAndProvider"})
+        ghost = "0x" + "ee" * 32
+        ids = ["0x" + j.hex() for j in jobs] + [ghost]
+        views = await contracts.job_views(ids, batch_size=3)
+    finally:
+        await w3.provider.disconnect()
+    assert set(views) == set(ids)
+    for key in ids[:3]:
+        assert views[key] == (JobStatus.META_SCHEDULED, provider.address)
+    for key in ids[3:7]:
+        assert views[key] == (JobStatus.PENDING, ZERO)
+    refusal = views[ghost]
+    assert isinstance(refusal, JobReadError) and "0x71c8f460" in str(refusal.data)  # InvalidJob()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -33,24 +34,31 @@ class RestartingService:
             grpc_port=grpc_port,
         )
 
-    def restart(self) -> None:
+    def restart(self, *, lose_challenges: bool = False) -> None:
+        """Stop and start again; with `lose_challenges`, as a service that keeps none across a restart."""
         self.process.stop()
+        if lose_challenges:
+            with sqlite3.connect(self.process.database) as db:
+                db.execute("DELETE FROM challenges")
         self.process = self._start(graphql_port=self.process.graphql_port, grpc_port=self.process.grpc_port)
 
 
 class ChallengeThenRestart(SbatchClient):
     """The real client, with the service restarted right after it is given its first challenges."""
 
-    def __init__(self, service: RestartingService, restarts: int, signer: Signer) -> None:
+    def __init__(
+        self, service: RestartingService, restarts: int, signer: Signer, *, lose_challenges: bool = True
+    ) -> None:
         super().__init__(service.process.grpc_target, signer, timeout_s=10)
         self.service, self.restarts_left, self.challenges = service, restarts, 0
+        self.lose_challenges = lose_challenges
 
     async def _challenge(self) -> bytes:
         challenge = await super()._challenge()
         self.challenges += 1
         if self.restarts_left > 0:
             self.restarts_left -= 1
-            self.service.restart()
+            self.service.restart(lose_challenges=self.lose_challenges)
         return challenge
 
 
@@ -79,6 +87,22 @@ async def test_a_challenge_lost_in_a_restart_is_asked_again(
         service.process.stop()
     assert "echo restarted" in fetched.script
     assert client.challenges == 2
+
+
+async def test_a_challenge_kept_across_a_restart_is_used_as_it_is(
+    grid: Grid, scheduled_job: tuple[RestartingService, bytes, str]
+) -> None:
+    service, job_id, key = scheduled_job
+    client = ChallengeThenRestart(
+        service, restarts=1, signer=Signer(grid.providers[0]), lose_challenges=False
+    )
+    try:
+        fetched = await client.fetch("0x" + job_id.hex(), grid.customers[0].address, key)
+    finally:
+        await client.close()
+        service.process.stop()
+    assert "echo restarted" in fetched.script
+    assert client.challenges == 1
 
 
 async def test_a_provider_refused_every_time_is_refused_after_the_bounded_retries(
