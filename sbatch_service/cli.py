@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from sbatch_service.loader import load_workflow
+from sbatch_service.loader import load_checked
 from sbatch_service.models import WorkflowError
 from sbatch_service.names import SeededNames
 from sbatch_service.renderer import render
@@ -41,7 +41,7 @@ def render_command(
     config: ConfigOption = None,
     seed: Annotated[int, typer.Option(help="Seed of the generated names, for reproducible output.")] = 0,
 ) -> None:
-    """Print the batch script of a workflow, or its validation errors (exit status 2)."""
+    """Print the batch script of a workflow, or its validation errors (exit status 2); warnings go to stderr."""
     settings = _settings(config)
     try:
         text = file.read_text(encoding="utf-8")
@@ -49,12 +49,14 @@ def render_command(
         typer.echo(f"cannot read {file}: {error}", err=True)
         raise typer.Exit(EXIT_INVALID_WORKFLOW) from None
     try:
-        job = load_workflow(text, settings.limits)
+        checked = load_checked(text, settings.limits, settings.module_fetcher)
     except WorkflowError as error:
         for problem in error.errors:
             typer.echo(str(problem), err=True)
         raise typer.Exit(EXIT_INVALID_WORKFLOW) from None
-    sys.stdout.write(render(job, SeededNames(seed), settings.render_options))
+    for warning in checked.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    sys.stdout.write(render(checked.job, SeededNames(seed), settings.render_options))
 
 
 @app.command("serve")

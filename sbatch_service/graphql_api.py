@@ -46,10 +46,17 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from sbatch_service.errors import FieldError, WorkflowError
-from sbatch_service.models import Limits, validate_module, validate_workflow
+from sbatch_service.models import Limits, validate_module
+from sbatch_service.modules import ModuleFetcher, NoModules, prepare
 from sbatch_service.names import NameSource, RandomNames
 from sbatch_service.renderer import RenderOptions, render
-from sbatch_service.schema import SCHEMA, coerce_input, literal_problems
+from sbatch_service.schema import (
+    SCHEMA,
+    coerce_input,
+    literal_problems,
+    strip_misplaced,
+    strip_misplaced_literal,
+)
 from sbatch_service.storage import ScriptStore
 
 log = structlog.get_logger("sbatch_service.graphql")
@@ -80,11 +87,13 @@ class SubmitService:
     ttl_seconds: float
     names: NameSource = field(default_factory=RandomNames)
     expose_stored_scripts: bool = False
+    fetcher: ModuleFetcher = field(default_factory=NoModules)
 
-    def submit(self, workflow: object) -> str:
-        job = validate_workflow(workflow, self.limits)
-        script = render(job, self.names, self.render_options)
-        return self.store.put(script, self.ttl_seconds)
+    def submit(self, workflow: object) -> tuple[str, list[FieldError]]:
+        """The storage key of the rendered script, and the warnings about what was ignored."""
+        checked = prepare(workflow, self.limits, self.fetcher)
+        script = render(checked.job, self.names, self.render_options)
+        return self.store.put(script, self.ttl_seconds), checked.warnings
 
     def stored_script(self, key: str) -> str | None:
         return self.store.get(key)
@@ -95,6 +104,17 @@ class SubmitService:
         except WorkflowError as error:
             return str(error)
         return "valid"
+
+
+@dataclass
+class RequestContext:
+    """What one GraphQL request collects besides its data: warnings about ignored keys."""
+
+    warnings: list[FieldError] = field(default_factory=list)
+
+    def add(self, warnings: list[FieldError]) -> None:
+        known = {(w.field, w.message) for w in self.warnings}
+        self.warnings.extend(w for w in warnings if (w.field, w.message) not in known)
 
 
 def validation_error(problems: list[FieldError], **location: Any) -> GraphQLError:
@@ -131,6 +151,8 @@ class Resolvers:
         handler = self.handlers.get(f"{info.parent_type.name}.{info.field_name}")
         if handler is None:
             return default_field_resolver(source, info, **args)
+        if handler == self.submit:
+            return handler(info.context, **args)
         return handler(**args)
 
     def health(self) -> str:
@@ -147,14 +169,16 @@ class Resolvers:
         log.info("stored script read", key=batchLocationHash)
         return script
 
-    async def submit(self, job: object) -> str:
+    async def submit(self, context: RequestContext | None, job: object) -> str:
         try:
-            key = await asyncio.to_thread(self.service.submit, job)
+            key, warnings = await asyncio.to_thread(self.service.submit, job)
         except WorkflowError as error:
             raise validation_error(error.errors) from None
         except Exception:
             log.exception("submit failed")
             raise GraphQLError("internal error", extensions={"type": "internal"}) from None
+        if context is not None:
+            context.add(warnings)
         log.info("script stored", key=key)
         return key
 
@@ -184,6 +208,45 @@ def _literal_inputs(
                     and is_input_object_type(get_named_type(declared.type))
                 ):
                     yield argument.value, declared.type
+
+
+def _strip_literals(schema: GraphQLSchema, document: DocumentNode) -> list[FieldError]:
+    """Remove the misplaced keys from inputs written inline, as from variables; their warnings."""
+    warnings: list[FieldError] = []
+    for definition in document.definitions:
+        if not isinstance(definition, OperationDefinitionNode):
+            continue
+        root = schema.get_root_type(definition.operation)
+        if root is None:
+            continue
+        for selection in definition.selection_set.selections:
+            if not isinstance(selection, FieldNode) or selection.name.value not in root.fields:
+                continue
+            arguments = root.fields[selection.name.value].args
+            for argument in selection.arguments or ():
+                declared = arguments.get(argument.name.value)
+                if declared is not None and isinstance(argument.value, ObjectValueNode | ListValueNode):
+                    cleaned, found = strip_misplaced_literal(argument.value, declared.type)
+                    # graphql-core's AST nodes are plain objects; its typing marks them read-only.
+                    object.__setattr__(argument, "value", cleaned)
+                    warnings.extend(found)
+    return warnings
+
+
+def _strip_variables(
+    schema: GraphQLSchema, operation: OperationDefinitionNode, variables: dict[str, Any]
+) -> tuple[dict[str, Any], list[FieldError]]:
+    """The variables without the misplaced keys of their input objects; the warnings."""
+    cleaned = dict(variables)
+    warnings: list[FieldError] = []
+    for definition in operation.variable_definitions or ():
+        name = definition.variable.name.value
+        type_ = type_from_ast(schema, definition.type)
+        if name not in cleaned or not is_input_type(type_) or not is_input_object_type(get_named_type(type_)):
+            continue
+        cleaned[name], found = strip_misplaced(cleaned[name], type_)
+        warnings.extend(found)
+    return cleaned, warnings
 
 
 def _inside(error: GraphQLError, node: ValueNode) -> bool:
@@ -252,10 +315,14 @@ def format_error(error: GraphQLError) -> dict[str, Any]:
     return formatted
 
 
-def _result(data: Any, errors: list[GraphQLError] | None) -> dict[str, Any]:
+def _result(
+    data: Any, errors: list[GraphQLError] | None, warnings: list[FieldError] | None = None
+) -> dict[str, Any]:
     body: dict[str, Any] = {"data": data}
     if errors:
         body["errors"] = [format_error(e) for e in errors]
+    if warnings:
+        body["extensions"] = {"warnings": [{"field": w.field, "message": w.message} for w in warnings]}
     return body
 
 
@@ -316,6 +383,8 @@ class GraphQLEndpoint:
             document = parse(query)
         except GraphQLError as error:
             return 200, {"errors": [format_error(error)]}
+        context = RequestContext()
+        context.add(_strip_literals(self.schema, document))
         errors = _document_errors(self.schema, document)
         if errors:
             return 200, {"errors": [format_error(e) for e in errors]}
@@ -323,19 +392,22 @@ class GraphQLEndpoint:
         if operation is not None:
             if read_only and operation.operation is not OperationType.QUERY:
                 return 405, {"errors": [format_error(GraphQLError("mutations are accepted over POST only"))]}
+            variables, found = _strip_variables(self.schema, operation, variables)
+            context.add(found)
             errors = _variable_errors(self.schema, operation, variables)
             if errors:
-                return 200, _result(None, errors)
+                return 200, _result(None, errors, context.warnings)
         result = execute(
             self.schema,
             document,
             variable_values=variables,
             operation_name=operation_name,
             field_resolver=self.resolvers,
+            context_value=context,
         )
         if inspect.isawaitable(result):
             result = await result
-        return 200, _result(result.data, result.errors)
+        return 200, _result(result.data, result.errors, context.warnings)
 
 
 class BodyLimit:

@@ -1,9 +1,13 @@
 """The supervisor API over gRPC (`sbatchapi.v1alpha1`): AuthAPI.Challenge and SBatchAPI.GetSBatch.
 
+Challenge is open to anyone, so it is rate-limited per client address (RESOURCE_EXHAUSTED) and the
+challenges it hands out are bounded in number (see `NonceBook`).
+
 GetSBatch checks, in order, and refuses with:
 - INVALID_ARGUMENT: malformed addresses, job id or key;
-- UNAUTHENTICATED: signature not from `provider_address`, unknown, used or expired challenge,
-  no such job on chain, or the job does not have that provider and that customer;
+- UNAUTHENTICATED: unknown, used or expired challenge (checked, and the challenge consumed, before
+  the costlier signature recovery), signature not from `provider_address`, no such job on chain, or
+  the job does not have that provider and that customer;
 - UNAVAILABLE: the chain cannot be read;
 - PERMISSION_DENIED: the key is not the job's on-chain `batchLocationHash`;
 - NOT_FOUND: no live script under the key.
@@ -12,24 +16,52 @@ GetSBatch checks, in order, and refuses with:
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Protocol
+from urllib.parse import unquote
 
 import grpc
 import structlog
 from web3 import Web3
 
-from sbatch_service.auth import NonceBook, recover_signer
+from sbatch_service.auth import NonceBook, PeerRateLimiter, recover_signer
 from sbatch_service.chain import ChainUnavailable, JobNotOnChain, OnChainJob
 from sbatch_service.proto import sbatch_pb2, sbatch_pb2_grpc
 from sbatch_service.storage import ScriptStore
+from supervisor.grpc_tls import ServerTls, add_port
+from supervisor.redaction import redact_text
 
 log = structlog.get_logger("sbatch_service.grpc")
 
 JOB_ID_PATTERN = re.compile(r"^0x[0-9a-fA-F]{64}$")
 KEY_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 ADDRESS_BYTES = 20
+#: The largest request accepted; both requests are well under a kilobyte.
+MAX_REQUEST_BYTES = 64 * 1024
+#: IPv6 clients are limited per /64: one host usually holds a whole one.
+IPV6_PREFIX = 64
+
+
+def peer_address(peer: str) -> str:
+    """The client's address in a gRPC peer string (`ipv4:10.0.0.1:5000`, `ipv6:%5B::1%5D:5000`).
+
+    IPv4-mapped IPv6 addresses count as the IPv4 address, other IPv6 addresses as their /64.
+    """
+    kind, _, rest = unquote(peer).partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return peer
+    host = rest.rsplit(":", 1)[0].strip("[]").split("%", 1)[0]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return peer
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, IPV6_PREFIX), strict=False))
+    return str(address)
 
 
 class JobSource(Protocol):
@@ -66,11 +98,12 @@ class ScriptGate:
             )
         provider = Web3.to_checksum_address(request.provider_address)
         customer = Web3.to_checksum_address(request.customer_address)
+        # The nonce first: a challenge buys at most one signature recovery, whatever follows.
+        if not await asyncio.to_thread(self.nonces.consume, request.challenge):
+            raise Refusal(grpc.StatusCode.UNAUTHENTICATED, "unknown, used or expired challenge")
         signer = recover_signer(request.challenge, request.signed_challenge)
         if signer is None or signer != provider:
             raise Refusal(grpc.StatusCode.UNAUTHENTICATED, "the challenge is not signed by provider_address")
-        if not self.nonces.consume(request.challenge):
-            raise Refusal(grpc.StatusCode.UNAUTHENTICATED, "unknown, used or expired challenge")
         try:
             job = await self.jobs.job(bytes.fromhex(request.job_id[2:]))
         except ChainUnavailable as error:
@@ -92,13 +125,19 @@ class ScriptGate:
 
 
 class AuthServicer(sbatch_pb2_grpc.AuthAPIServicer):
-    def __init__(self, nonces: NonceBook) -> None:
+    def __init__(self, nonces: NonceBook, limiter: PeerRateLimiter | None = None) -> None:
         self._nonces = nonces
+        self._limiter = limiter
 
     async def Challenge(
         self, request: sbatch_pb2.ChallengeRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> sbatch_pb2.ChallengeResponse:
-        return sbatch_pb2.ChallengeResponse(challenge=self._nonces.issue())
+        if self._limiter is not None and not self._limiter.allow(peer_address(context.peer())):
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "too many challenges asked from this address: retry later"
+            )
+            raise AssertionError("unreachable: abort raises")
+        return sbatch_pb2.ChallengeResponse(challenge=await asyncio.to_thread(self._nonces.issue))
 
 
 class SBatchServicer(sbatch_pb2_grpc.SBatchAPIServicer):
@@ -112,23 +151,35 @@ class SBatchServicer(sbatch_pb2_grpc.SBatchAPIServicer):
         try:
             script = await self._gate.fetch(request)
         except Refusal as refusal:
-            log.info("script refused", job_id=request.job_id, code=refusal.code.name, reason=refusal.message)
-            await context.abort(refusal.code, refusal.message)
+            # The chain's errors may name the RPC URL, and with it an API key.
+            reason = redact_text(refusal.message)
+            log.info("script refused", job_id=request.job_id, code=refusal.code.name, reason=reason)
+            await context.abort(refusal.code, reason)
             raise AssertionError("unreachable: abort raises") from None
         log.info("script served", job_id=request.job_id, key=request.batch_location_hash)
         return sbatch_pb2.GetSBatchResponse(sbatch=script, grid_logger_url=self._logger_url)
 
 
 async def start_grpc_server(
-    address: str, nonces: NonceBook, gate: ScriptGate, logger_url: str
+    address: str,
+    nonces: NonceBook,
+    gate: ScriptGate,
+    logger_url: str,
+    *,
+    limiter: PeerRateLimiter | None = None,
+    tls: ServerTls | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """Start serving on address (host:port, port 0 for any); returns the server and its port."""
-    server = grpc.aio.server()
-    sbatch_pb2_grpc.add_AuthAPIServicer_to_server(AuthServicer(nonces), server)  # type: ignore[no-untyped-call]
+    """Start serving on address (host:port, port 0 for any); returns the server and its port.
+
+    `limiter` bounds Challenge calls per client address (None: unlimited); `tls` serves TLS, and
+    mutual TLS when it names a client CA.
+    """
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_REQUEST_BYTES)])
+    sbatch_pb2_grpc.add_AuthAPIServicer_to_server(AuthServicer(nonces, limiter), server)  # type: ignore[no-untyped-call]
     sbatch_pb2_grpc.add_SBatchAPIServicer_to_server(  # type: ignore[no-untyped-call]
         SBatchServicer(gate, logger_url), server
     )
-    port = server.add_insecure_port(address)
+    port = add_port(server, address, tls)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     await server.start()

@@ -6,7 +6,8 @@ import json
 
 import yaml
 
-from sbatch_service.models import FieldError, Job, Limits, WorkflowError, validate_workflow
+from sbatch_service.models import Checked, FieldError, Job, Limits, WorkflowError
+from sbatch_service.modules import ModuleFetcher, prepare
 
 
 def parse_workflow_text(text: str, limits: Limits | None = None) -> object:
@@ -34,6 +35,11 @@ def parse_workflow_text(text: str, limits: Limits | None = None) -> object:
         raise WorkflowError([FieldError("", f"invalid YAML: {error}")]) from None
 
 
-def load_workflow(text: str, limits: Limits | None = None) -> Job:
-    """Parse and validate workflow text; the verdict is the one GraphQL `submit` gives the same object."""
-    return validate_workflow(parse_workflow_text(text, limits), limits)
+def load_checked(text: str, limits: Limits | None = None, fetcher: ModuleFetcher | None = None) -> Checked:
+    """Parse, validate and resolve modules; the verdict GraphQL `submit` gives the same object."""
+    return prepare(parse_workflow_text(text, limits), limits, fetcher)
+
+
+def load_workflow(text: str, limits: Limits | None = None, fetcher: ModuleFetcher | None = None) -> Job:
+    """Parse and validate workflow text (modules only with a fetcher); warnings are dropped."""
+    return load_checked(text, limits, fetcher).job

@@ -15,11 +15,14 @@ from typing import Any
 
 from graphql import (
     GraphQLError,
+    GraphQLInputField,
     GraphQLInputObjectType,
     GraphQLInputType,
     GraphQLNonNull,
     GraphQLSchema,
+    ListValueNode,
     ObjectFieldNode,
+    ObjectValueNode,
     ValueNode,
     build_schema,
     get_named_type,
@@ -50,6 +53,109 @@ def input_type(name: str) -> GraphQLInputObjectType:
 
 JOB_INPUT: GraphQLInputType = GraphQLNonNull(input_type("Job"))
 MODULE_INPUT: GraphQLInputType = GraphQLNonNull(input_type("Module"))
+
+# Keys that published workflows carry where the schema has no such field. DeepSquare's own CLI parses
+# YAML into Go structs, which silently drops them, so they are accepted, ignored and reported.
+MISPLACED: dict[tuple[str, str], str] = {
+    (
+        "Step",
+        "network",
+    ): "ignored: network belongs in run (steps[].run.network), as the reference ignores it here",
+    (
+        "StepRunResources",
+        "gpus",
+    ): "ignored: a step asks for GPUs with gpusPerTask, as the reference ignores gpus here",
+    ("StepRun", "mountHome"): "ignored: mountHome belongs in run.container, as the reference ignores it here",
+    (
+        "JobResources",
+        "gpusPerTask",
+    ): "ignored: the job asks for GPUs with resources.gpus (gpusPerTask belongs to a step's resources),"
+    " as the reference's CLI ignores it here; without resources.gpus the job gets no GPU",
+}
+
+
+def _named_input_object(type_: Any) -> GraphQLInputObjectType | None:
+    named = get_named_type(type_)
+    return named if isinstance(named, GraphQLInputObjectType) else None
+
+
+def _is_list(type_: Any) -> bool:
+    while is_non_null_type(type_):
+        type_ = type_.of_type
+    return is_list_type(type_)
+
+
+def strip_misplaced(value: object, type_: GraphQLInputType) -> tuple[Any, list[FieldError]]:
+    """`value` (plain JSON data) without the MISPLACED keys, and one warning naming each removed key.
+
+    The input is not modified. Values that are not of the expected shape are left for coercion to refuse.
+    """
+    warnings: list[FieldError] = []
+    try:
+        if input_is_nested_too_deeply(value, type_):
+            return value, warnings
+    except RecursionError:
+        return value, warnings
+
+    def clean(item: object, item_type: Any, path: list[str | int]) -> object:
+        owner = _named_input_object(item_type)
+        if owner is None:
+            return item
+        if isinstance(item, list) and _is_list(item_type):
+            return [clean(element, item_type_of(item_type), [*path, i]) for i, element in enumerate(item)]
+        if not isinstance(item, dict):
+            return item
+        result: dict[object, object] = {}
+        for key, field_value in item.items():
+            message = MISPLACED.get((owner.name, key)) if isinstance(key, str) else None
+            if message is not None and key not in owner.fields:
+                warnings.append(FieldError(dotted_path([*path, key]), message))
+                continue
+            field: GraphQLInputField | None = owner.fields.get(key) if isinstance(key, str) else None
+            result[key] = field_value if field is None else clean(field_value, field.type, [*path, key])
+        return result
+
+    return clean(value, type_, []), warnings
+
+
+def item_type_of(type_: Any) -> Any:
+    """The element type of a (possibly non-null) list type."""
+    while is_non_null_type(type_):
+        type_ = type_.of_type
+    return type_.of_type if is_list_type(type_) else type_
+
+
+def strip_misplaced_literal(node: ValueNode, type_: GraphQLInputType) -> tuple[ValueNode, list[FieldError]]:
+    """The same removal on an input written inline in the query text (a GraphQL AST value)."""
+    warnings: list[FieldError] = []
+
+    def clean(item: ValueNode, item_type: Any, path: list[str | int]) -> ValueNode:
+        owner = _named_input_object(item_type)
+        if owner is None:
+            return item
+        if isinstance(item, ListValueNode) and _is_list(item_type):
+            values = tuple(clean(v, item_type_of(item_type), [*path, i]) for i, v in enumerate(item.values))
+            return ListValueNode(values=values, loc=item.loc)
+        if not isinstance(item, ObjectValueNode):
+            return item
+        fields = []
+        for field_node in item.fields:
+            key = field_node.name.value
+            message = MISPLACED.get((owner.name, key))
+            if message is not None and key not in owner.fields:
+                warnings.append(FieldError(dotted_path([*path, key]), message))
+                continue
+            field = owner.fields.get(key)
+            if field is not None:
+                field_node = ObjectFieldNode(
+                    name=field_node.name,
+                    value=clean(field_node.value, field.type, [*path, key]),
+                    loc=field_node.loc,
+                )
+            fields.append(field_node)
+        return ObjectValueNode(fields=tuple(fields), loc=item.loc)
+
+    return clean(node, type_, []), warnings
 
 
 def coerce_input(value: object, type_: GraphQLInputType) -> Any:
@@ -149,3 +255,26 @@ def _describe(
     if message.startswith("Expected value of non-null type ") and message.endswith(" not to be None."):
         message = message.removesuffix(" not to be None.") + " not to be null."
     return FieldError(where, message)
+
+
+def drop_unknown(value: object, type_: GraphQLInputType) -> Any:
+    """`value` without any key its input type does not define, at every level.
+
+    This is how the reference reads a module.yaml: YAML into Go structs, unknown keys dropped.
+    """
+
+    def clean(item: object, item_type: Any) -> object:
+        owner = _named_input_object(item_type)
+        if owner is None:
+            return item
+        if isinstance(item, list) and _is_list(item_type):
+            return [clean(element, item_type_of(item_type)) for element in item]
+        if not isinstance(item, dict):
+            return item
+        return {
+            key: clean(field_value, owner.fields[key].type)
+            for key, field_value in item.items()
+            if isinstance(key, str) and key in owner.fields
+        }
+
+    return clean(value, type_)

@@ -10,10 +10,19 @@ def quote(value: str | int) -> str:
     """Single-quote a value for bash, always (shlex.quote's algorithm without its bare-word shortcut).
 
     Inside single quotes nothing is special; a quote in the value closes the string, adds an escaped
-    quote and reopens it, so no value can end its quoting.
+    quote and reopens it, so no value can end its quoting. The result is also valid POSIX sh.
     """
     text = str(value)
     return "'" + text.replace("'", "'\"'\"'") + "'"
+
+
+def printf_file(content: str, target: str, append: bool = False) -> str:
+    """A command writing `content` exactly into `target` (a bash word) with the printf builtin.
+
+    The builtin keeps the content out of any process's arguments (`ps`), and the content is one
+    quoted word, so nothing in it is expanded.
+    """
+    return f"printf '%s' {quote(content)} {'>>' if append else '>'}{target}"
 
 
 class ScriptBuilder:
@@ -31,6 +40,10 @@ class ScriptBuilder:
         """Add a fixed block (no workflow values inside), re-indented to the current depth."""
         for text in block.strip("\n").splitlines():
             self.line(text)
+
+    def raw(self, text: str) -> None:
+        """Add text as it is, without indentation (for quoted words spanning several lines)."""
+        self._lines.append(text)
 
     @contextmanager
     def block(self, opening: str, closing: str) -> Iterator[None]:

@@ -11,12 +11,12 @@ import grpc
 import structlog
 import uvicorn
 
-from sbatch_service.auth import NonceBook
+from sbatch_service.auth import NonceBook, PeerRateLimiter
 from sbatch_service.chain import JobReader
 from sbatch_service.graphql_api import SubmitService, build_app
 from sbatch_service.grpc_api import ScriptGate, start_grpc_server
 from sbatch_service.settings import Settings
-from sbatch_service.storage import ScriptStore
+from sbatch_service.storage import ChallengeStore, ScriptStore
 
 log = structlog.get_logger("sbatch_service")
 
@@ -30,6 +30,8 @@ class RunningService:
 
     settings: Settings
     store: ScriptStore
+    challenges: ChallengeStore
+    nonces: NonceBook
     jobs: JobReader
     http: uvicorn.Server
     http_task: asyncio.Task[None]
@@ -43,17 +45,33 @@ class RunningService:
         await self.http_task
         await self.jobs.close()
         self.store.close()
+        self.challenges.close()
 
 
 async def start_service(settings: Settings) -> RunningService:
     if not settings.metascheduler_address:
         raise ValueError("metascheduler_address is required (GRID_SBATCH_METASCHEDULER_ADDRESS)")
     store = ScriptStore(settings.database)
+    challenges = ChallengeStore(settings.database)
     jobs = JobReader(settings.rpc_url, settings.metascheduler_address, settings.abi_dir)
-    nonces = NonceBook(settings.challenge_ttl_seconds)
+    nonces = NonceBook(
+        settings.challenge_ttl_seconds,
+        max_outstanding=settings.challenge_max_outstanding,
+        record=challenges,
+    )
+    limiter = PeerRateLimiter(
+        settings.challenge_rate_per_second,
+        settings.challenge_burst,
+        max_peers=settings.challenge_rate_max_peers,
+    )
     gate = ScriptGate(nonces, jobs, store, settings.running_retention_seconds)
     grpc_server, grpc_port = await start_grpc_server(
-        f"{settings.grpc_host}:{settings.grpc_port}", nonces, gate, settings.logger_url
+        f"{settings.grpc_host}:{settings.grpc_port}",
+        nonces,
+        gate,
+        settings.logger_url,
+        limiter=limiter,
+        tls=settings.grpc_tls,
     )
     submit = SubmitService(
         store,
@@ -61,6 +79,7 @@ async def start_service(settings: Settings) -> RunningService:
         settings.render_options,
         settings.script_ttl_seconds,
         expose_stored_scripts=settings.expose_stored_scripts,
+        fetcher=settings.module_fetcher,
     )
     if settings.expose_stored_scripts:
         log.warning("the GraphQL job query gives any stored script to whoever knows its key")
@@ -83,8 +102,15 @@ async def start_service(settings: Settings) -> RunningService:
             raise TimeoutError("GraphQL server did not start in time")
         await asyncio.sleep(0.05)
     graphql_port = http.servers[0].sockets[0].getsockname()[1]
-    log.info("sbatch service ready", graphql_port=graphql_port, grpc_port=grpc_port)
-    return RunningService(settings, store, jobs, http, http_task, grpc_server, graphql_port, grpc_port)
+    log.info(
+        "sbatch service ready",
+        graphql_port=graphql_port,
+        grpc_port=grpc_port,
+        grpc_tls="mutual" if settings.grpc_client_ca_file else "on" if settings.grpc_tls else "off",
+    )
+    return RunningService(
+        settings, store, challenges, nonces, jobs, http, http_task, grpc_server, graphql_port, grpc_port
+    )
 
 
 async def serve_forever(settings: Settings) -> None:
@@ -106,6 +132,7 @@ async def serve_forever(settings: Settings) -> None:
             purged = await asyncio.to_thread(service.store.purge_expired)
             if purged:
                 log.info("expired scripts purged", count=purged)
+            await asyncio.to_thread(service.nonces.purge_expired)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), PURGE_INTERVAL_SECONDS)
     finally:

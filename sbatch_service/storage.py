@@ -2,6 +2,9 @@
 
 A script expires `ttl` seconds after it was stored; fetching it for a job that is still hot on chain
 extends its life (see `extend`), so a script stays available while its job may still need it.
+
+The same database holds the challenges handed out to supervisors and not used yet (`ChallengeStore`),
+so a challenge issued just before a restart is still accepted after it.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import hashlib
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 SCHEMA = """
@@ -74,6 +77,85 @@ class ScriptStore:
         with self._lock:
             cursor = self._db.execute("DELETE FROM scripts WHERE expires_at <= ?", (self._clock(),))
         return cursor.rowcount
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+CHALLENGE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS challenges (
+    nonce TEXT PRIMARY KEY,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS challenges_expires_at ON challenges (expires_at);
+"""
+
+
+class ChallengeStore:
+    """Outstanding challenges in the service's database, on a connection of their own.
+
+    `synchronous=NORMAL`: in WAL mode a commit survives the process (what a restart needs) without
+    an fsync per challenge; a power cut may lose the last ones, whose holders simply ask again.
+    The nonce book decides what is kept; this table mirrors it, so it is bounded the same way.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(CHALLENGE_SCHEMA)
+
+    def load(self, now: float, limit: int) -> list[tuple[str, float]]:
+        """The `limit` newest live challenges, oldest first; expired rows and any beyond `limit` go."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM challenges WHERE expires_at <= ?", (now,))
+                self._db.execute(
+                    "DELETE FROM challenges WHERE nonce NOT IN "
+                    "(SELECT nonce FROM challenges ORDER BY expires_at DESC, nonce LIMIT ?)",
+                    (limit,),
+                )
+                rows = self._db.execute(
+                    "SELECT nonce, expires_at FROM challenges ORDER BY expires_at, nonce"
+                ).fetchall()
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return [(str(nonce), float(expires)) for nonce, expires in rows]
+
+    def record(self, nonce: str, expires_at: float, dropped: Iterable[str] = ()) -> None:
+        """Add one challenge and delete the ones the book dropped, in one transaction."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("DELETE FROM challenges WHERE nonce = ?", [(n,) for n in dropped])
+                self._db.execute(
+                    "INSERT OR REPLACE INTO challenges (nonce, expires_at) VALUES (?, ?)", (nonce, expires_at)
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def remove(self, nonce: str) -> None:
+        """Forget a challenge (it was used); committed before returning, so it never comes back."""
+        with self._lock:
+            self._db.execute("DELETE FROM challenges WHERE nonce = ?", (nonce,))
+
+    def purge_expired(self, now: float) -> int:
+        with self._lock:
+            cursor = self._db.execute("DELETE FROM challenges WHERE expires_at <= ?", (now,))
+        return cursor.rowcount
+
+    def count(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT COUNT(*) FROM challenges").fetchone()
+        return int(row[0])
 
     def close(self) -> None:
         with self._lock:

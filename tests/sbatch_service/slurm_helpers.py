@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -9,9 +10,11 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from sbatch_service.loader import load_workflow
+from sbatch_service.loader import parse_workflow_text
 from sbatch_service.models import Job
+from sbatch_service.modules import ModuleFetcher, prepare
 from sbatch_service.names import SeededNames
 from sbatch_service.renderer import RenderOptions, render
 
@@ -29,15 +32,28 @@ class Finished:
     output: str
 
 
-def render_for_slurm(workflow: str | dict[str, object], storage_root: Path) -> tuple[Job, str]:
-    job = load_workflow(workflow) if isinstance(workflow, str) else _validated(workflow)
-    return job, render(job, SeededNames(0), RenderOptions(storage_root=str(storage_root)))
+def site_options(storage_root: Path) -> RenderOptions:
+    """The job folders and the four cache folders under one test folder (the world ones made here,
+    as a provider makes them)."""
+    caches = storage_root.parent / "caches"
+    for world in ("world-tmp", "disk-world-tmp"):
+        (caches / world).mkdir(parents=True, exist_ok=True)
+    return RenderOptions(
+        storage_root=str(storage_root),
+        shared_tmp=f"{caches}/persistent/user-{{uid}}",
+        shared_world_tmp=f"{caches}/world-tmp",
+        disk_tmp=f"{caches}/disk/user-{{uid}}",
+        disk_world_tmp=f"{caches}/disk-world-tmp",
+        software_root=f"{caches}/software",
+    )
 
 
-def _validated(workflow: dict[str, object]) -> Job:
-    from sbatch_service.models import validate_workflow
-
-    return validate_workflow(workflow)
+def render_for_slurm(
+    workflow: str | dict[str, Any], storage_root: Path, fetcher: ModuleFetcher | None = None
+) -> tuple[Job, str]:
+    data = parse_workflow_text(workflow) if isinstance(workflow, str) else workflow
+    job = prepare(data, fetcher=fetcher).job
+    return job, render(job, SeededNames(0), site_options(storage_root))
 
 
 def sbatch_arguments(job: Job, workdir: Path) -> list[str]:
@@ -108,3 +124,35 @@ def run_on_slurm(script: str, job: Job, workdir: Path, env: dict[str, str] | Non
     output_file = workdir / f"slurm-{job_id}.out"
     output = output_file.read_text() if output_file.exists() else ""
     return Finished(job_id, state, exit_code, output)
+
+
+STANDINS = Path(__file__).parent / "standins"
+SRUN_RECORDER = Path(__file__).parent / "srun_recorder"
+
+
+def standin_env(folder: Path, record_srun: bool = False) -> tuple[dict[str, str], Path]:
+    """The job's environment with the stand-ins (and the srun recorder) first on PATH, and the log."""
+    log = folder / "standin.jsonl"
+    path = f"{STANDINS}:{os.environ['PATH']}"
+    env = {"GRID_STANDIN_LOG": str(log)}
+    if record_srun:
+        path = f"{SRUN_RECORDER}:{path}"
+        env["GRID_SRUN_LOG"] = str(folder / "srun.jsonl")
+    return {**env, "PATH": path}, log
+
+
+def calls(log: Path, tool: str | None = None) -> list[dict[str, Any]]:
+    """The calls a stand-in recorded, in order (only those of `tool` when given)."""
+    if not log.exists():
+        return []
+    found = [json.loads(line) for line in log.read_text().splitlines()]
+    return [c for c in found if tool is None or c["tool"] == tool]
+
+
+def sruns(folder: Path) -> list[list[str]]:
+    """The arguments of every srun the batch script ran (with `record_srun`), the prepare-dir ones left out."""
+    log = folder / "srun.jsonl"
+    if not log.exists():
+        return []
+    found = [json.loads(line) for line in log.read_text().splitlines()]
+    return [argv for argv in found if "--job-name=prepare-dir" not in argv]

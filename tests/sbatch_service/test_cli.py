@@ -32,7 +32,26 @@ def test_render_accepts_json(tmp_path: Path) -> None:
         [GRID_SBATCH, "render", str(workflow)], capture_output=True, text=True, check=False
     )
     assert rendered.returncode == 0, rendered.stderr
-    assert "'/bin/sh' -c 'x'" in rendered.stdout
+    assert "/bin/sh -c 'x'" in rendered.stdout
+
+
+def test_render_reports_ignored_keys_on_stderr(tmp_path: Path) -> None:
+    workflow = tmp_path / "w.yaml"
+    workflow.write_text(
+        "resources: {tasks: 1, cpusPerTask: 1, memPerCpu: 1}\n"
+        "steps:\n  - name: s\n    network: slirp4netns\n    run: {command: x, mountHome: true}\n"
+    )
+    rendered = subprocess.run(
+        [GRID_SBATCH, "render", str(workflow)], capture_output=True, text=True, check=False
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    assert rendered.stdout.startswith("#!/bin/bash\n")
+    assert rendered.stderr.splitlines() == [
+        "warning: steps[0].network: ignored: network belongs in run (steps[].run.network), "
+        "as the reference ignores it here",
+        "warning: steps[0].run.mountHome: ignored: mountHome belongs in run.container, "
+        "as the reference ignores it here",
+    ]
 
 
 def test_render_reports_errors_with_exit_status_2(tmp_path: Path) -> None:
@@ -55,18 +74,26 @@ def test_render_reports_errors_with_exit_status_2(tmp_path: Path) -> None:
 
 def test_settings_file_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "sbatch.yaml"
-    config.write_text("grpc_port: 6000\nstorage_root: /data/grid\nscript_ttl_seconds: 60\n")
+    config.write_text(
+        "grpc_port: 6000\nstorage_root: /data/grid\nscript_ttl_seconds: 60\n"
+        "disk_tmp: /scratch/user-{uid}\nmodule_allowed_hosts: [git.example.org]\n"
+    )
     monkeypatch.setenv("GRID_SBATCH_GRPC_PORT", "7000")
     settings = load_settings(config)
     assert settings.grpc_port == 7000
     assert settings.storage_root == "/data/grid"
     assert settings.script_ttl_seconds == 60
     assert settings.render_options.storage_root == "/data/grid"
+    assert settings.render_options.disk_tmp == "/scratch/user-{uid}"
+    assert settings.module_fetcher.settings.allowed_hosts == ("git.example.org",)
     assert settings.expose_stored_scripts is False
     monkeypatch.setenv("GRID_SBATCH_EXPOSE_STORED_SCRIPTS", "true")
     assert load_settings(config).expose_stored_scripts is True
     config.write_text("grpc_prot: 1\n")
     with pytest.raises(ValueError, match="grpc_prot"):
+        load_settings(config)
+    config.write_text("shared_tmp: /cache/with space\n")
+    with pytest.raises(ValueError, match="without spaces"):
         load_settings(config)
     with pytest.raises(FileNotFoundError):
         load_settings(tmp_path / "missing.yaml")

@@ -18,6 +18,7 @@ from graphql import GraphQLError
 
 from sbatch_service.graphql_api import format_error
 from tests.fixtures.sbatch import JOB_QUERY, SUBMIT_MUTATION, SbatchProcess, start_sbatch_service
+from tests.sbatch_service.module_repo import SOURCE, make_module_repo
 
 GRID_SBATCH = str(Path(sys.executable).parent / "grid-sbatch")
 
@@ -72,7 +73,9 @@ TRAIN: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SbatchProcess]:
-    # GraphQL never reads the chain: any well-formed address will do here.
+    # GraphQL never reads the chain: any well-formed address will do here. Modules come from the
+    # tests' local git repository (any other source fails to fetch, without the network).
+    modules, _ = make_module_repo(tmp_path_factory.mktemp("modules"))
     process = start_sbatch_service(
         tmp_path_factory.mktemp("sbatch-graphql"),
         rpc_url="http://127.0.0.1:9",
@@ -80,6 +83,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SbatchProcess]
         extra_env={
             "GRID_SBATCH_STORAGE_ROOT": "/srv/grid-storage",
             "GRID_SBATCH_MAX_WORKFLOW_BYTES": "20000",
+            "GRID_SBATCH_MODULE_URL_TEMPLATE": modules.url_template,
+            "GRID_SBATCH_MODULE_ALLOWED_HOSTS": json.dumps([*modules.allowed_hosts, "github.com"]),
         },
     )
     try:
@@ -159,9 +164,17 @@ def test_health_answers_ok(service: SbatchProcess) -> None:
 @pytest.mark.parametrize(
     ("workflow", "expected"),
     [
-        (HELLO, ["'/bin/sh' -c 'echo \"hello world\"'"]),
-        (LOOP, ["enroot import", "'docker://registry-1.docker.io#library/ubuntu:22.04'", "--env 'FOO=bar'"]),
-        (TRAIN, ["apptainer exec --contain", "--mpi='pmix_v4'", "--gpus='4'", "DEEPSQUARE_ERROR_CODE"]),
+        (HELLO, ["/bin/sh -c 'echo \"hello world\"'"]),
+        (LOOP, ["enroot import", "'docker://registry-1.docker.io#library/ubuntu:22.04'", "export FOO="]),
+        (
+            TRAIN,
+            [
+                "apptainer --silent exec --disable-cache --contain",
+                "--mpi=pmix_v4",
+                "--gpus=4",
+                "DEEPSQUARE_ERROR_CODE",
+            ],
+        ),
     ],
     ids=["hello", "loop", "train"],
 )
@@ -172,7 +185,7 @@ def test_submit_stores_the_rendered_script_under_its_sha256(
     script = stored_script(service, key)
     assert script is not None
     assert key == hashlib.sha256(script.encode()).hexdigest()
-    assert "grid_storage_root='/srv/grid-storage'" in script
+    assert "STORAGE_PATH='/srv/grid-storage'/" in script
     for fragment in expected:
         assert fragment in script
 
@@ -246,8 +259,8 @@ def test_validation_errors_name_the_field(service: SbatchProcess) -> None:
         ),
         (changed(["steps", 0, "run", "shel"], "/bin/sh"), "steps[0].run.shel", "Did you mean 'shell'?"),
         (
-            changed(["steps", 0, "run", "mountHome"], True),
-            "steps[0].run.mountHome",
+            changed(["steps", 0, "run", "x11"], True),
+            "steps[0].run.x11",
             "not defined by type 'StepRun'",
         ),
         (changed(["env"], "FOO=bar"), "env", "Expected value of type 'EnvVar' to be an object"),
@@ -284,28 +297,81 @@ def test_graphql_coercion_refusals_name_the_field(
 
 
 @pytest.mark.parametrize(
-    ("workflow", "field"),
+    "workflow",
     [
-        (changed(["steps", 0, "use"], {"source": "github.com/org/module"}), "steps[0].use"),
-        (changed(["inputMode"], 448), "inputMode"),
-        (changed(["input"], {"http": {"url": "https://example.org/data.tar"}}), "input"),
-        (changed(["virtualNetworks"], [{"name": "n", "gatewayAddress": "10.0.0.1/24"}]), "virtualNetworks"),
-        (changed(["steps", 0, "run", "dns"], ["1.1.1.1"]), "steps[0].run.dns"),
-        (
-            changed(
-                ["steps", 0, "run", "container"],
-                {"image": "x", "mounts": [{"hostDir": "/a", "containerDir": "/b", "options": "ro"}]},
-            ),
-            "steps[0].run.container.mounts",
+        changed(["steps", 0, "use"], {"source": SOURCE + "@v1", "args": [{"key": "WHO", "value": "you"}]}),
+        changed(["inputMode"], 448),
+        changed(["input"], {"http": {"url": "https://example.org/data.tar"}}),
+        changed(["virtualNetworks"], [{"name": "n", "gatewayAddress": "10.0.0.1/24"}]),
+        changed(["steps", 0, "run", "dns"], ["1.1.1.1"]),
+        changed(
+            ["steps", 0, "run", "container"],
+            {"image": "x", "mounts": [{"hostDir": "/a", "containerDir": "/b", "options": "ro"}]},
         ),
+        changed(["steps", 0, "run", "container"], {"image": "library/x", "deepsquareHosted": True}),
+        changed(["steps", 0, "run", "network"], "pasta"),
+        changed(["steps", 0, "run", "mapUid"], 0),
+        changed(["continuousOutputSync"], True),
+        changed(["enableLogging"], True),
+        changed(["steps", 0], {"name": "only a name"}),
     ],
-    ids=["use", "inputMode", "input", "virtualNetworks", "dns", "mounts"],
+    ids=[
+        "use",
+        "inputMode",
+        "input",
+        "virtualNetworks",
+        "dns",
+        "mounts",
+        "deepsquareHosted",
+        "network",
+        "mapUid",
+        "continuousOutputSync",
+        "enableLogging",
+        "name-only",
+    ],
 )
-def test_fields_of_the_reference_not_run_yet_are_refused_by_name(
-    service: SbatchProcess, workflow: object, field: str
-) -> None:
-    error = the_refusal(service.graphql(SUBMIT_MUTATION, {"job": workflow}))
-    assert error["extensions"]["errors"] == [{"field": field, "message": "not supported yet"}]
+def test_every_field_of_the_reference_is_accepted(service: SbatchProcess, workflow: object) -> None:
+    body = service.graphql(SUBMIT_MUTATION, {"job": workflow})
+    assert "errors" not in body, body
+    assert stored_script(service, body["data"]["submit"]) is not None
+
+
+def test_misplaced_keys_are_ignored_with_warnings_in_extensions(service: SbatchProcess) -> None:
+    step = {
+        "name": "s",
+        "network": "slirp4netns",
+        "run": {"command": "x", "mountHome": True, "resources": {"gpus": 1}},
+    }
+    body = service.graphql(SUBMIT_MUTATION, {"job": changed(["steps"], [step])})
+    assert "errors" not in body, body
+    assert {w["field"] for w in body["extensions"]["warnings"]} == {
+        "steps[0].network",
+        "steps[0].run.mountHome",
+        "steps[0].run.resources.gpus",
+    }
+    script = stored_script(service, body["data"]["submit"])
+    assert script is not None and "slirp4netns" not in script and "--gpus=0" in script
+    inline = (
+        "mutation { submit(job: {resources: {tasks: 1, cpusPerTask: 1, memPerCpu: 64}, "
+        'steps: [{name: "a", network: "pasta", run: {command: "echo inline", mountHome: true}}]}) }'
+    )
+    body = service.graphql(inline)
+    assert "errors" not in body, body
+    assert [w["field"] for w in body["extensions"]["warnings"]] == [
+        "steps[0].network",
+        "steps[0].run.mountHome",
+    ]
+    refused = service.graphql(SUBMIT_MUTATION, {"job": changed(["steps"], [{**step, "colour": 1}])})
+    assert the_refusal(refused)["extensions"]["errors"] == [
+        {"field": "steps[0].colour", "message": "Field 'colour' is not defined by type 'Step'."}
+    ]
+
+
+def test_a_module_that_cannot_be_fetched_refuses_the_workflow(service: SbatchProcess) -> None:
+    missing = changed(["steps", 0, "use"], {"source": SOURCE + "@v9"})
+    error = the_refusal(service.graphql(SUBMIT_MUTATION, {"job": missing}))
+    assert error["extensions"]["field"] == "steps[0].use.source"
+    assert error["message"].startswith(f"steps[0].use.source: cannot fetch module {SOURCE}@v9: ")
 
 
 def test_every_problem_is_listed(service: SbatchProcess) -> None:
@@ -468,7 +534,14 @@ CORPUS: dict[str, object] = {
     "null-for-required": changed(["steps", 0, "run", "command"], None),
     "mount-home-on-run": changed(["steps", 0, "run", "mountHome"], True),
     "gpus-in-step": changed(["steps", 0, "run", "resources"], {"gpus": 1}),
+    "network-on-step": changed(["steps", 0, "network"], "slirp4netns"),
+    "module": changed(["steps", 0, "use"], {"source": SOURCE + "@v1"}),
+    "module-missing": changed(["steps", 0, "use"], {"source": SOURCE + "@v9"}),
+    "module-too-heavy": changed(["steps", 0, "use"], {"source": SOURCE + "/heavy@v1"}),
     "use": changed(["steps", 0, "use"], {"source": "github.com/org/module"}),
+    "registry-with-port": changed(
+        ["steps", 0, "run", "container"], {"image": "x", "registry": "localhost:5000"}
+    ),
     "input-mode": changed(["inputMode"], 448),
     "bad-image": changed(["steps", 0, "run", "container"], {"image": "Ubuntu"}),
     "zero-tasks": changed(["resources", "tasks"], 0),
@@ -516,6 +589,12 @@ def test_cli_and_graphql_give_the_same_verdict(service: SbatchProcess, tmp_path:
         "nulls-for-later-fields",
         "launch",
         "integral-float",
+        "mount-home-on-run",
+        "gpus-in-step",
+        "network-on-step",
+        "module",
+        "input-mode",
+        "no-kind",
     }
     from_cli = cli_verdict(service, workflow, tmp_path / "workflow.json")
     from_graphql = graphql_verdict(service, workflow)

@@ -2,7 +2,7 @@
 
 Regenerate after an intended change with
 `GRID_UPDATE_GOLDEN=1 pytest tests/sbatch_service/test_render_golden.py`
-and review the diff.
+and review the diff. `module.yaml` resolves its modules from the tests' local git repository.
 """
 
 from __future__ import annotations
@@ -14,24 +14,30 @@ from pathlib import Path
 
 import pytest
 
-from sbatch_service.loader import load_workflow
+from sbatch_service.loader import load_checked, load_workflow
+from sbatch_service.modules import GitFetcher
 from sbatch_service.names import SeededNames
 from sbatch_service.renderer import RenderOptions, render
+from tests.sbatch_service.module_repo import module_fetcher
 
 HERE = Path(__file__).parent
 WORKFLOWS = sorted((HERE / "workflows").glob("*.yaml"))
 GOLDEN = HERE / "golden"
 
 
-def render_file(path: Path) -> str:
-    return render(
-        load_workflow(path.read_text()), SeededNames(0), RenderOptions(storage_root="/opt/cache/shared")
-    )
+@pytest.fixture(scope="module")
+def fetcher(tmp_path_factory: pytest.TempPathFactory) -> GitFetcher:
+    return module_fetcher(tmp_path_factory.mktemp("modules"))
+
+
+def render_file(path: Path, fetcher: GitFetcher | None = None) -> str:
+    checked = load_checked(path.read_text(), fetcher=fetcher)
+    return render(checked.job, SeededNames(0), RenderOptions(storage_root="/opt/cache/shared"))
 
 
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
-def test_rendering_matches_golden_file(workflow: Path) -> None:
-    script = render_file(workflow)
+def test_rendering_matches_golden_file(workflow: Path, fetcher: GitFetcher) -> None:
+    script = render_file(workflow, fetcher)
     golden = GOLDEN / f"{workflow.stem}.sh"
     if os.environ.get("GRID_UPDATE_GOLDEN") == "1":
         golden.write_text(script)
@@ -40,14 +46,16 @@ def test_rendering_matches_golden_file(workflow: Path) -> None:
 
 
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
-def test_rendering_is_deterministic(workflow: Path) -> None:
-    assert render_file(workflow) == render_file(workflow)
+def test_rendering_is_deterministic(workflow: Path, fetcher: GitFetcher) -> None:
+    assert render_file(workflow, fetcher) == render_file(workflow, fetcher)
 
 
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
-def test_rendered_script_passes_bash_and_shellcheck(workflow: Path, tmp_path: Path) -> None:
+def test_rendered_script_passes_bash_and_shellcheck(
+    workflow: Path, tmp_path: Path, fetcher: GitFetcher
+) -> None:
     script = tmp_path / "script.sh"
-    script.write_text(render_file(workflow))
+    script.write_text(render_file(workflow, fetcher))
     syntax = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert syntax.returncode == 0, syntax.stderr
     shellcheck = shutil.which("shellcheck")
@@ -56,9 +64,9 @@ def test_rendered_script_passes_bash_and_shellcheck(workflow: Path, tmp_path: Pa
     assert lint.returncode == 0, lint.stdout
 
 
-def test_script_starts_with_true_and_has_no_sbatch_directives() -> None:
+def test_script_starts_with_true_and_has_no_sbatch_directives(fetcher: GitFetcher) -> None:
     for workflow in WORKFLOWS:
-        lines = render_file(workflow).splitlines()
+        lines = render_file(workflow, fetcher).splitlines()
         assert lines[0] == "#!/bin/bash"
         first_command = next(line for line in lines[1:] if line and not line.startswith("#"))
         assert first_command == "true"
@@ -68,3 +76,20 @@ def test_script_starts_with_true_and_has_no_sbatch_directives() -> None:
 def test_random_names_differ_between_renderings() -> None:
     job = load_workflow((HERE / "workflows" / "enroot.yaml").read_text())
     assert render(job) != render(job)
+
+
+def test_the_golden_workflows_cover_every_field_of_the_reference() -> None:
+    """Every input field of schema.graphql (but the logger's) appears in some golden workflow."""
+    from sbatch_service.schema import SCHEMA
+
+    text = "\n".join(path.read_text() for path in WORKFLOWS)
+    text += (HERE / "modules" / "greeting.yaml").read_text()
+    missing = []
+    for type_ in SCHEMA.type_map.values():
+        fields = getattr(type_, "fields", None)
+        if type_.name.startswith("__") or type_.name in ("Query", "Mutation") or not fields:
+            continue
+        for name in fields:
+            if name != "enableLogging" and f"{name}:" not in text:
+                missing.append(f"{type_.name}.{name}")
+    assert missing == []

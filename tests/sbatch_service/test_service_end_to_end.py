@@ -55,4 +55,4 @@ def test_a_restart_loses_nothing_and_the_provider_gets_the_script(grid: Grid, tm
     finally:
         restarted.stop()
     assert hashlib.sha256(answer.sbatch.encode()).hexdigest() == key
-    assert "'/bin/sh' -c 'echo hello'" in answer.sbatch
+    assert "/bin/sh -c 'echo hello'" in answer.sbatch

@@ -1,18 +1,18 @@
 #!/bin/bash
 # Rendered by grid-sbatch from a workflow. Resources come from the sbatch command line.
 # Workflow values are single-quoted on purpose: they expand in the step's shell, not here.
-# shellcheck disable=SC2016,SC1003
+# Launch bodies and subshells set their own grid_scope on purpose (SC2030, SC2031).
+# shellcheck disable=SC2016,SC1003,SC2030,SC2031
 true
 set -euo pipefail
 umask 077
 
-export NTASKS='2'
-export CPUS_PER_TASK='2'
-export MEM_PER_CPU='512'
-export GPUS='0'
-export CPUS='4'
-export MEM='2048'
-export GREETING='it'"'"'s a "test"'
+export NTASKS=2
+export CPUS_PER_TASK=2
+export MEM_PER_CPU=512
+export GPUS=0
+export CPUS=4
+export MEM=2048
 
 grid_reserved() {
   case "$1" in
@@ -36,44 +36,116 @@ grid_load_env() {
 grid_await() {
   local status_file="$STORAGE_PATH/.grid/launch-$1.rc"
   wait "$1" 2>/dev/null || true
-  while [ ! -e "$status_file" ]; do
-    sleep 1
+  while [ ! -e "$status_file" ] && kill -0 "$1" 2>/dev/null; do
+    sleep 0.2
   done
-  return "$(cat "$status_file")"
+  if [ -e "$status_file" ]; then
+    return "$(cat "$status_file")"
+  fi
+  return 1
 }
 
 # Send a signal to a launched step and everything it started (its own process group).
 grid_signal() {
-  kill -n "$1" -- "-$2" 2>/dev/null || true
+  kill -s "$1" -- "-$2" 2>/dev/null || true
+}
+
+# Wait until a launched step has ended, whichever shell started it.
+grid_reap() {
+  wait "$1" 2>/dev/null || true
+  while kill -0 "$1" 2>/dev/null; do
+    sleep 0.1
+  done
+}
+
+# A launch body or the job ends: signal the steps it launched (signalOnParentStepExit), wait for them.
+grid_end_scope() {
+  local file="$STORAGE_PATH/.grid/scope-$1" pid signal
+  [ -e "$file" ] || return 0
+  while read -r pid signal; do
+    if [ "$signal" -ne 0 ]; then
+      grid_signal "$signal" "$pid"
+    fi
+  done <"$file"
+  while read -r pid signal; do
+    grid_reap "$pid"
+  done <"$file"
 }
 
 grid_cleanup() {
-  local pid
-  for pid in "${grid_launches[@]}"; do
-    grid_signal 15 "$pid"
+  local scope pid signal tries
+  for scope in "$STORAGE_PATH"/.grid/scope-*; do
+    [ -e "$scope" ] || continue
+    while read -r pid signal; do
+      grid_signal TERM "$pid"
+    done <"$scope"
+  done
+  for pid in "${grid_background[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for scope in "$STORAGE_PATH"/.grid/scope-*; do
+    [ -e "$scope" ] || continue
+    while read -r pid signal; do
+      tries=0
+      while kill -0 "$pid" 2>/dev/null && [ "$tries" -lt 100 ]; do
+        sleep 0.1
+        tries=$((tries + 1))
+      done
+      grid_signal KILL "$pid"
+    done <"$scope"
   done
   wait
+  chmod -R u+rwX -- "$STORAGE_PATH" 2>/dev/null || true
   rm -rf -- "$STORAGE_PATH"
 }
 
-grid_storage_root='/opt/cache/shared'
-STORAGE_PATH="$grid_storage_root/$(id -u)/job-${SLURM_JOB_ID:-$$}"
+grid_uid="$(id -u)"
+STORAGE_PATH='/opt/cache/shared'/"$grid_uid/job-${SLURM_JOB_ID:-$$}"
 readonly STORAGE_PATH
 export STORAGE_PATH
 export DEEPSQUARE_INPUT="$STORAGE_PATH/input"
 export DEEPSQUARE_OUTPUT="$STORAGE_PATH/output"
 export DEEPSQUARE_ENV="$STORAGE_PATH/env"
-grid_launches=()
+export DEEPSQUARE_TMP='/opt/cache/persistent/user-'"$grid_uid"
+export DEEPSQUARE_SHARED_TMP="$DEEPSQUARE_TMP"
+export DEEPSQUARE_SHARED_WORLD_TMP='/opt/cache/world-tmp'
+export DEEPSQUARE_DISK_TMP='/opt/cache/disk/tmp/user-'"$grid_uid"
+export DEEPSQUARE_DISK_WORLD_TMP='/opt/cache/disk/world-tmp'
+grid_scope=job
+grid_background=()
 trap grid_cleanup EXIT
 trap 'exit 143' TERM
 trap 'exit 130' INT
-mkdir -p -- "$DEEPSQUARE_INPUT" "$DEEPSQUARE_OUTPUT" "$STORAGE_PATH/.grid" "$STORAGE_PATH/images"
+mkdir -p -- "$DEEPSQUARE_INPUT" "$DEEPSQUARE_OUTPUT" "$STORAGE_PATH/.grid" "$STORAGE_PATH/images" "$STORAGE_PATH/tmp" "$STORAGE_PATH/world-tmp" "$STORAGE_PATH/disk/tmp" "$STORAGE_PATH/disk/world-tmp"
+chmod 700 -- "$STORAGE_PATH"
+grid_cache_fallback() {
+  echo "note: the site's cache folder ${!1} is not available: $2 stands in for it" >&2
+  printf -v "$1" '%s' "$2"
+}
+if ! { mkdir -p -- "$DEEPSQUARE_TMP" && chmod 700 -- "$DEEPSQUARE_TMP"; } 2>/dev/null; then
+  grid_cache_fallback DEEPSQUARE_TMP "$STORAGE_PATH/tmp"
+  DEEPSQUARE_SHARED_TMP="$DEEPSQUARE_TMP"
+fi
+[ -d "$DEEPSQUARE_SHARED_WORLD_TMP" ] || grid_cache_fallback DEEPSQUARE_SHARED_WORLD_TMP "$STORAGE_PATH/world-tmp"
+[ -d "$DEEPSQUARE_DISK_WORLD_TMP" ] || grid_cache_fallback DEEPSQUARE_DISK_WORLD_TMP "$STORAGE_PATH/disk/world-tmp"
+if ! { mkdir -p -- "$DEEPSQUARE_DISK_TMP" && [ -w "$DEEPSQUARE_DISK_TMP" ]; } 2>/dev/null; then
+  grid_cache_fallback DEEPSQUARE_DISK_TMP "$STORAGE_PATH/disk/tmp"
+fi
 : >"$DEEPSQUARE_ENV"
+for grid_node in $(scontrol show hostnames "$SLURM_NODELIST"); do
+  srun --job-name=prepare-dir -N 1-1 -n 1 --gpus=0 -w "$grid_node" \
+    sh -c 'mkdir -p -- "$DEEPSQUARE_DISK_TMP" && chmod 700 -- "$DEEPSQUARE_DISK_TMP"'
+done
+cd -- "$STORAGE_PATH"
+export GREETING='it'"'"'s a "test"'
 
+printf 'Running: %s\n' 'write-env'
 grid_load_env
-srun --ntasks='1' --cpus-per-task='2' --mem-per-cpu='512M' --export=ALL --chdir="$STORAGE_PATH" \
-  '/bin/bash' -c 'echo "ANSWER=42" >> "$DEEPSQUARE_ENV"'
+srun --job-name='write-env' --export=ALL --cpus-per-task=2 --mem-per-cpu=512M --gpus-per-task=0 --gpus=0 --ntasks=1 \
+  /bin/bash -c 'echo "ANSWER=42" >> "$DEEPSQUARE_ENV"'
+printf 'Running: %s\n' 'use-env'
 grid_load_env
-srun --ntasks='2' --cpus-per-task='1' --mem-per-cpu='256M' --mpi='pmi2' --cpu-bind=none --export=ALL --chdir='/tmp' \
-  env 'STEP_VAR=$(not expanded)' '/bin/sh' -c 'echo "$GREETING $ANSWER $STEP_VAR"'
-wait
+STEP_VAR='$(not expanded)' srun --job-name='use-env' --export=ALL --cpus-per-task=1 --mem-per-cpu=256M --gpus-per-task=0 --gpus=0 --ntasks=2 --mpi=pmi2 --cpu-bind=none \
+  /bin/sh -c 'mkdir -p -- '"'"'/tmp'"'"' && cd -- '"'"'/tmp'"'"' || { echo "change dir to working directory failed"; exit 1; }
+echo "$GREETING $ANSWER $STEP_VAR"'
+grid_end_scope "$grid_scope"
