@@ -20,6 +20,19 @@ FAILURE_STATES = frozenset(
 OUT_OF_TIME_STATES = frozenset({"TIMEOUT", "DEADLINE"})
 FINAL_STATES = FAILURE_STATES | OUT_OF_TIME_STATES | {"COMPLETED", "CANCELLED"}
 KNOWN_STATES = WAITING_STATES | ACTIVE_STATES | FINAL_STATES
+# A job's base state, one of which every state list of Slurm 23.11 and later holds.
+BASE_STATES = frozenset(
+    {"PENDING", "RUNNING", "SUSPENDED", "COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL",
+     "PREEMPTED", "BOOT_FAIL", "DEADLINE", "OUT_OF_MEMORY"}
+)  # fmt: skip
+# Flags that name the job's state when set, in the order of Slurm's job_state_string(): the single
+# state that 22.05 prints, and this layer's mapping, is the first of them present, else the base state.
+NAMING_FLAGS = (
+    "COMPLETING", "STAGE_OUT", "CONFIGURING", "RESIZING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
+    "SPECIAL_EXIT", "STOPPED", "REVOKED", "RESV_DEL_HOLD", "SIGNALING",
+)  # fmt: skip
+# Flags that job_state_string() never prints: bookkeeping that does not change what the job is.
+SILENT_FLAGS = frozenset({"LAUNCH_FAILED", "UPDATE_DB", "RECONFIG_FAIL", "POWER_UP_NODE"})
 
 
 class UnknownSlurmState(ValueError):
@@ -41,6 +54,25 @@ def normalize_state(raw: str) -> str:
     if state not in KNOWN_STATES:
         raise UnknownSlurmState(f"unknown Slurm job state {raw!r}")
     return state
+
+
+def state_from_flags(parts: list[str]) -> str:
+    """The one state of a state list (`["CANCELLED", "COMPLETING"]` is `COMPLETING`), as 22.05 names it.
+
+    A list with a flag this layer does not know, or without exactly one base state, gives back that
+    flag or the whole list, which normalize_state refuses: the job is then left alone, never guessed.
+    """
+    names = [part.strip().upper() for part in parts]
+    for flag in NAMING_FLAGS:
+        if flag in names:
+            return flag
+    unknown = [name for name in names if name not in BASE_STATES and name not in SILENT_FLAGS]
+    if unknown:
+        return unknown[0]
+    bases = [name for name in names if name in BASE_STATES]
+    if len(bases) == 1:
+        return bases[0]
+    return "+".join(names) or "(EMPTY)"
 
 
 def is_final(state: str) -> bool:

@@ -5,11 +5,13 @@ from supervisor.slurm.errors import (
     BackendUnavailable,
     InvalidSubmission,
     JobAlreadySubmitted,
+    JobRefused,
     SlurmCommandFailed,
     SlurmCommandTimeout,
     SlurmError,
     SlurmOutputError,
     SlurmUnavailable,
+    SubmissionRefused,
     UnixUserMissing,
 )
 from supervisor.slurm.factory import create_backend
@@ -21,6 +23,7 @@ __all__ = [
     "CommandSlurmBackend",
     "InvalidSubmission",
     "JobAlreadySubmitted",
+    "JobRefused",
     "JobSubmission",
     "JobUserSettings",
     "NodeHardware",
@@ -36,6 +39,7 @@ __all__ = [
     "SlurmSettings",
     "SlurmUnavailable",
     "SshSettings",
+    "SubmissionRefused",
     "UnixUserMissing",
     "create_backend",
 ]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
+import structlog
+
+from supervisor.core.slurm_states import KNOWN_STATES
 from supervisor.slurm import commands, parsing
 from supervisor.slurm.errors import (
     InvalidSubmission,
@@ -84,6 +87,25 @@ def _not_before(job: ObservedJob, since: datetime | None) -> bool:
 
 _ALREADY_ENDED = ("already completing or completed", "invalid job id specified")
 
+log = structlog.get_logger("supervisor.slurm")
+
+
+def log_unknown_states(jobs: Iterable[ObservedJob], logged: set[tuple[int, str]]) -> None:
+    """Say once per job and state that Slurm reported a state this layer does not know.
+
+    Such a job gets no report (its chain outcome is unknown) until Slurm reports a known state.
+    """
+    for job in jobs:
+        if job.state in KNOWN_STATES or (job.slurm_job_id, job.state) in logged:
+            continue
+        logged.add((job.slurm_job_id, job.state))
+        log.warning(
+            "Slurm reports a job state this supervisor does not know: the job is left as it is",
+            slurm_job_id=job.slurm_job_id,
+            name=job.name,
+            state=job.state,
+        )
+
 
 @dataclass
 class CommandSlurmBackend:
@@ -94,6 +116,7 @@ class CommandSlurmBackend:
     submit_as_job_user: bool = True
     _known_users: set[str] = field(default_factory=set)
     _accounting: bool | None = None
+    _unknown_states: set[tuple[int, str]] = field(default_factory=set)
 
     async def _run(
         self,
@@ -107,9 +130,13 @@ class CommandSlurmBackend:
             argv, user=user, stdin=stdin, env=env, timeout=self.settings.command_timeout_seconds
         )
         if result.returncode != 0:
-            if parsing.says_unavailable(result.stderr):
-                raise SlurmUnavailable(f"`{argv[0]}`: {result.stderr.strip()[-300:]}")
-            raise SlurmCommandFailed(argv, result.returncode, result.stderr or result.stdout)
+            failure = parsing.command_failure(argv, result.returncode, result.stderr, result.stdout)
+            if isinstance(failure, SlurmUnavailable):
+                raise failure
+            # Only sbatch asks Slurm to take a job: another command's failure refuses no job.
+            if failure.refuses_job and argv[0] != "sbatch":
+                raise SlurmCommandFailed(argv, result.returncode, result.stderr or result.stdout)
+            raise failure
         return result
 
     async def _check_user(self, user: str) -> None:
@@ -123,8 +150,18 @@ class CommandSlurmBackend:
         self._known_users.add(user)
 
     async def submit(self, submission: JobSubmission, *, since: datetime | None = None) -> int:
+        """Look the name up, then sbatch. Each failure says its cause: JobRefused (SubmissionRefused,
+        UnixUserMissing, InvalidSubmission) only when the job itself is refused; a failed look-up is
+        SlurmUnavailable; an sbatch that hung or failed for an unknown cause is not a refusal."""
         script = commands.guard_script(submission.script)
-        existing = await self._existing_job_id(submission.name, since)
+        try:
+            existing = await self._existing_job_id(submission.name, since)
+        except SlurmUnavailable:
+            raise
+        except SlurmError as exc:
+            raise SlurmUnavailable(
+                f"the look-up of {submission.name} before submitting it failed, nothing was submitted: {exc}"
+            ) from exc
         if existing is not None:
             raise JobAlreadySubmitted(submission.name, existing)
         await self._check_user(submission.unix_user)
@@ -177,6 +214,7 @@ class CommandSlurmBackend:
             except SlurmUnavailable:
                 accounting_answered = False
         jobs = parsing.latest_by_name(found)
+        log_unknown_states(jobs.values(), self._unknown_states)
         not_found = wanted - jobs.keys()
         return QueryResult(
             jobs=jobs,

@@ -64,9 +64,14 @@ def sbatch_argv(submission: JobSubmission, partition: str, extra_args: Iterable[
     return argv
 
 
-def squeue_argv() -> list[str]:
-    """All jobs the controller knows, in one JSON answer (22.05 ignores filters with --json)."""
-    return ["squeue", "--json"]
+def squeue_argv(data_parser: str | None = None) -> list[str]:
+    """All jobs the controller knows, in one JSON answer.
+
+    22.05 ignores filters with --json and prints every job; from 23.02 the default filter hides
+    finished ones, so all partitions and states are asked for explicitly. `data_parser` picks one of
+    the release's JSON layouts (`v0.0.42`); None is the release's default.
+    """
+    return ["squeue", f"--json={data_parser}" if data_parser else "--json", "--all", "--states=all"]
 
 
 def squeue_name_argv(name: str) -> list[str]:

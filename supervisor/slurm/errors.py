@@ -3,14 +3,40 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 
 class SlurmError(Exception):
-    """Base of every error raised by the Slurm layer."""
+    """Base of every error raised by the Slurm layer.
+
+    `refuses_job` tells a definite refusal of the job asked for (the same request would fail the same
+    way: refuse the job) from everything else (Slurm unreachable, a command that hung or failed for
+    another reason, an answer that could not be read: try again later).
+    """
+
+    refuses_job: ClassVar[bool] = False
 
 
 class SlurmUnavailable(SlurmError):
-    """Slurm (the controller, the login node or its SSH server) cannot be reached now; retry later."""
+    """Slurm (the controller, the login node or its SSH server) cannot be reached now; retry later.
+
+    Also raised when a look-up a submission depends on failed: nothing was submitted.
+    """
+
+
+class JobRefused(SlurmError):
+    """A definite refusal of this one job: submitting it again would fail the same way."""
+
+    refuses_job: ClassVar[bool] = True
+
+
+class SubmissionRefused(JobRefused):
+    """Slurm refused the job (invalid partition, account or QOS, resources no node has, a policy
+    limit, an invalid time limit...); `reason` is Slurm's own message."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason.strip()
+        super().__init__(f"Slurm refused the job: {self.reason[-500:]}")
 
 
 class SlurmCommandTimeout(SlurmUnavailable):
@@ -38,11 +64,11 @@ class SlurmOutputError(SlurmError):
     """A Slurm command answered with output this layer cannot read."""
 
 
-class InvalidSubmission(SlurmError, ValueError):
+class InvalidSubmission(JobRefused, ValueError):
     """A submission refused before reaching Slurm (bad resources, script or working directory)."""
 
 
-class UnixUserMissing(SlurmError):
+class UnixUserMissing(JobRefused):
     """The UNIX user a job should run as does not exist on the cluster."""
 
     def __init__(self, user: str) -> None:

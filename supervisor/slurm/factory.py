@@ -12,11 +12,15 @@ def create_backend(settings: SlurmSettings) -> SlurmBackend:
     """local: commands on this machine; ssh: commands on the login node; pyslurm: the optional extra."""
     if settings.backend == "local":
         conf = str(settings.slurm_conf) if settings.slurm_conf else None
-        return CommandSlurmBackend(LocalRunner(slurm_conf=conf), settings)
+        return CommandSlurmBackend(
+            LocalRunner(slurm_conf=conf, command_prefix=settings.command_prefix), settings
+        )
     if settings.backend == "ssh":
         assert settings.ssh is not None  # guaranteed by SlurmSettings' validation
         return CommandSlurmBackend(
-            SshRunner(settings.ssh), settings, submit_as_job_user=settings.ssh.login_as_job_user
+            SshRunner(settings.ssh, command_prefix=settings.command_prefix),
+            settings,
+            submit_as_job_user=settings.ssh.login_as_job_user,
         )
     from supervisor.slurm.pyslurm_backend import PyslurmBackend
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,9 +14,16 @@ from supervisor.core.slurm_states import (
     normalize_state,
     parse_exit_pair,
     split_wait_status,
+    state_from_flags,
 )
 from supervisor.slurm.commands import SACCT_FIELDS
-from supervisor.slurm.errors import SlurmOutputError, SlurmUnavailable
+from supervisor.slurm.errors import (
+    SlurmCommandFailed,
+    SlurmError,
+    SlurmOutputError,
+    SlurmUnavailable,
+    SubmissionRefused,
+)
 from supervisor.slurm.models import NodeHardware, ObservedJob, PartitionHardware
 
 # Slurm's "no value" and "infinite" markers for 32-bit fields.
@@ -32,6 +39,45 @@ _UNAVAILABLE_MARKERS = (
     "communication connection failure",
     "slurmctld is not responding",
     "transport endpoint is not connected",
+    "temporarily unable to accept job",
+    "resource temporarily unavailable",
+    "try again",
+    "protocol authentication error",
+    "munge",
+    "connection reset by peer",
+    "network is unreachable",
+    "no route to host",
+    "in standby mode",
+)
+# Slurm's messages (slurm_strerror, and sbatch's own checks) that refuse the job itself: the same
+# request fails the same way whenever it is sent.
+_REFUSAL_MARKERS = (
+    "invalid partition",
+    "requested node configuration is not available",
+    "invalid account",
+    "invalid qos",
+    "job violates accounting/qos policy",
+    "requested time limit is invalid",
+    "invalid time limit",
+    "more processors requested than permitted",
+    "memory required by task is not available",
+    "memory specification can not be satisfied",
+    "cpu count per node can not be satisfied",
+    "invalid generic resource",
+    "invalid trackable resource",
+    "invalid feature specification",
+    "node count specification invalid",
+    "task count specification invalid",
+    "cpu count specification invalid",
+    "invalid wckey",
+    "invalid license specification",
+    "user's group not permitted to use this partition",
+    "access/permission denied",
+    "user id is missing",
+    "invalid user id",
+    "requested nodes are not in partition",
+    "invalid --gpus",
+    "invalid gres specification",
 )
 ACCOUNTING_DISABLED_MARKER = "accounting storage is disabled"
 
@@ -45,6 +91,35 @@ def says_unavailable(stderr: str) -> bool:
     """Whether a command's error output means Slurm is unreachable (worth retrying), not a refusal."""
     text = stderr.lower()
     return any(marker in text for marker in _UNAVAILABLE_MARKERS)
+
+
+def refusal_reason(stderr: str) -> str | None:
+    """Slurm's message when it refuses the job itself, else None (unreachable, or a cause not known).
+
+    Unreachability wins: "Batch job submission failed: Unable to contact slurm controller" is no
+    refusal of the job.
+    """
+    if says_unavailable(stderr):
+        return None
+    text = stderr.lower()
+    if not any(marker in text for marker in _REFUSAL_MARKERS):
+        return None
+    lines = [re.sub(r"^\s*\w+: error: ", "", line).strip() for line in stderr.splitlines()]
+    return "; ".join(line for line in lines if line)
+
+
+def command_failure(argv: Sequence[str], returncode: int, stderr: str, stdout: str = "") -> SlurmError:
+    """The error for a Slurm command that exited with a failure, by its cause.
+
+    SlurmUnavailable when Slurm could not be reached, SubmissionRefused when Slurm refused the job,
+    SlurmCommandFailed (retried later, never a refusal) when the cause is not known.
+    """
+    if says_unavailable(stderr):
+        return SlurmUnavailable(f"`{argv[0] if argv else '?'}`: {stderr.strip()[-300:]}")
+    reason = refusal_reason(stderr)
+    if reason is not None:
+        return SubmissionRefused(reason)
+    return SlurmCommandFailed(argv, returncode, stderr or stdout)
 
 
 def says_accounting_disabled(output: str) -> bool:
@@ -112,6 +187,24 @@ def _int(record: Mapping[str, Any], key: str, command: str) -> int:
     return value
 
 
+def _number(record: Mapping[str, Any], key: str, command: str) -> int | None:
+    """An integer as any Slurm release prints it; None when Slurm says it has no value or no limit.
+
+    22.05 (openapi v0.0.38) prints plain integers, with 0xFFFFFFFE/0xFFFFFFFF for "no value" and
+    "infinite"; 23.02 on (data_parser v0.0.39 and later) prints `{"set": .., "infinite": .., "number": ..}`.
+    """
+    value = record.get(key)
+    if isinstance(value, dict) and "number" in value:
+        number = value.get("number")
+        if isinstance(number, bool) or not isinstance(number, int):
+            raise SlurmOutputError(f"{command}: field {key!r} is {value!r}, expected an integer")
+        if value.get("infinite") is True or value.get("set") is False:
+            return None
+        return number
+    number = _int(record, key, command)
+    return None if number in _NO_VALUE else number
+
+
 def _str(record: Mapping[str, Any], key: str, command: str) -> str:
     value = record.get(key)
     if not isinstance(value, str):
@@ -125,11 +218,56 @@ def _epoch(value: int) -> datetime | None:
     return datetime.fromtimestamp(value, tz=UTC)
 
 
-def _state(raw: str, command: str) -> str:
+def _time(record: Mapping[str, Any], key: str, command: str) -> datetime | None:
+    value = _number(record, key, command)
+    return None if value is None else _epoch(value)
+
+
+def _state(raw: str) -> str:
+    """The state's name; one this layer does not know is kept as Slurm wrote it.
+
+    Such a job is neither waiting, active nor final, so nothing is reported for it (its chain outcome
+    raises UnknownSlurmState) while every other job of the answer is read as usual.
+    """
     try:
         return normalize_state(raw)
-    except UnknownSlurmState as exc:
-        raise SlurmOutputError(f"{command}: {exc}") from exc
+    except UnknownSlurmState:
+        words = raw.strip().split()
+        return words[0].upper() if words else "(EMPTY)"
+
+
+def _job_state(record: Mapping[str, Any], command: str) -> str:
+    """`job_state`: a string up to 23.02, from 23.11 a list of the base state and its flags."""
+    value = record.get("job_state")
+    if isinstance(value, str):
+        return _state(value)
+    if isinstance(value, list) and value and all(isinstance(part, str) for part in value):
+        return _state(state_from_flags(value))
+    raise SlurmOutputError(f"{command}: field 'job_state' is {value!r}, expected a state or a list of them")
+
+
+def _exit_status(record: Mapping[str, Any], command: str) -> tuple[int, int | None]:
+    """(exit code, signal) of `exit_code`: a raw wait status up to 22.05, an object from 23.02 on.
+
+    The object holds `status` (SUCCESS, ERROR, SIGNALED...), `return_code` and `signal`
+    (`{"id": .., "name": ..}`, the id also read under `signal_id`), numbers plain or as objects.
+    """
+    value = record.get("exit_code")
+    if not isinstance(value, dict):
+        try:
+            return split_wait_status(_int(record, "exit_code", command))
+        except ValueError as exc:
+            raise SlurmOutputError(f"{command}: field 'exit_code': {exc}") from exc
+    code = _number(value, "return_code", command) if "return_code" in value else None
+    signal_record = value.get("signal")
+    signal: int | None = None
+    if isinstance(signal_record, dict):
+        key = "id" if "id" in signal_record else "signal_id"
+        if key in signal_record:
+            signal = _number(signal_record, key, command)
+    elif signal_record is not None:
+        raise SlurmOutputError(f"{command}: field 'exit_code' has signal {signal_record!r}")
+    return code or 0, signal or None
 
 
 def parse_squeue_json(
@@ -139,8 +277,8 @@ def parse_squeue_json(
     now: datetime,
     submitted_after: datetime | None = None,
 ) -> list[ObservedJob]:
-    """Jobs of `squeue --json` (openapi v0.0.38), only those named in `names` when given, and only
-    those submitted at or after `submitted_after` when given."""
+    """Jobs of `squeue --json` (any layout from 22.05's openapi v0.0.38 to data_parser v0.0.45), only
+    those named in `names` when given, and only those submitted at or after `submitted_after` when given."""
     data = _load_json(text, "squeue")
     jobs = data.get("jobs")
     if not isinstance(jobs, list):
@@ -153,12 +291,12 @@ def parse_squeue_json(
         if names is not None and name not in names:
             continue
         if submitted_after is not None:
-            submitted = _epoch(_int(record, "submit_time", "squeue"))
+            submitted = _time(record, "submit_time", "squeue")
             if submitted is not None and submitted < submitted_after:
                 continue
-        state = _state(_str(record, "job_state", "squeue"), "squeue")
-        start = _epoch(_int(record, "start_time", "squeue"))
-        end = _epoch(_int(record, "end_time", "squeue"))
+        state = _job_state(record, "squeue")
+        start = _time(record, "start_time", "squeue")
+        end = _time(record, "end_time", "squeue")
         final = state in FINAL_STATES
         if start is None or state == "PENDING":
             elapsed = 0
@@ -171,8 +309,8 @@ def parse_squeue_json(
         exit_code: int | None = None
         signal: int | None = None
         if final:
-            exit_code, signal = split_wait_status(_int(record, "exit_code", "squeue"))
-        limit = _int(record, "time_limit", "squeue")
+            exit_code, signal = _exit_status(record, "squeue")
+        limit = _number(record, "time_limit", "squeue")
         reason = record.get("state_reason")
         user = record.get("user_name")
         observed.append(
@@ -186,7 +324,7 @@ def parse_squeue_json(
                 start_time=start,
                 end_time=end,
                 reason=reason if isinstance(reason, str) else None,
-                time_limit_minutes=None if limit in _NO_VALUE else limit,
+                time_limit_minutes=limit,
                 user=user if isinstance(user, str) else None,
                 from_accounting=False,
             )
@@ -227,7 +365,7 @@ def parse_sacct(text: str) -> list[ObservedJob]:
             ObservedJob(
                 slurm_job_id=int(job_id),
                 name=name,
-                state=_state(state, "sacct"),
+                state=_state(state),
                 exit_code=exit_code,
                 signal=signal,
                 elapsed_seconds=int(elapsed),
@@ -272,8 +410,13 @@ def _gpus(record: Mapping[str, Any]) -> int:
 
 
 def parse_sinfo_json(text: str, partition: str) -> PartitionHardware:
-    """The nodes of one partition from `sinfo --json`: CPUs, memory (MB) and GPUs of each."""
+    """The nodes of one partition from `sinfo --json`: CPUs, memory (MB) and GPUs of each.
+
+    22.05 lists nodes (`nodes`); from 23.02 the answer is a list of groups of alike nodes (`sinfo`).
+    """
     data = _load_json(text, "sinfo")
+    if isinstance(data.get("sinfo"), list) and "nodes" not in data:
+        return _sinfo_groups(data["sinfo"], partition)
     nodes = data.get("nodes")
     if not isinstance(nodes, list):
         raise SlurmOutputError("sinfo: the JSON answer has no 'nodes' list")
@@ -297,3 +440,36 @@ def parse_sinfo_json(text: str, partition: str) -> PartitionHardware:
     if not found:
         raise SlurmOutputError(f"sinfo: partition {partition!r} has no nodes (or does not exist)")
     return PartitionHardware(partition=partition, nodes=tuple(sorted(found, key=lambda n: n.name)))
+
+
+def _alike(group: Mapping[str, Any], key: str) -> int:
+    """A per-node figure of a group of nodes: its nodes must agree on it (minimum == maximum)."""
+    figures = group.get(key)
+    if not isinstance(figures, dict):
+        raise SlurmOutputError(f"sinfo: group field {key!r} is {figures!r}, expected an object")
+    low, high = _int(figures, "minimum", "sinfo"), _int(figures, "maximum", "sinfo")
+    if low != high:
+        raise SlurmOutputError(f"sinfo: a group of nodes has {key} from {low} to {high}, not one figure")
+    return low
+
+
+def _sinfo_groups(groups: list[Any], partition: str) -> PartitionHardware:
+    found: dict[str, NodeHardware] = {}
+    for group in groups:
+        if not isinstance(group, dict):
+            raise SlurmOutputError("sinfo: a group entry is not an object")
+        part = group.get("partition")
+        if not isinstance(part, dict) or part.get("name") != partition:
+            continue
+        names = group.get("nodes", {}).get("nodes") if isinstance(group.get("nodes"), dict) else None
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            raise SlurmOutputError(f"sinfo: a group of partition {partition!r} has no list of node names")
+        gres = group.get("gres")
+        total = gres.get("total") if isinstance(gres, dict) else None
+        gpus = sum(int(count) for count in _GRES_GPU.findall(total)) if isinstance(total, str) else 0
+        cpus, memory = _alike(group, "cpus"), _alike(group, "memory")
+        for name in names:
+            found[name] = NodeHardware(name=name, cpus=cpus, memory_mb=memory, gpus=gpus)
+    if not found:
+        raise SlurmOutputError(f"sinfo: partition {partition!r} has no nodes (or does not exist)")
+    return PartitionHardware(partition=partition, nodes=tuple(sorted(found.values(), key=lambda n: n.name)))

@@ -14,19 +14,26 @@ from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from supervisor.core.slurm_states import UnknownSlurmState, normalize_state, split_wait_status
-from supervisor.slurm.backend import QueryResult
+from supervisor.core.slurm_states import (
+    UnknownSlurmState,
+    normalize_state,
+    split_wait_status,
+    state_from_flags,
+)
+from supervisor.slurm.backend import QueryResult, log_unknown_states
 from supervisor.slurm.commands import guard_script
 from supervisor.slurm.errors import (
     BackendUnavailable,
     JobAlreadySubmitted,
+    SlurmCommandFailed,
     SlurmCommandTimeout,
     SlurmError,
     SlurmOutputError,
     SlurmUnavailable,
+    SubmissionRefused,
 )
 from supervisor.slurm.models import JobSubmission, NodeHardware, ObservedJob, PartitionHardware, SlurmHealth
-from supervisor.slurm.parsing import latest_by_name
+from supervisor.slurm.parsing import latest_by_name, refusal_reason, says_unavailable
 from supervisor.slurm.settings import SlurmSettings
 
 T = TypeVar("T")
@@ -43,6 +50,22 @@ def load_pyslurm() -> Any:
         ) from exc
 
 
+def pyslurm_failure(exc: BaseException, *, submitting: bool) -> SlurmError:
+    """A pyslurm exception by its cause, as the command backends classify a command's message.
+
+    pyslurm's RPCError carries Slurm's own message (slurm_strerror), the text sbatch prints. Only a
+    submission can be refused; an unknown cause is retried, never taken for a refusal or an outage.
+    """
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) or says_unavailable(text):
+        return SlurmUnavailable(f"pyslurm: {text}")
+    reason = refusal_reason(text) if submitting else None
+    if reason is not None:
+        return SubmissionRefused(reason)
+    errno = getattr(exc, "errno", None)
+    return SlurmCommandFailed(["pyslurm"], errno if isinstance(errno, int) else -1, text)
+
+
 def _when(value: Any) -> datetime | None:
     if value is None:
         return None
@@ -55,10 +78,14 @@ def _when(value: Any) -> datetime | None:
 
 def observed_from_pyslurm(job: Any, *, from_accounting: bool) -> ObservedJob:
     """A pyslurm Job (live) or db.Job (accounting) as an ObservedJob."""
+    raw = job.state
+    raw_state = state_from_flags([str(part) for part in raw]) if isinstance(raw, list | tuple) else str(raw)
     try:
-        state = normalize_state(str(job.state))
-    except UnknownSlurmState as exc:
-        raise SlurmOutputError(f"pyslurm: {exc}") from exc
+        state = normalize_state(raw_state)
+    except UnknownSlurmState:
+        # Kept as Slurm wrote it: the job is left alone (no report) while the others are read.
+        words = raw_state.split()
+        state = words[0].upper() if words else "(EMPTY)"
     exit_code: int | None = getattr(job, "exit_code", None)
     signal: int | None = None
     raw_signal = getattr(job, "exit_code_signal", None)
@@ -89,8 +116,9 @@ class PyslurmBackend:
     def __init__(self, settings: SlurmSettings, module: Any | None = None) -> None:
         self.settings = settings
         self._pyslurm = module if module is not None else load_pyslurm()
+        self._unknown_states: set[tuple[int, str]] = set()
 
-    async def _call(self, function: Callable[[], T]) -> T:
+    async def _call(self, function: Callable[[], T], *, submitting: bool = False) -> T:
         try:
             async with asyncio.timeout(self.settings.command_timeout_seconds):
                 return await asyncio.to_thread(function)
@@ -99,27 +127,38 @@ class PyslurmBackend:
         except SlurmError:
             raise
         except Exception as exc:
-            raise SlurmUnavailable(f"pyslurm: {exc}") from exc
+            raise pyslurm_failure(exc, submitting=submitting) from exc
 
     async def submit(self, submission: JobSubmission, *, since: datetime | None = None) -> int:
         script = guard_script(submission.script)
-        existing = (await self.query([submission.name], since=since)).get(submission.name)
+        try:
+            existing = (await self.query([submission.name], since=since)).get(submission.name)
+        except SlurmUnavailable:
+            raise
+        except SlurmError as exc:
+            raise SlurmUnavailable(
+                f"the look-up of {submission.name} before submitting it failed, nothing was submitted: {exc}"
+            ) from exc
         if existing is not None:
             raise JobAlreadySubmitted(submission.name, existing.slurm_job_id)
-        description = self._pyslurm.JobSubmitDescription(
-            name=submission.name,
-            script=script,
-            partitions=[self.settings.partition],
-            ntasks=submission.ntasks,
-            cpus_per_task=submission.cpus_per_task,
-            memory_per_cpu=f"{submission.mem_per_cpu_mb}M",
-            gpus=submission.gpus or None,
-            time_limit=submission.time_limit_minutes,
-            working_directory=submission.workdir,
-            standard_output=submission.output_path,
-            user_id=submission.unix_user,
-        )
-        return int(await self._call(description.submit))
+
+        def submit() -> Any:
+            description = self._pyslurm.JobSubmitDescription(
+                name=submission.name,
+                script=script,
+                partitions=[self.settings.partition],
+                ntasks=submission.ntasks,
+                cpus_per_task=submission.cpus_per_task,
+                memory_per_cpu=f"{submission.mem_per_cpu_mb}M",
+                gpus=submission.gpus or None,
+                time_limit=submission.time_limit_minutes,
+                working_directory=submission.workdir,
+                standard_output=submission.output_path,
+                user_id=submission.unix_user,
+            )
+            return description.submit()
+
+        return int(await self._call(submit, submitting=True))
 
     async def query(self, names: Collection[str], *, since: datetime | None = None) -> QueryResult:
         wanted = frozenset(names)
@@ -148,6 +187,7 @@ class PyslurmBackend:
             except SlurmUnavailable:
                 answered = False
         jobs = latest_by_name(found)
+        log_unknown_states(jobs.values(), self._unknown_states)
         not_found = wanted - jobs.keys()
         return QueryResult(jobs, not_found, not not_found or answered, answered)
 

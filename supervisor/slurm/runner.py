@@ -51,8 +51,9 @@ def current_user() -> str:
 class LocalRunner:
     """Commands as subprocesses on this machine; another user's commands go through `runuser` (root)."""
 
-    def __init__(self, slurm_conf: str | None = None) -> None:
+    def __init__(self, slurm_conf: str | None = None, command_prefix: Sequence[str] = ()) -> None:
         self._slurm_conf = slurm_conf
+        self._prefix = tuple(command_prefix)
         self._me = current_user()
 
     def _environment(self, user: str | None, extra: Mapping[str, str] | None) -> dict[str, str]:
@@ -82,6 +83,7 @@ class LocalRunner:
         if user is not None and user != self._me:
             # runuser keeps the environment given here; it needs root, as switching users does.
             command = ["runuser", "-u", user, "--", *command]
+        command = [*self._prefix, *command]
         try:
             process = await asyncio.create_subprocess_exec(
                 *command,

@@ -104,6 +104,9 @@ class SlurmSettings(_Strict):
     command_timeout_seconds: float = Field(default=30.0, gt=0)
     accounting_lookback_days: int = Field(default=60, ge=1)
     slurm_conf: Path | None = None
+    #: Prepended to every command the backend runs, e.g. `["/usr/sbin/chroot", "/srv/slurm-root"]` when
+    #: the Slurm client lives in another root or container than the daemon (locally, before `runuser`).
+    command_prefix: tuple[str, ...] = ()
     ssh: SshSettings | None = None
     users: JobUserSettings = JobUserSettings()
 
@@ -117,6 +120,19 @@ class SlurmSettings(_Strict):
                 raise ValueError(f"extra sbatch option {arg!r} would override what the job definition sets")
             if "\n" in arg or "\0" in arg:
                 raise ValueError(f"extra sbatch option {arg!r} contains a line break or NUL")
+        return value
+
+    @field_validator("command_prefix")
+    @classmethod
+    def _prefix(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for arg in value:
+            if not arg or "\n" in arg or "\0" in arg:
+                raise ValueError(f"command prefix argument {arg!r} is empty or contains a line break or NUL")
+        if value and not Path(value[0]).is_absolute():
+            raise ValueError(
+                f"the command prefix must start with an absolute path (the daemon's PATH is not the "
+                f"shell's), got {value[0]!r}"
+            )
         return value
 
     @model_validator(mode="after")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shlex
+from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
 
 import asyncssh
@@ -13,23 +14,32 @@ from supervisor.slurm.runner import CommandResult
 from supervisor.slurm.settings import SshSettings
 
 
-def remote_command(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
+def remote_command(
+    argv: Sequence[str], env: Mapping[str, str] | None = None, prefix: Sequence[str] = ()
+) -> str:
     """The argument list quoted for the remote shell; environment through `env`, never interpolated."""
-    prefix = ["env", *(f"{key}={value}" for key, value in (env or {}).items())] if env else []
-    return shlex.join([*prefix, *argv])
+    environment = ["env", *(f"{key}={value}" for key, value in (env or {}).items())] if env else []
+    return shlex.join([*prefix, *environment, *argv])
 
 
 class SshRunner:
     """Runs commands on the login node as the admin user or as a job's user.
 
-    Connections are opened on first use and kept per user; a connection that broke is dropped and
-    the command is retried once on a new one. Every command and every connection has a timeout.
+    Connections are opened on first use and kept per user, at most `max_connections` of them: past
+    that the least recently used idle one is closed (per-wallet users are many, and each connection
+    holds a session on the login node). A connection that broke is dropped and the command is
+    retried once on a new one. Every command and every connection has a timeout.
     """
 
-    def __init__(self, settings: SshSettings) -> None:
+    def __init__(
+        self, settings: SshSettings, command_prefix: Sequence[str] = (), *, max_connections: int = 16
+    ) -> None:
         self._settings = settings
-        self._connections: dict[str, asyncssh.SSHClientConnection] = {}
+        self._prefix = tuple(command_prefix)
+        self._max_connections = max(1, max_connections)
+        self._connections: OrderedDict[str, asyncssh.SSHClientConnection] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
+        self._busy: Counter[str] = Counter()
         self.connections_opened = 0
 
     async def _connect(self, user: str) -> asyncssh.SSHClientConnection:
@@ -37,6 +47,7 @@ class SshRunner:
         async with lock:
             existing = self._connections.get(user)
             if existing is not None and not existing.is_closed():
+                self._connections.move_to_end(user)
                 return existing
             settings = self._settings
             try:
@@ -59,7 +70,20 @@ class SshRunner:
                 ) from exc
             self._connections[user] = connection
             self.connections_opened += 1
+            self._evict()
             return connection
+
+    def _evict(self) -> None:
+        """Close least recently used connections nobody is using, down to the bound."""
+        for user in list(self._connections):
+            if len(self._connections) <= self._max_connections:
+                return
+            lock = self._locks.get(user)
+            if self._busy[user] or user == self._settings.admin_user or (lock is not None and lock.locked()):
+                continue
+            self._connections.pop(user).close()
+            self._locks.pop(user, None)
+            self._busy.pop(user, None)
 
     def _drop(self, user: str, connection: asyncssh.SSHClientConnection) -> None:
         if self._connections.get(user) is connection:
@@ -76,7 +100,7 @@ class SshRunner:
         timeout: float,
     ) -> CommandResult:
         login = user or self._settings.admin_user
-        command = remote_command(argv, env)
+        command = remote_command(argv, env, self._prefix)
         try:
             async with asyncio.timeout(timeout):
                 for attempt in (1, 2):
@@ -88,8 +112,16 @@ class SshRunner:
                         raise SlurmUnavailable(
                             f"the login node refused the key for {login} ({self._settings.host})"
                         ) from None
+                    self._busy[login] += 1  # no await since the connection was handed out: not evicted
                     try:
-                        completed = await connection.run(command, input=stdin, check=False)
+                        # Bytes, decoded here with replacement: asyncssh's own strict UTF-8 decoding
+                        # drops the connection at the first foreign byte (another user's job name).
+                        completed = await connection.run(
+                            command,
+                            input=stdin.encode() if stdin is not None else None,
+                            check=False,
+                            encoding=None,
+                        )
                     except (
                         asyncssh.ChannelOpenError,
                         asyncssh.ConnectionLost,
@@ -100,6 +132,9 @@ class SshRunner:
                         if attempt == 2:
                             raise
                         continue
+                    finally:
+                        self._busy[login] -= 1
+                        self._evict()
                     return CommandResult(
                         argv=tuple(argv),
                         returncode=completed.exit_status if completed.exit_status is not None else -1,
@@ -117,7 +152,9 @@ class SshRunner:
     async def _user_exists(self, user: str, timeout: float) -> bool:
         """Asked as the admin user, to tell a missing UNIX user from a refused key."""
         admin = await self._connect(self._settings.admin_user)
-        completed = await asyncio.wait_for(admin.run(shlex.join(["id", "-u", user]), check=False), timeout)
+        completed = await asyncio.wait_for(
+            admin.run(shlex.join([*self._prefix, "id", "-u", user]), check=False, encoding=None), timeout
+        )
         return completed.exit_status == 0
 
     async def close(self) -> None:

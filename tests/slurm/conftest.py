@@ -37,6 +37,8 @@ def settings_for(cluster: SlurmCluster, kind: str, **overrides: object) -> Slurm
         "partition": cluster.partition,
         "command_timeout_seconds": 20.0,
         "ssh": ssh,
+        # Another release's commands run in its root; over SSH its own sshd logs into that root.
+        "command_prefix": cluster.command_prefix if kind == "local" else (),
     }
     values.update(overrides)
     return SlurmSettings.model_validate(values)
@@ -46,7 +48,8 @@ def make_backend(cluster: SlurmCluster, kind: str, **overrides: object) -> Comma
     settings = settings_for(cluster, kind, **overrides)
     if kind == "local":
         inner: LocalRunner | SshRunner = LocalRunner(
-            slurm_conf=str(settings.slurm_conf) if settings.slurm_conf else None
+            slurm_conf=str(settings.slurm_conf) if settings.slurm_conf else None,
+            command_prefix=settings.command_prefix,
         )
     else:
         assert settings.ssh is not None

@@ -181,6 +181,34 @@ async def test_ssh_connections_are_pooled_and_rebuilt_after_a_failure(slurm_clus
         await runner.close()
 
 
+async def test_ssh_keeps_at_most_its_bound_of_connections_dropping_the_least_recently_used(
+    slurm_cluster: SlurmCluster,
+) -> None:
+    settings = settings_for(slurm_cluster, "ssh")
+    assert settings.ssh is not None
+    runner = SshRunner(settings.ssh, max_connections=2)
+    admin, service = slurm_cluster.admin_user, slurm_cluster.service_user
+    first, second = slurm_cluster.wallet_users[:2]
+    try:
+        for user in (admin, service, first):
+            assert (await runner.run(["id", "-un"], user=user, timeout=10)).stdout.strip() == user
+        # Three users, a bound of two: the least recently used one that is not the admin went.
+        assert list(runner._connections) == [admin, first]
+        await runner.run(["id", "-un"], user=admin, timeout=10)
+        await runner.run(["id", "-un"], user=second, timeout=10)
+        assert list(runner._connections) == [admin, second]
+        # Commands in flight keep their connections: four users at once all get their answer.
+        users = [admin, service, first, second]
+        answers = await asyncio.gather(
+            *(runner.run(["sh", "-c", "sleep 1; id -un"], user=u, timeout=20) for u in users)
+        )
+        assert [a.stdout.strip() for a in answers] == users
+        assert len(runner._connections) == 2  # back to the bound once they are done
+        assert runner.connections_opened == 6  # admin, service, first, second; service and first again
+    finally:
+        await runner.close()
+
+
 async def test_ssh_refuses_a_login_node_with_an_unknown_host_key(
     slurm_cluster: SlurmCluster, tmp_path: Path
 ) -> None:

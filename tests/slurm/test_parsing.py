@@ -12,9 +12,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from supervisor.core.slurm_states import KNOWN_STATES, UnknownSlurmState, state_from_flags
 from supervisor.core.status import JobStatus
-from supervisor.slurm import SlurmOutputError, SlurmUnavailable
+from supervisor.slurm import (
+    ObservedJob,
+    SlurmCommandFailed,
+    SlurmOutputError,
+    SlurmUnavailable,
+    SubmissionRefused,
+)
 from supervisor.slurm.parsing import (
+    command_failure,
     latest_by_name,
     parse_job_submissions,
     parse_ping,
@@ -121,7 +129,9 @@ def test_latest_by_name_prefers_live_then_newest() -> None:
     ("mutate", "message"),
     [
         (lambda d: d.pop("jobs"), "no 'jobs' list"),
-        (lambda d: d["jobs"][0].update(job_state="EXPLODED"), "unknown Slurm job state"),
+        (lambda d: d["jobs"][0].update(job_state=17), "field 'job_state'"),
+        (lambda d: d["jobs"][0].update(job_state=[]), "field 'job_state'"),
+        (lambda d: d["jobs"][0].update(time_limit={"set": True, "number": "5"}), "field 'time_limit'"),
         (lambda d: d["jobs"][0].update(exit_code="768"), "field 'exit_code'"),
         (lambda d: d["jobs"][0].update(job_id=None), "field 'job_id'"),
         (lambda d: d["jobs"][0].pop("name"), "field 'name'"),
@@ -153,7 +163,6 @@ def test_truncated_or_non_json_squeue_is_a_clear_error(raw: str) -> None:
         ("37|0xab|COMPLETED|0:0|0|1|2|None|2", "expected 10 fields"),
         ("x|0xab|COMPLETED|0:0|0|1|2|None|2|root", "job id 'x'"),
         ("37|0xab|COMPLETED|zero|0|1|2|None|2|root", "malformed exit code"),
-        ("37|0xab|EXPLODED|0:0|0|1|2|None|2|root", "unknown Slurm job state"),
         ("37|0xab|COMPLETED|0:0|-|1|2|None|2|root", "elapsed time"),
         ("37|0xab|COMPLETED|0:0|0|2026-11-22T23:16:39|2|None|2|root", "seconds since the epoch"),
     ],
@@ -191,3 +200,181 @@ def test_arbitrary_text_never_crashes_the_parsers(garbage: str) -> None:
     ):
         with contextlib.suppress(SlurmOutputError, SlurmUnavailable):
             parse()
+
+
+RELEASE_SAMPLES = sorted(DATA.glob("*/squeue*.json"))
+LATER = datetime(2027, 1, 1, tzinfo=UTC)  # after every recording
+KINDS = {
+    # kind of sample job: (state, exit code, signal)
+    "completed": ("COMPLETED", 0, None),
+    "failed": ("FAILED", 3, None),
+    "signalled": ("FAILED", 0, 9),
+}
+
+
+def by_kind(path: Path) -> dict[str, list[ObservedJob]]:
+    """The jobs of a recorded answer by their kind (`sample-<layout>-<kind>`, see record_samples)."""
+    found: dict[str, list[ObservedJob]] = {}
+    for job in parse_squeue_json(path.read_text(), now=LATER):
+        found.setdefault(job.name.rsplit("-", 1)[-1], []).append(job)
+    return found
+
+
+@pytest.mark.parametrize("path", RELEASE_SAMPLES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_recorded_layout_gives_the_same_observations(path: Path) -> None:
+    """22.05 (openapi v0.0.38), 24.11 (data_parser v0.0.40-42) and 26.05 (v0.0.42-45) read alike."""
+    jobs = by_kind(path)
+    assert set(jobs) == {"completed", "failed", "signalled", "cancelled", "running", "held"}
+    for kind, (state, code, signal) in KINDS.items():
+        assert {(j.state, j.exit_code, j.signal) for j in jobs[kind]} == {(state, code, signal)}
+        assert all(j.chain_outcome().status in (JobStatus.FINISHED, JobStatus.FAILED) for j in jobs[kind])
+    failed = jobs["failed"][0].chain_outcome()
+    assert (
+        failed.status == JobStatus.FAILED
+        and failed.last_error is not None
+        and "exit code 3" in failed.last_error
+    )
+    for job in [*jobs["completed"], *jobs["failed"]]:
+        assert job.start_time is not None and job.end_time is not None and job.end_time >= job.start_time
+        assert job.time_limit_minutes == 5 and job.user == "grid-svc" and not job.from_accounting
+    # Each answer holds the kinds captured for it and the jobs of earlier captures, since cancelled.
+    expected = {
+        "CANCELLED": JobStatus.CANCELLED,
+        "COMPLETING": JobStatus.RUNNING,
+        "RUNNING": JobStatus.RUNNING,
+        "PENDING": JobStatus.SCHEDULED,
+    }
+    for job in (j for kind in ("cancelled", "running", "held") for j in jobs[kind]):
+        assert job.chain_outcome(cancel_requested=True).status == expected[job.state]
+    running = [j for j in jobs["running"] if j.state == "RUNNING"]
+    held = [j for j in jobs["held"] if j.state == "PENDING"]
+    own = path.stem.partition("-")[2] or "default"
+    if any(j.name.startswith(f"sample-{own}-") for j in running):
+        assert all(j.end_time is None and j.exit_code is None and j.start_time is not None for j in running)
+        assert all(
+            j.elapsed_seconds == int((LATER - j.start_time).total_seconds()) for j in running if j.start_time
+        )
+        assert all(j.start_time is None and j.elapsed_seconds == 0 for j in held)
+        assert all(j.chain_outcome().status == JobStatus.SCHEDULED for j in held)
+
+
+def test_a_cancelled_job_still_completing_is_active_as_22_05_names_it() -> None:
+    # Recorded on 26.05: ["CANCELLED", "COMPLETING"] while the job's processes are being ended.
+    jobs = {j.slurm_job_id: j for j in parse_squeue_json(text("forky/squeue-v0.0.42.json"), now=NOW)}
+    data = json.loads(text("forky/squeue-v0.0.42.json"))
+    completing = [r["job_id"] for r in data["jobs"] if r["job_state"] == ["CANCELLED", "COMPLETING"]]
+    assert completing and all(jobs[i].state == "COMPLETING" for i in completing)
+    assert all(jobs[i].chain_outcome().status == JobStatus.RUNNING for i in completing)
+    assert not any(jobs[i].is_final for i in completing)
+
+
+@pytest.mark.parametrize(
+    ("parts", "state"),
+    [
+        (["RUNNING"], "RUNNING"),
+        (["CANCELLED", "COMPLETING"], "COMPLETING"),
+        (["PENDING", "REQUEUED"], "REQUEUED"),
+        (["FAILED", "UPDATE_DB"], "FAILED"),
+        (["PENDING", "POWER_UP_NODE"], "PENDING"),
+        (["RUNNING", "EXPEDITING"], "EXPEDITING"),
+        (["RUNNING", "FAILED"], "RUNNING+FAILED"),
+        ([], "(EMPTY)"),
+    ],
+)
+def test_state_lists_name_one_state(parts: list[str], state: str) -> None:
+    assert state_from_flags(parts) == state
+
+
+def test_an_unknown_state_leaves_that_job_alone_and_the_others_readable() -> None:
+    data = json.loads(text("trixie/squeue-v0.0.42.json"))
+    data["jobs"][0]["job_state"] = ["EXPLODED"]
+    data["jobs"][1]["job_state"] = ["RUNNING", "LEVITATING"]
+    jobs = parse_squeue_json(json.dumps(data), now=NOW)
+    assert len(jobs) == len(data["jobs"])
+    first, second, *others = jobs
+    assert (first.state, second.state) == ("EXPLODED", "LEVITATING")
+    for job in (first, second):
+        assert job.state not in KNOWN_STATES and not job.is_final
+        with pytest.raises(UnknownSlurmState):
+            job.chain_outcome()
+    assert all(job.state in KNOWN_STATES for job in others)
+    line = "37|0xab|EXPLODED|0:0|0|1|2|None|2|root\n"
+    (odd,) = parse_sacct(line)
+    assert odd.state == "EXPLODED" and not odd.is_final
+
+
+@pytest.mark.parametrize(
+    "path", sorted(DATA.glob("*/sinfo*.json")), ids=lambda p: f"{p.parent.name}/{p.name}"
+)
+def test_every_recorded_sinfo_layout_describes_the_partition(path: Path) -> None:
+    """22.05 lists nodes; from 23.02 sinfo --json lists groups of alike nodes."""
+    hardware = parse_sinfo_json(path.read_text(), "grid")
+    assert [(n.name, n.cpus, n.memory_mb, n.gpus) for n in hardware.nodes] == [("grid-node1", 8, 8000, 2)]
+    with pytest.raises(SlurmOutputError, match="partition 'gpu' has no nodes"):
+        parse_sinfo_json(path.read_text(), "gpu")
+
+
+def test_a_group_of_unlike_nodes_is_refused_not_guessed() -> None:
+    data = json.loads(text("forky/sinfo-v0.0.45.json"))
+    data["sinfo"][0]["cpus"]["maximum"] = 16
+    with pytest.raises(SlurmOutputError, match="cpus from 8 to 16"):
+        parse_sinfo_json(json.dumps(data), "grid")
+
+
+@pytest.mark.parametrize("release", ["bookworm", "trixie", "forky"])
+def test_every_release_sacct_lines_read_alike(release: str) -> None:
+    jobs = parse_sacct(text(f"{release}/sacct.txt"))
+    kinds = {(j.name.rsplit("-", 1)[-1], j.state, j.exit_code, j.signal) for j in jobs}
+    assert {
+        ("completed", "COMPLETED", 0, None),
+        ("failed", "FAILED", 3, None),
+        ("signalled", "FAILED", 0, 9),
+    } <= kinds
+    assert all(j.from_accounting and j.end_time is not None for j in jobs)
+
+
+def messages(release: str) -> dict[str, str]:
+    loaded: dict[str, str] = json.loads(text(f"{release}/messages.json"))
+    return loaded
+
+
+@pytest.mark.parametrize("release", ["bookworm", "trixie", "forky"])
+def test_real_refusals_are_refusals_with_slurms_reason(release: str) -> None:
+    recorded = messages(release)
+    for label in ("sbatch_invalid_partition", "sbatch_too_much_memory", "sbatch_too_many_gpus"):
+        failure = command_failure(["sbatch"], 1, recorded[label])
+        assert isinstance(failure, SubmissionRefused) and failure.refuses_job, (label, recorded[label])
+        assert "Batch job submission failed" in failure.reason
+    assert "Invalid partition name specified" in str(
+        command_failure(["sbatch"], 1, recorded["sbatch_invalid_partition"])
+    )
+
+
+@pytest.mark.parametrize("release", ["trixie", "forky"])
+def test_real_outage_messages_are_unavailable(release: str) -> None:
+    recorded = messages(release)
+    for label in ("sbatch_controller_down", "squeue_name_controller_down", "squeue_json_controller_down"):
+        failure = command_failure(["sbatch"], 1, recorded[label])
+        assert isinstance(failure, SlurmUnavailable) and not failure.refuses_job, label
+    assert recorded["squeue_json_controller_down_status"] == "1"  # from 23.02 an exit status, not JSON
+    assert not parse_ping(recorded["scontrol_ping_controller_down"])
+    assert parse_ping(recorded["scontrol_ping"])
+
+
+@pytest.mark.parametrize(
+    ("stderr", "kind"),
+    [
+        ("sbatch: error: Batch job submission failed: Socket timed out on send/recv operation", SlurmUnavailable),
+        ("sbatch: error: Slurm temporarily unable to accept job, sleeping and retrying", SlurmUnavailable),
+        ("sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified", SubmissionRefused),
+        ("sbatch: error: Batch job submission failed: Invalid qos specification", SubmissionRefused),
+        ("sbatch: error: Batch job submission failed: Job violates accounting/QOS policy (job submit limit, user's size and/or time limits)", SubmissionRefused),
+        ("sbatch: error: Batch job submission failed: Requested time limit is invalid (missing or exceeds some limit)", SubmissionRefused),
+        ("sbatch: error: Batch job submission failed: Unspecified error", SlurmCommandFailed),
+        ("", SlurmCommandFailed),
+    ],
+)  # fmt: skip
+def test_slurms_messages_are_classified_by_cause(stderr: str, kind: type[Exception]) -> None:
+    failure = command_failure(["sbatch"], 1, stderr)
+    assert type(failure) is kind
+    assert failure.refuses_job == (kind is SubmissionRefused)

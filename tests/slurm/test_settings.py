@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from supervisor.slurm import InvalidSubmission, JobSubmission, JobUserSettings, SlurmSettings
 from supervisor.slurm.commands import guard_script, sbatch_argv
+from supervisor.slurm.runner import LocalRunner
 
 NAME = "0x" + "ab" * 32
 
@@ -103,3 +104,22 @@ def test_settings_load_from_a_config_mapping() -> None:
         SlurmSettings(backend="ssh", partition="grid")
     with pytest.raises(ValidationError, match="extra"):
         SlurmSettings.model_validate({"partition": "grid", "surprise": 1})
+
+
+def test_command_prefix_is_an_absolute_argument_list() -> None:
+    prefix = ("/usr/sbin/chroot", "/var/lib/grid-cluster-trixie/root")
+    assert SlurmSettings(partition="grid", command_prefix=prefix).command_prefix == prefix
+    assert SlurmSettings(partition="grid").command_prefix == ()
+    for bad, message in (
+        (["chroot", "/srv/root"], "absolute path"),
+        (["/usr/sbin/chroot", ""], "empty"),
+        (["/usr/sbin/chroot", "/srv\nroot"], "line break"),
+    ):
+        with pytest.raises(ValidationError, match=message):
+            SlurmSettings(partition="grid", command_prefix=tuple(bad))
+
+
+async def test_the_local_runner_runs_every_command_through_the_prefix() -> None:
+    runner = LocalRunner(command_prefix=["/usr/bin/env", "GRID_PREFIXED=yes"])
+    result = await runner.run(["env"], timeout=10)
+    assert "GRID_PREFIXED=yes" in result.stdout.splitlines()
