@@ -1,5 +1,5 @@
 """`grid-dev`: the local grid (`up`), its meta-scheduler (`oracle`) and the customer commands
-(`submit`, `watch`, `cancel`, `topup`) that work against any deployment."""
+(`submit`, `watch`, `cancel`, `topup`, `logs`) that work against any deployment."""
 
 from __future__ import annotations
 
@@ -194,6 +194,46 @@ def topup(
         typer.echo(
             f"job {after.job_id} topped up by {format_credits(amount)}: "
             f"{format_credits(after.max_cost)} credits locked in all"
+        )
+
+    _run(go())
+
+
+@app.command()
+def logs(
+    job: Annotated[str, typer.Argument(help="Job id (0x + 64 hex digits, or the job's number).")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Stay until the job ends, printing new lines.")
+    ] = False,
+    since: Annotated[
+        str | None, typer.Option(help="Only lines from then: 30s, 10m, 2h, 1d ago, Unix seconds or ISO 8601.")
+    ] = None,
+    logger_url: Annotated[str, typer.Option(help="The log service, host:port.")] = "127.0.0.1:50052",
+    tls: Annotated[
+        bool | None,
+        typer.Option("--tls/--no-tls", help="TLS to the log service (default: on, except on loopback)."),
+    ] = None,
+    ca_file: Annotated[Path | None, typer.Option(help="CA certificate (PEM) of the log service.")] = None,
+    server_name: Annotated[
+        str | None, typer.Option(help="Name to check in the service's certificate.")
+    ] = None,
+    key_file: CustomerKeyFile = None,
+) -> None:
+    """Print a job's output lines with their timestamps (the customer's signature opens them)."""
+    from grid_dev.logs import client_tls, parse_since, print_logs
+
+    async def go() -> None:
+        job_id = "0x" + job_id_bytes(job).hex()
+        since_ns = parse_since(since) if since else 0
+        signer = load_key(key_file, CUSTOMER_KEY_ENV, "customer")
+        await print_logs(
+            logger_url,
+            client_tls(logger_url, tls, ca_file, server_name),
+            signer,
+            job_id,
+            follow=follow,
+            since_ns=since_ns,
+            echo=typer.echo,
         )
 
     _run(go())

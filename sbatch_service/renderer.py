@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sbatch_service.logging_render import logging_prologue
 from sbatch_service.models import Container, Job, Step, StepFor, StepLaunch, StepRun, StepUse, walk
 from sbatch_service.names import NameSource, RandomNames
 from sbatch_service.runsteps import (
@@ -95,6 +96,7 @@ grid_end_scope() {{
 }}
 
 grid_cleanup() {{
+  if declare -F grid_log_stop >/dev/null; then grid_log_stop; fi
   local scope pid signal tries
   for scope in "$STORAGE_PATH"/.grid/scope-*; do
     [ -e "$scope" ] || continue
@@ -250,6 +252,9 @@ class _Renderer:
         out.line()
         self._job_variables()
         out.line()
+        if self.job.enable_logging:
+            # Streams the job's output to the grid logger from here on; grid_cleanup stops it.
+            out.lines(logging_prologue())
         out.lines(PREAMBLE_FUNCTIONS)
         if self.uses_modules_outputs:
             out.lines(EXPORT_OUTPUTS_FUNCTION)

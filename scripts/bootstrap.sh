@@ -12,7 +12,12 @@ VENV="$ROOT/.venv"
 ANVIL_VERSION="1.7.1"
 SOLC_VERSION="0.8.26"
 OPENZEPPELIN_VERSION="4.9.6"
-APT_PACKAGES=(slurm-wlm slurm-client slurmdbd munge libslurm-dev mariadb-server openssh-server shellcheck systemd)
+APT_PACKAGES=(slurm-wlm slurm-client slurmdbd munge libslurm-dev mariadb-server openssh-server shellcheck systemd debootstrap
+    # What the sbatch service's batch scripts call on the nodes: data in and out (awscli stands in for
+    # s5cmd, not in Debian), archives, namespaces and user-mode networking, WireGuard (wireguard-go
+    # where the kernel has no module), netcat for the network tests, git for modules.
+    awscli curl wget zip unzip file bzip2 xz-utils p7zip-full iproute2 slirp4netns passt wireguard-tools
+    wireguard-go netcat-openbsd git)
 
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
 
@@ -102,7 +107,7 @@ install_python_env() {
     fi
     log "creating the virtual environment in $VENV"
     [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check -e "$ROOT[dev]"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check -e "${ROOT}[sbatch,contracts,logger,dev]"
     echo "$want" > "$stamp"
 }
 

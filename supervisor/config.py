@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from supervisor.grpc_tls import ClientTls
+from supervisor.job_logging import LoggerSettings
 from supervisor.slurm.settings import SlurmSettings
 
 ENV_PREFIX = "GRID_SUPERVISOR_"
@@ -209,6 +210,7 @@ class SupervisorConfig(BaseSettings):
     store: StoreSettings = StoreSettings()
     log: LogSettings = LogSettings()
     metrics: MetricsSettings = MetricsSettings()
+    logger: LoggerSettings = LoggerSettings()
 
     @classmethod
     def settings_customise_sources(

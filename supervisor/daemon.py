@@ -60,6 +60,7 @@ from supervisor.core.policy import Node, Resources, label_problem, refusal_reaso
 from supervisor.core.slurm_states import ACTIVE_STATES, WAITING_STATES, UnknownSlurmState
 from supervisor.core.status import JobStatus
 from supervisor.faults import crash_point
+from supervisor.job_logging import job_log_environment, with_job_environment
 from supervisor.sbatch.client import SbatchClient, SbatchServiceUnavailable, ScriptRefused
 from supervisor.slurm.backend import QueryResult, SlurmBackend
 from supervisor.slurm.errors import JobAlreadySubmitted, SlurmError, SlurmUnavailable
@@ -919,9 +920,18 @@ class Daemon:
         root = str(policy.jobs_root)
         try:
             user = self.config.slurm.users.user_for(customer)
+            assert self._signer is not None
+            log_environment = job_log_environment(
+                job.job_id,
+                chain_job.customer,
+                fetched.grid_logger_url,
+                self.config.logger,
+                self._signer,
+                self.config.chain.meta_scheduler,
+            )
             submission = JobSubmission(
                 name=job.job_id,
-                script=fetched.script,
+                script=with_job_environment(fetched.script, log_environment),
                 unix_user=user,
                 workdir=root,
                 output_path=f"{root}/{job.job_id}.out",
