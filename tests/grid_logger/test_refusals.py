@@ -247,8 +247,14 @@ async def test_writes_after_the_grace_are_failed_precondition(grid: Grid, tmp_pa
             user = job.customer.address.lower()
             assert write_status(api, job.token(), job.name, user, b"while it runs")[0] == grpc.StatusCode.OK
             job.finish()
+            finished = time.monotonic()
             end = grid.job(job.job_id)["end"]
-            wait_for("the server's clock past the job's end", lambda: time.time() > end + 0.5, 10)
+            # Past the job's end, and past the job cache's 0.2 s, which read the job while it ran.
+            wait_for(
+                "the server's clock past the job's end and its cached view",
+                lambda: time.time() > end + 0.5 and time.monotonic() - finished > 0.5,
+                10,
+            )
             # The service's job cache (0.2 s here) last read the job before it ended: it reads it again.
             code, details = write_status(api, job.token(), job.name, user, b"after")
         assert code == grpc.StatusCode.FAILED_PRECONDITION, details

@@ -14,6 +14,62 @@ export GPUS=0
 export CPUS=1
 export MEM=1024
 
+# Job logs: a copy of the job's output goes to the grid logger through a FIFO (grid-logger write).
+grid_log_pid=""
+grid_log_tee_pid=""
+grid_log_fifo=""
+grid_log_out=""
+grid_log_pipe=""
+grid_log_stop() {
+  local grid_log_tries=0 grid_log_limit
+  [ -n "$grid_log_pid" ] || return 0
+  exec 1>&"$grid_log_out" 2>&1
+  exec {grid_log_pipe}>&-
+  while kill -0 "$grid_log_tee_pid" 2>/dev/null && [ "$grid_log_tries" -lt 50 ]; do
+    sleep 0.1
+    grid_log_tries=$((grid_log_tries + 1))
+  done
+  kill -TERM "$grid_log_pid" 2>/dev/null || true
+  grid_log_limit=$(( (${GRID_LOGGER_DRAIN_SECONDS:-10} + 5) * 10 ))
+  grid_log_tries=0
+  while kill -0 "$grid_log_pid" 2>/dev/null && [ "$grid_log_tries" -lt "$grid_log_limit" ]; do
+    sleep 0.1
+    grid_log_tries=$((grid_log_tries + 1))
+  done
+  kill -KILL "$grid_log_pid" 2>/dev/null || true
+  rm -f -- "$grid_log_fifo"
+  grid_log_pid=""
+}
+if [ -n "${GRID_LOGGER_URL:-}" ] && [ -n "${GRID_LOGGER_TOKEN:-}" ]; then
+  if exec {grid_log_out}>>/dev/stdout; then
+    grid_log_fifo="${TMPDIR:-/tmp}/grid-log.${SLURM_JOB_ID:-$$}.$$.fifo"
+    grid_log_pid="$(
+      "${GRID_LOGGER_WRITER:-grid-logger}" write --pipe "$grid_log_fifo" --watch-pid "$$" \
+        </dev/null >>"/dev/fd/$grid_log_out" 2>&1 &
+      echo "$!"
+    )"
+    grid_log_tries=0
+    while [ ! -p "$grid_log_fifo" ] && kill -0 "$grid_log_pid" 2>/dev/null && [ "$grid_log_tries" -lt 100 ]; do
+      sleep 0.1
+      grid_log_tries=$((grid_log_tries + 1))
+    done
+    if [ -p "$grid_log_fifo" ] && exec {grid_log_rw}<>"$grid_log_fifo" && exec {grid_log_pipe}>"$grid_log_fifo"; then
+      exec {grid_log_rw}>&-
+      exec > >(exec tee -p -a "/dev/fd/$grid_log_out" 1>&"$grid_log_pipe" 2>>"/dev/fd/$grid_log_out") 2>&1
+      grid_log_tee_pid=$!
+    else
+      echo "grid-logger: the log writer did not start: this job's output is not streamed" >&2
+      kill -KILL "$grid_log_pid" 2>/dev/null || true
+      rm -f -- "$grid_log_fifo"
+      grid_log_pid=""
+    fi
+  else
+    echo "grid-logger: the job's output cannot be copied: it is not streamed" >&2
+  fi
+else
+  echo "grid-logger: no log service configured for this job: its output is not streamed" >&2
+fi
+unset GRID_LOGGER_TOKEN
 grid_reserved() {
   case "$1" in
     PATH | LD_LIBRARY_PATH | IFS | BASH_ENV | ENV | SHELLOPTS | BASHOPTS | STORAGE_PATH | DEEPSQUARE_* | SLURM_* | GRID_* | grid_*) return 0 ;;
@@ -73,6 +129,7 @@ grid_end_scope() {
 }
 
 grid_cleanup() {
+  if declare -F grid_log_stop >/dev/null; then grid_log_stop; fi
   local scope pid signal tries
   for scope in "$STORAGE_PATH"/.grid/scope-*; do
     [ -e "$scope" ] || continue

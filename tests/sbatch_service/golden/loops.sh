@@ -73,6 +73,7 @@ grid_end_scope() {
 }
 
 grid_cleanup() {
+  if declare -F grid_log_stop >/dev/null; then grid_log_stop; fi
   local scope pid signal tries
   for scope in "$STORAGE_PATH"/.grid/scope-*; do
     [ -e "$scope" ] || continue
