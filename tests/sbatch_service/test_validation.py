@@ -67,7 +67,7 @@ def test_the_base_workflow_is_valid() -> None:
         (["resources", "tasks"], None, "resources.tasks", "non-null type 'Int!' not to be null"),
         (["resources"], None, "resources", "non-null type 'JobResources!' not to be null"),
         (["resources", "gpus"], -1, "resources.gpus", "greater than or equal to 0"),
-        (["resources", "gpusPerTask"], 1, "resources.gpusPerTask", "is not defined by type 'JobResources'"),
+        (["resources", "colour"], 1, "resources.colour", "is not defined by type 'JobResources'"),
         (["env"], [{"key": "1BAD", "value": "x"}], "env[0].key", "invalid environment variable name"),
         (["env"], [{"key": "PATH", "value": "/x"}], "env[0].key", "may not be set"),
         (["env"], [{"key": "LD_LIBRARY_PATH", "value": "/x"}], "env[0].key", "may not be set"),
