@@ -38,6 +38,7 @@ from grid_logger.chain import ChainJob, ChainUnavailable, JobCache, JobNotFound
 from grid_logger.proto import log_pb2, log_pb2_grpc
 from grid_logger.settings import Settings
 from grid_logger.store import NO_WRITER, Cursor, LogFile, LogStore, StoreError
+from supervisor.chain.keys import SIGNATURE_BYTES
 
 log = structlog.get_logger("grid_logger")
 
@@ -231,7 +232,7 @@ class ReadGate:
                 f"timestamp {timestamp} is {when}: it must be Unix seconds within {self._window} s "
                 "of the server's clock",
             )
-        if len(signature) != signing.SIGNATURE_BYTES:
+        if len(signature) != SIGNATURE_BYTES:
             raise Refusal(grpc.StatusCode.UNAUTHENTICATED, "signed_hash must be a 65-byte signature")
         if signing.recover(text, signature) != reader:
             raise Refusal(grpc.StatusCode.UNAUTHENTICATED, "signed_hash is not a signature by address")

@@ -14,10 +14,8 @@ ends with the job (see `service.WriteGate`).
 
 from __future__ import annotations
 
-from eth_account import Account
-from eth_account.messages import encode_defunct
+from supervisor.chain.keys import SIGNATURE_BYTES, personal_sign, recover_personal_signer
 
-SIGNATURE_BYTES = 65
 TOKEN_PREFIX = "glw1."
 
 
@@ -36,22 +34,13 @@ def write_token_text(meta_scheduler: str, job_id: str, customer: str) -> bytes:
 
 def sign(private_key: bytes | str, text: bytes) -> bytes:
     """personal_sign of `text`: 65 bytes, V = 27/28."""
-    signed = Account.sign_message(encode_defunct(primitive=text), private_key=private_key)
-    return bytes(signed.signature)
+    return personal_sign(private_key, text)
 
 
 def recover(text: bytes, signature: bytes) -> str | None:
     """The lowercase address that personal_signed `text`, or None for a malformed signature."""
-    if len(signature) != SIGNATURE_BYTES:
-        return None
-    v = signature[64]
-    if v in (0, 1):
-        signature = signature[:64] + bytes([v + 27])
-    try:
-        signer: str = Account.recover_message(encode_defunct(primitive=text), signature=signature)
-    except Exception:  # eth-keys raises several error types for invalid points and values
-        return None
-    return signer.lower()
+    signer = recover_personal_signer(text, signature)
+    return None if signer is None else signer.lower()
 
 
 def token_from_signature(signature: bytes) -> str:

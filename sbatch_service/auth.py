@@ -11,12 +11,11 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from cachetools import LRUCache, TLRUCache
-from eth_account import Account
-from eth_account.messages import encode_defunct
+
+from supervisor.chain.keys import personal_sign, recover_personal_signer
 
 CHALLENGE_MESSAGE = "login"
 NONCE_BYTES = 16
-SIGNATURE_BYTES = 65
 
 
 def make_challenge(nonce: bytes) -> bytes:
@@ -159,19 +158,9 @@ class PeerRateLimiter:
 
 def sign_challenge(private_key: bytes | str, challenge: bytes) -> bytes:
     """What a provider sends: personal_sign of the raw challenge bytes, 65 bytes R||S||V (V = 27/28)."""
-    signed = Account.sign_message(encode_defunct(primitive=challenge), private_key=private_key)
-    return bytes(signed.signature)
+    return personal_sign(private_key, challenge)
 
 
 def recover_signer(challenge: bytes, signature: bytes) -> str | None:
     """The address (checksummed) that personal_signed `challenge`, or None for a malformed signature."""
-    if len(signature) != SIGNATURE_BYTES:
-        return None
-    v = signature[64]
-    if v in (0, 1):
-        signature = signature[:64] + bytes([v + 27])
-    try:
-        signer: str = Account.recover_message(encode_defunct(primitive=challenge), signature=signature)
-    except Exception:  # eth-keys raises several error types for invalid points and values
-        return None
-    return signer
+    return recover_personal_signer(challenge, signature)

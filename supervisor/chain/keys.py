@@ -141,3 +141,30 @@ def sign_challenge(signer: Signer, challenge: bytes) -> bytes:
 
 
 __all__ = ["KeyFileError", "Signer", "load_signer", "sign_challenge", "write_keystore"]
+
+
+#: Length of an EIP-191 signature: R || S || V.
+SIGNATURE_BYTES = 65
+
+
+def personal_sign(private_key: bytes | str, text: bytes) -> bytes:
+    """EIP-191 personal_sign of raw bytes: 65 bytes R||S||V, V = 27/28."""
+    signed = Account.sign_message(encode_defunct(primitive=text), private_key=private_key)
+    return bytes(signed.signature)
+
+
+def recover_personal_signer(text: bytes, signature: bytes) -> ChecksumAddress | None:
+    """The (checksummed) address that personal_signed `text`; None for a malformed signature.
+
+    Wallets send V as 0/1 or 27/28; both are accepted.
+    """
+    if len(signature) != SIGNATURE_BYTES:
+        return None
+    v = signature[64]
+    if v in (0, 1):
+        signature = signature[:64] + bytes([v + 27])
+    try:
+        signer: ChecksumAddress = Account.recover_message(encode_defunct(primitive=text), signature=signature)
+    except Exception:  # eth-keys raises several error types for invalid points and values
+        return None
+    return signer
