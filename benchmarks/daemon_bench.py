@@ -98,7 +98,8 @@ def percentile(values: list[float], share: float) -> float:
 
 
 def sacct_jobs(jobs_dir: Path, since: float) -> dict[str, dict[str, str]]:
-    """Slurm's accounting of the jobs this run's supervisor submitted (its jobs folder is unique)."""
+    """Slurm's accounting of the jobs this run's supervisor submitted (each in its own folder of the
+    run's unique jobs folder)."""
     start = datetime.fromtimestamp(since - 5).strftime("%Y-%m-%dT%H:%M:%S")
     result = subprocess.run(
         ["sacct", "-X", "-n", "-P", "-a", "-S", start, "-E", "now", "-o", "JobName,WorkDir,Submit,End,State"],
@@ -110,7 +111,7 @@ def sacct_jobs(jobs_dir: Path, since: float) -> dict[str, dict[str, str]]:
     found: dict[str, dict[str, str]] = {}
     for line in result.stdout.splitlines():
         parts = line.split("|")
-        if len(parts) == 5 and parts[1] == str(jobs_dir):
+        if len(parts) == 5 and parts[1] == str(jobs_dir / parts[0]):
             found[parts[0]] = {"submit": parts[2], "end": parts[3], "state": parts[4]}
     return found
 
@@ -127,7 +128,7 @@ def cancel_leftovers(jobs_dir: Path, bare_name: str) -> int:
     ids = [
         parts[0]
         for parts in (line.split("|") for line in listing.stdout.splitlines())
-        if len(parts) == 3 and (parts[2] == str(jobs_dir) or parts[1] == bare_name)
+        if len(parts) == 3 and (parts[2] == str(jobs_dir / parts[1]) or parts[1] == bare_name)
     ]
     if ids:
         subprocess.run(["scancel", *ids], capture_output=True, timeout=60, check=False)

@@ -110,12 +110,23 @@ class PolicySettings(_Section):
     denied_images: frozenset[str] = frozenset()
     #: Keep jobs with delegated spending alive by adding a slice when their time runs low.
     auto_top_up: bool = True
-    #: Per-job working directories and output files live under this folder (job users must write there).
+    #: Each job runs in its own folder `jobs_root/<job id>` (mode 0700, owned by the job's user, its
+    #: output inside). The folder must exist, writable by the job users, sticky when shared (1777).
     jobs_root: Path = Path("/var/lib/grid-supervisor/jobs")
+    #: Days a job's folder is kept after the job ended, then removed as the job's user. Keep it below
+    #: `store.retention_days`: a folder whose job the store forgot is left alone.
+    job_folder_retention_days: float = Field(default=7.0, gt=0)
     #: Seconds between full comparisons of chain, store and Slurm.
     reconcile_interval_seconds: float = Field(default=30.0, gt=0)
     #: Seconds between Slurm polls of the jobs this daemon tracks.
     slurm_poll_seconds: float = Field(default=5.0, gt=0)
+
+    @field_validator("jobs_root")
+    @classmethod
+    def _jobs_root(cls, value: Path) -> Path:
+        if not value.is_absolute() or ".." in value.parts or value == Path("/"):
+            raise ValueError(f"{str(value)!r} must be an absolute folder below / without '..'")
+        return value
 
     @field_validator("denied_customers")
     @classmethod
@@ -211,6 +222,17 @@ class SupervisorConfig(BaseSettings):
     log: LogSettings = LogSettings()
     metrics: MetricsSettings = MetricsSettings()
     logger: LoggerSettings = LoggerSettings()
+
+    @model_validator(mode="after")
+    def _folders_outlived_by_their_records(self) -> SupervisorConfig:
+        """A job folder is removed only while the store still knows its job ended."""
+        if self.policy.job_folder_retention_days >= self.store.retention_days:
+            raise ValueError(
+                f"policy.job_folder_retention_days ({self.policy.job_folder_retention_days:g}) must be "
+                f"below store.retention_days ({self.store.retention_days:g}): the store forgets a job "
+                "after its retention, and the folder of a forgotten job is never removed"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -65,6 +65,8 @@ from supervisor.sbatch.client import SbatchClient, SbatchServiceUnavailable, Scr
 from supervisor.slurm.backend import QueryResult, SlurmBackend
 from supervisor.slurm.errors import JobAlreadySubmitted, SlurmError, SlurmUnavailable
 from supervisor.slurm.factory import create_backend
+from supervisor.slurm.folders import remove_ended_job_folders
+from supervisor.slurm.job_folders import CleanupPlan, KnownJob, job_folder, output_file
 from supervisor.slurm.models import JobSubmission, ObservedJob, PartitionHardware
 from supervisor.store import JobRecord, OutboxState, Store
 
@@ -253,6 +255,7 @@ class Daemon:
         self._observed: dict[str, ObservedJob] = {}
         self._last_reconcile = 0.0
         self._last_prune = 0.0
+        self._folders_said: set[str] = set()
         self._last_chain_read = 0.0
         self._tasks: list[asyncio.Task[Any]] = []
 
@@ -582,8 +585,33 @@ class Daemon:
             await self._refresh_delegation(jobs)
             self._last_reconcile = time.monotonic()
         if time.monotonic() - self._last_prune > PRUNE_INTERVAL_S:
+            await self.remove_old_job_folders()  # before the store forgets which jobs ended
             self._prune()
             self._last_prune = time.monotonic()
+
+    async def remove_old_job_folders(self) -> CleanupPlan | None:
+        """Remove the folders of jobs that ended more than `policy.job_folder_retention_days` ago."""
+        assert self._slurm is not None
+        users = self.config.slurm.users
+        known: dict[str, KnownJob] = {}
+        for record in self.store.list_jobs():
+            try:
+                user: str | None = users.user_for(record.customer or "")
+            except ValueError:
+                user = None
+            known[record.job_id] = KnownJob(user, record.updated_at if record.closed else None)
+        try:
+            return await remove_ended_job_folders(
+                self._slurm,
+                str(self.config.policy.jobs_root),
+                known,
+                now=time.time(),
+                retention_seconds=self.config.policy.job_folder_retention_days * 86400,
+                said=self._folders_said,
+            )
+        except SlurmError as exc:
+            log.warning("job folders not cleaned up, will retry", error=str(exc))
+            return None
 
     def _prune(self) -> None:
         """Keep the state file bounded: forget closed jobs and delivered writes past the retention."""
@@ -917,8 +945,8 @@ class Daemon:
         if reason is not None:
             self._refuse(job, reason)
             return
-        root = str(policy.jobs_root)
         try:
+            folder = job_folder(policy.jobs_root, job.job_id)
             user = self.config.slurm.users.user_for(customer)
             assert self._signer is not None
             log_environment = job_log_environment(
@@ -933,8 +961,9 @@ class Daemon:
                 name=job.job_id,
                 script=with_job_environment(fetched.script, log_environment),
                 unix_user=user,
-                workdir=root,
-                output_path=f"{root}/{job.job_id}.out",
+                workdir=str(folder),
+                output_path=str(output_file(folder)),
+                private_workdir=True,
                 time_limit_minutes=wanted_time_limit(
                     max_duration_minute=job.max_duration_minute, extra_minutes=job.extra_minutes
                 ),

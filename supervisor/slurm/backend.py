@@ -19,6 +19,8 @@ from supervisor.slurm.errors import (
     SlurmUnavailable,
     UnixUserMissing,
 )
+from supervisor.slurm.folders import JobFolders
+from supervisor.slurm.job_folders import FolderEntry
 from supervisor.slurm.models import JobSubmission, ObservedJob, PartitionHardware, SlurmHealth
 from supervisor.slurm.runner import CommandResult, CommandRunner
 from supervisor.slurm.settings import SlurmSettings
@@ -69,6 +71,14 @@ class SlurmBackend(Protocol):
 
     async def health(self) -> SlurmHealth:
         """Never raises: unreachable parts show in the answer."""
+        ...
+
+    async def job_folder_entries(self, root: str) -> list[FolderEntry]:
+        """The entries of jobs_root (type, owner, name), as the daemon's (or SSH admin) user sees them."""
+        ...
+
+    async def remove_job_folder(self, folder: str, unix_user: str) -> None:
+        """Remove a job's folder as the job's user, who owns it (the daemon's user may not)."""
         ...
 
     async def close(self) -> None: ...
@@ -165,9 +175,21 @@ class CommandSlurmBackend:
         if existing is not None:
             raise JobAlreadySubmitted(submission.name, existing)
         await self._check_user(submission.unix_user)
+        login = self._submit_user(submission.unix_user)
+        if submission.private_workdir:
+            await self._folders().ensure(submission.workdir, submission.unix_user, login)
         argv = commands.sbatch_argv(submission, self.settings.partition, self.settings.extra_sbatch_args)
-        result = await self._run(argv, user=self._submit_user(submission.unix_user), stdin=script)
+        result = await self._run(argv, user=login, stdin=script)
         return parsing.parse_sbatch(result.stdout)
+
+    def _folders(self) -> JobFolders:
+        return JobFolders(self.runner, self.settings.command_timeout_seconds)
+
+    async def job_folder_entries(self, root: str) -> list[FolderEntry]:
+        return await self._folders().entries(root)
+
+    async def remove_job_folder(self, folder: str, unix_user: str) -> None:
+        await self._folders().remove(folder, self._submit_user(unix_user))
 
     async def _existing_job_id(self, name: str, since: datetime | None) -> int | None:
         """A job with this name in the queue or in accounting (two small answers, whatever the queue)."""

@@ -87,3 +87,17 @@ class JobAlreadySubmitted(SlurmError):
 
 class BackendUnavailable(SlurmError):
     """The configured backend cannot run on this machine (for example pyslurm not installed)."""
+
+
+class JobFolderUnsafe(JobRefused):
+    """The job's folder exists but is not a plain directory of the job's user (a symlink, another
+    user's folder taking the job's name): running the job there could expose its output."""
+
+    def __init__(self, folder: str, why: str) -> None:
+        self.folder = folder
+        super().__init__(f"the job folder {folder} cannot be used: {why}")
+
+
+class JobsRootUnusable(SlurmError):
+    """The job folder cannot be made under jobs_root (missing, not writable, unsafe permissions):
+    the operator's to fix; the job waits, it is not refused."""

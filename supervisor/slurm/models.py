@@ -41,6 +41,9 @@ class JobSubmission:
     cpus_per_task: int = 1
     mem_per_cpu_mb: int = 1024
     gpus: int = 0
+    #: The backend makes `workdir` before sbatch, mode 0700 as `unix_user`, in an existing parent, and
+    #: checks it; `output_path` must be inside it (see supervisor.slurm.job_folders).
+    private_workdir: bool = False
 
     def __post_init__(self) -> None:
         check_job_name(self.name)
@@ -57,6 +60,12 @@ class JobSubmission:
         for label, path in (("workdir", self.workdir), ("output_path", self.output_path)):
             if not PurePosixPath(path).is_absolute() or "\n" in path or "\0" in path:
                 raise InvalidSubmission(f"{label} must be an absolute path on the cluster, got {path!r}")
+        if self.private_workdir:
+            workdir = PurePosixPath(self.workdir)
+            if ".." in workdir.parts or workdir.parent == workdir:
+                raise InvalidSubmission(f"a private workdir needs a parent and no '..', got {self.workdir!r}")
+            if PurePosixPath(self.output_path).parent != workdir:
+                raise InvalidSubmission(f"the output {self.output_path!r} must be inside the private workdir")
         if not self.script.strip():
             raise InvalidSubmission("the batch script is empty")
 

@@ -21,7 +21,7 @@ from supervisor.core.slurm_states import (
     state_from_flags,
 )
 from supervisor.slurm.backend import QueryResult, log_unknown_states
-from supervisor.slurm.commands import guard_script
+from supervisor.slurm.commands import guard_script, user_exists_argv
 from supervisor.slurm.errors import (
     BackendUnavailable,
     JobAlreadySubmitted,
@@ -31,9 +31,13 @@ from supervisor.slurm.errors import (
     SlurmOutputError,
     SlurmUnavailable,
     SubmissionRefused,
+    UnixUserMissing,
 )
+from supervisor.slurm.folders import JobFolders
+from supervisor.slurm.job_folders import FolderEntry
 from supervisor.slurm.models import JobSubmission, NodeHardware, ObservedJob, PartitionHardware, SlurmHealth
 from supervisor.slurm.parsing import latest_by_name, refusal_reason, says_unavailable
+from supervisor.slurm.runner import LocalRunner
 from supervisor.slurm.settings import SlurmSettings
 
 T = TypeVar("T")
@@ -117,6 +121,11 @@ class PyslurmBackend:
         self.settings = settings
         self._pyslurm = module if module is not None else load_pyslurm()
         self._unknown_states: set[tuple[int, str]] = set()
+        conf = str(settings.slurm_conf) if settings.slurm_conf else None
+        self._folders = JobFolders(
+            LocalRunner(slurm_conf=conf, command_prefix=settings.command_prefix),
+            settings.command_timeout_seconds,
+        )
 
     async def _call(self, function: Callable[[], T], *, submitting: bool = False) -> T:
         try:
@@ -141,6 +150,8 @@ class PyslurmBackend:
             ) from exc
         if existing is not None:
             raise JobAlreadySubmitted(submission.name, existing.slurm_job_id)
+        if submission.private_workdir:
+            await self._private_folder(submission)
 
         def submit() -> Any:
             description = self._pyslurm.JobSubmitDescription(
@@ -233,6 +244,22 @@ class PyslurmBackend:
             problems.append(f"accounting: {exc}")
         guarantee = SlurmHealth(reachable, accounting).finished_jobs_guarantee
         return SlurmHealth(reachable, accounting, guarantee, tuple(problems))
+
+    async def _private_folder(self, submission: JobSubmission) -> None:
+        """Made as the job's user through runuser on this machine, as the command backends do."""
+        user = submission.unix_user
+        exists = await self._folders.runner.run(
+            user_exists_argv(user), timeout=self.settings.command_timeout_seconds
+        )
+        if exists.returncode != 0:
+            raise UnixUserMissing(user)
+        await self._folders.ensure(submission.workdir, user, user)
+
+    async def job_folder_entries(self, root: str) -> list[FolderEntry]:
+        return await self._folders.entries(root)
+
+    async def remove_job_folder(self, folder: str, unix_user: str) -> None:
+        await self._folders.remove(folder, unix_user)
 
     async def close(self) -> None:
         return None

@@ -438,3 +438,11 @@ def test_run_with_a_bad_environment_override_exits_2(tmp_path: Path) -> None:
     result = run_supervisor(write(tmp_path, MINIMAL), GRID_SUPERVISOR_POLICY__MAX_QUEUED_JOBS="0")
     assert result.returncode == 2
     assert "policy.max_queued_jobs: Input should be greater than or equal to 1" in result.stderr
+
+
+def test_job_folders_kept_longer_than_the_store_remembers_their_jobs_are_refused(tmp_path: Path) -> None:
+    text = MINIMAL + "[store]\nretention_days = 5\n[policy]\njob_folder_retention_days = 5\n"
+    message = error_of(tmp_path, text)
+    assert "policy.job_folder_retention_days (5) must be below store.retention_days (5)" in message
+    shorter = text.replace("job_folder_retention_days = 5", "job_folder_retention_days = 4")
+    assert load_config(write(tmp_path, shorter)).policy.job_folder_retention_days == 4

@@ -26,14 +26,15 @@ CURRENT = [release for release in RELEASES if release != "bookworm"]
 
 
 def accounted(cluster: SlurmCluster, name: str, workdir: Path) -> list[tuple[str, str]]:
-    """(state, exit code) of the release's accounting records of a job name in this test's job folder."""
+    """(state, exit code) of the release's accounting records of a job name run in its folder under this
+    test's jobs_root (`workdir`)."""
     shown = subprocess.run(
         cluster.command("sacct", "-X", "-n", "-P", f"--name={name}", "--starttime=now-1hour",
                         "--format=State,ExitCode,WorkDir"),
         capture_output=True, text=True, timeout=30, check=True,
     ).stdout  # fmt: skip
     rows = [line.split("|") for line in shown.splitlines() if line.strip()]
-    return [(row[0], row[1]) for row in rows if len(row) == 3 and row[2] == str(workdir)]
+    return [(row[0], row[1]) for row in rows if len(row) == 3 and row[2] == str(workdir / name)]
 
 
 @pytest.fixture
@@ -84,7 +85,7 @@ def test_jobs_run_report_and_settle_on_the_release(
         )
         jobs = stack.shared / "jobs"
         release_version = (cluster.root_dir / "etc/debian_version").read_text().strip()
-        output = (jobs / f"0x{finished.hex()}.out").read_text()
+        output = (jobs / f"0x{finished.hex()}" / f"0x{finished.hex()}.out").read_text()
         assert f"done on Debian {release_version}" in output  # it ran in the release's root
         assert wait_for(
             "both jobs in the release's accounting",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,7 +47,13 @@ def scontrol_fields(slurm_job_id: int) -> dict[str, str]:
 
 
 def submission(name: str, user: str, folder: Path, script: str, **resources: int) -> JobSubmission:
-    values = {"ntasks": 1, "cpus_per_task": 1, "mem_per_cpu_mb": 100, "gpus": 0, "time_limit_minutes": 2}
+    values: dict[str, Any] = {
+        "ntasks": 1,
+        "cpus_per_task": 1,
+        "mem_per_cpu_mb": 100,
+        "gpus": 0,
+        "time_limit_minutes": 2,
+    }
     values.update(resources)
     return JobSubmission(
         name=name,

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,7 +41,13 @@ CASES = [(release, kind) for release in RELEASES for kind in KINDS]
 def submission(
     cluster: SlurmCluster, folder: Path, name: str, script: str, **resources: int
 ) -> JobSubmission:
-    values = {"ntasks": 1, "cpus_per_task": 1, "mem_per_cpu_mb": 100, "gpus": 0, "time_limit_minutes": 2}
+    values: dict[str, Any] = {
+        "ntasks": 1,
+        "cpus_per_task": 1,
+        "mem_per_cpu_mb": 100,
+        "gpus": 0,
+        "time_limit_minutes": 2,
+    }
     values.update(resources)
     return JobSubmission(
         name=name,
