@@ -54,6 +54,10 @@ def render_command(
         for problem in error.errors:
             typer.echo(str(problem), err=True)
         raise typer.Exit(EXIT_INVALID_WORKFLOW) from None
+    except RecursionError:
+        # Depth is checked before parsing; this only keeps a traceback from ever being the answer.
+        typer.echo("<workflow>: nested too deeply", err=True)
+        raise typer.Exit(EXIT_INVALID_WORKFLOW) from None
     for warning in checked.warnings:
         typer.echo(f"warning: {warning}", err=True)
     sys.stdout.write(render(checked.job, SeededNames(seed), settings.render_options))

@@ -45,6 +45,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from sbatch_service.documents import document_problems, json_depth_exceeds, too_deep_message
 from sbatch_service.errors import FieldError, WorkflowError
 from sbatch_service.models import Limits, validate_module
 from sbatch_service.modules import ModuleFetcher, NoModules, prepare
@@ -331,6 +332,23 @@ def _request_error(message: str, status_code: int) -> JSONResponse:
     return JSONResponse({"errors": [format_error(error)]}, status_code=status_code)
 
 
+def _unicode_problems(params: dict[str, Any], max_nesting: int) -> list[FieldError]:
+    """Lone surrogates anywhere in the request (`"\\ud800"` in its JSON): such text cannot be
+    encoded, neither to store a script nor to answer, so it is refused before anything reads it.
+    Variables are checked like a workflow file, with the same field names."""
+    problems: list[FieldError] = []
+    for name in ("query", "operationName"):
+        for problem in document_problems(params.get(name), max_nesting):
+            problems.append(FieldError("", f"{name}: {problem.message}"))
+    variables = params.get("variables")
+    if isinstance(variables, dict):
+        for problem in document_problems(list(variables), max_nesting):
+            problems.append(FieldError("", f"variable names: {problem.message}"))
+        for value in variables.values():
+            problems.extend(document_problems(value, max_nesting))
+    return problems
+
+
 class BodyTooLarge(Exception):
     """A request body went over the limit while it was being read."""
 
@@ -341,24 +359,50 @@ class GraphQLEndpoint:
     def __init__(self, service: SubmitService) -> None:
         self.schema = SCHEMA
         self.resolvers = Resolvers(service)
+        self.max_nesting = service.limits.max_nesting
+
+    def _too_deep(self, text: str, wrapping: int) -> JSONResponse | None:
+        """A validation error for JSON nested too deeply to parse safely (json.loads recurses).
+
+        The workflow sits `wrapping` levels down (the body, then `variables`), so the limit and
+        the message are those of a workflow file: both paths give the same verdict.
+        """
+        if not json_depth_exceeds(text, self.max_nesting + wrapping):
+            return None
+        problem = FieldError("", too_deep_message(self.max_nesting))
+        return JSONResponse({"data": None, "errors": [format_error(validation_error([problem]))]})
 
     async def handle(self, request: Request) -> Response:
         if request.method == "GET":
             params: Any = dict(request.query_params)
             if "variables" in params:
+                refusal = self._too_deep(params["variables"], 1)
+                if refusal is not None:
+                    return refusal
                 try:
                     params["variables"] = json.loads(params["variables"])
                 except ValueError:
                     return _request_error("variables must be JSON", 400)
         else:
             try:
-                params = json.loads(await request.body())
+                raw = await request.body()
+                text = raw.decode(json.detect_encoding(raw))
             except BodyTooLarge:
                 return PlainTextResponse("request body too large", status_code=413)
+            except UnicodeDecodeError:
+                return _request_error("the request body must be a JSON object", 400)
+            refusal = self._too_deep(text, 2)
+            if refusal is not None:
+                return refusal
+            try:
+                params = json.loads(text)
             except ValueError:
                 return _request_error("the request body must be a JSON object", 400)
         if not isinstance(params, dict):
             return _request_error("the request body must be a JSON object", 400)
+        problems = _unicode_problems(params, self.max_nesting + 2)
+        if problems:
+            return JSONResponse({"data": None, "errors": [format_error(validation_error(problems))]})
         query, variables, operation_name = (
             params.get("query"),
             params.get("variables"),

@@ -2,37 +2,26 @@
 
 from __future__ import annotations
 
-import json
-
-import yaml
-
+from sbatch_service.documents import check_document, load_json, load_yaml
 from sbatch_service.models import Checked, FieldError, Job, Limits, WorkflowError
 from sbatch_service.modules import ModuleFetcher, prepare
 
 
 def parse_workflow_text(text: str, limits: Limits | None = None) -> object:
-    """The workflow object of a YAML or JSON document; refuses oversized text and YAML aliases.
-
-    Aliases are refused because a few bytes of them can expand into a huge object.
-    """
+    """The workflow object of a YAML or JSON document; refuses oversized or too deeply nested text,
+    YAML aliases and lone surrogates, each with a message (never a parser's crash)."""
     limits = limits or Limits()
-    size = len(text.encode())
+    size = len(text.encode("utf-8", "surrogatepass"))
     if size > limits.max_workflow_bytes:
         raise WorkflowError(
             [FieldError("", f"the workflow is {size} bytes, more than {limits.max_workflow_bytes}")]
         )
     if text.lstrip().startswith("{"):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as error:
-            raise WorkflowError([FieldError("", f"invalid JSON: {error}")]) from None
-    try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
-            if isinstance(event, yaml.AliasEvent):
-                raise WorkflowError([FieldError("", "YAML aliases are not allowed in a workflow")])
-        return yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise WorkflowError([FieldError("", f"invalid YAML: {error}")]) from None
+        data = load_json(text, limits.max_nesting)
+    else:
+        data = load_yaml(text, limits.max_nesting)
+    check_document(data, limits.max_nesting)
+    return data
 
 
 def load_checked(text: str, limits: Limits | None = None, fetcher: ModuleFetcher | None = None) -> Checked:

@@ -34,15 +34,49 @@ from pydantic import (
 )
 
 from sbatch_service import rules
+from sbatch_service.documents import check_document
 from sbatch_service.errors import FieldError as FieldError
 from sbatch_service.errors import WorkflowError as WorkflowError
 from sbatch_service.errors import dotted_path
 from sbatch_service.schema import JOB_INPUT, MODULE_INPUT, coerce_input, strip_misplaced
 
+# Names the batch script, bash, the dynamic loader, Slurm or the container tools act on: a workflow's
+# env, a module's inputs and outputs may not set them (README, "Reserved environment names").
 FORBIDDEN_ENV_KEYS = frozenset(
-    {"PATH", "LD_LIBRARY_PATH", "IFS", "BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "STORAGE_PATH"}
+    {
+        "PATH",
+        "LD_LIBRARY_PATH",
+        "LD_PRELOAD",
+        "IFS",
+        "BASH_ENV",
+        "ENV",
+        "SHELLOPTS",
+        "BASHOPTS",
+        "PS4",
+        "PROMPT_COMMAND",
+        "CDPATH",
+        "GLOBIGNORE",
+        "EXECIGNORE",
+        "POSIXLY_CORRECT",
+        "FUNCNEST",
+        "TMOUT",
+        "STORAGE_PATH",
+    }
 )
-RESERVED_ENV_PREFIXES = ("DEEPSQUARE_", "SLURM_", "GRID_")
+RESERVED_ENV_PREFIXES = (
+    "DEEPSQUARE_",
+    "SLURM_",
+    "GRID_",
+    "LD_",
+    "BASH_",
+    "ENROOT_",
+    "APPTAINER_",
+    "APPTAINERENV_",
+    "SINGULARITY_",
+    "SINGULARITYENV_",
+)
+# Also reserved in $DEEPSQUARE_ENV: the loop variables, which the script sets itself.
+LOOP_VARIABLES = ("index", "item")
 MOUNT_PATH_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._/+-")
 MODULE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 MODULE_REF_CHARS = MODULE_NAME_CHARS | {"/"}
@@ -53,17 +87,38 @@ PORT_MAX = 65535
 DEFAULT_SIGNAL = 15
 
 
+# Hard bounds, whatever a site configures: Slurm keeps cpus_per_task in 16 bits (0xfffe and 0xffff
+# are its NO_VAL and INFINITE); the chain's uint64 and bash's 64-bit arithmetic bound the products
+# the script exports (CPUS, MEM) and the GPUs a step asks for.
+SLURM_MAX_CPUS_PER_TASK = 0xFFFD
+MAX_PRODUCT = 2**63 - 1
+
+
 @dataclass(frozen=True)
 class Limits:
-    """Size limits that keep one workflow from exhausting the service or the cluster."""
+    """Size limits that keep one workflow from exhausting the service or the cluster.
+
+    `max_nesting` counts levels of objects and lists in the document (it must leave room for
+    `max_depth` levels of steps, about 3 levels each); `max_iterations` bounds every loop and
+    `max_step_runs` the steps a job runs in all, loops multiplied out. The `max_*` resources are the
+    site's maxima per job (tasks, GPUs) or per task.
+    """
 
     max_workflow_bytes: int = 256 * 1024
     max_string_length: int = 64 * 1024
     max_steps: int = 1000
     max_depth: int = 16
+    max_nesting: int = 100
     max_items: int = 10_000
+    max_iterations: int = 10_000
+    max_step_runs: int = 100_000
     max_parallel_iterations: int = 1024
     max_module_depth: int = 4
+    max_tasks: int = 65_536
+    max_cpus_per_task: int = 1024
+    max_mem_per_cpu: int = 1024 * 1024
+    max_gpus: int = 4096
+    max_gpus_per_task: int = 64
 
 
 class _Strict(BaseModel):
@@ -87,9 +142,14 @@ Port = Annotated[StrictInt, Field(ge=1, le=PORT_MAX)]
 def _valid_env_key(key: str) -> str:
     if not rules.ENV_NAME.fullmatch(key):
         raise ValueError(f"invalid environment variable name {key!r}: must match ^{rules.ENV_NAME.pattern}$")
-    if key in FORBIDDEN_ENV_KEYS or key.upper().startswith(RESERVED_ENV_PREFIXES):
+    if reserved_env_name(key):
         raise ValueError(f"environment variable {key} may not be set")
     return key
+
+
+def reserved_env_name(key: str) -> bool:
+    """Whether a workflow may not set `key`: the names exactly, the prefixes in any case."""
+    return key in FORBIDDEN_ENV_KEYS or key.upper().startswith(RESERVED_ENV_PREFIXES)
 
 
 def _env_key_rule(*fields: str) -> Any:
@@ -249,6 +309,23 @@ class Container(_Strict):
     def _valid_credential(cls, value: str | None) -> str | None:
         return _no_whitespace(value, "a registry credential")
 
+    @field_validator("username")
+    @classmethod
+    def _plain_username(cls, username: str | None) -> str | None:
+        """Enroot finds the login with grep and awk: it is written in double quotes, so no `"` or `\\`."""
+        if username is not None and (
+            rules.has_control_characters(username) or any(c in username for c in '"\\')
+        ):
+            raise ValueError('a registry username may not contain control characters, " or \\')
+        return username
+
+    @field_validator("password")
+    @classmethod
+    def _plain_password(cls, password: str | None) -> str | None:
+        if password is not None and rules.has_control_characters(password):
+            raise ValueError("a registry password may not contain control characters")
+        return password
+
     @model_validator(mode="after")
     def _credentials_in_pairs(self) -> Container:
         if (self.username is None) != (self.password is None):
@@ -365,6 +442,10 @@ class StepRun(_Strict):
     def _absolute_work_dir(cls, work_dir: str | None) -> str | None:
         if work_dir is not None and not work_dir.startswith("/"):
             raise ValueError("workDir must be an absolute path")
+        if work_dir is not None and ".." in work_dir.split("/"):
+            raise ValueError(
+                "workDir may not contain '..': it stays inside the container, or the job's folder on the host"
+            )
         return work_dir
 
     @model_validator(mode="after")
@@ -696,40 +777,130 @@ def _check_strings(value: object, path: str, limits: Limits, errors: list[FieldE
 
 
 def _walk_limits(
-    steps: list[Step], path: str, depth: int, limits: Limits, counter: list[int], errors: list[FieldError]
+    steps: list[Step],
+    path: str,
+    depth: int,
+    factor: int,
+    limits: Limits,
+    counter: list[int],
+    errors: list[FieldError],
 ) -> None:
-    """Structural limits (count, depth, parallel fan-out) that no single model can check."""
+    """Structural limits (count, depth, loop sizes, fan-out) that no single model can check.
+
+    `factor` is how many times these steps run (the enclosing loops' iterations multiplied), so
+    `counter[1]` ends as the number of steps the job runs in all.
+    """
     if depth > limits.max_depth:
         errors.append(FieldError(path, f"steps nested deeper than {limits.max_depth} levels"))
         return
     for index, step in enumerate(steps):
         here = f"{path}[{index}]"
         counter[0] += 1
+        counter[1] += factor
+        inner = factor
         if step.for_ is not None:
-            if len(step.for_.items) > limits.max_items:
+            loop = step.for_
+            if len(loop.items) > limits.max_items:
                 errors.append(FieldError(f"{here}.for.items", f"more than {limits.max_items} items"))
-            if step.for_.parallel and step.for_.iterations > limits.max_parallel_iterations:
+            if loop.range is not None and loop.iterations > limits.max_iterations:
+                errors.append(
+                    FieldError(
+                        f"{here}.for.range",
+                        f"runs {loop.iterations} iterations, more than the maximum of {limits.max_iterations}",
+                    )
+                )
+            if loop.parallel and loop.iterations > limits.max_parallel_iterations:
                 errors.append(
                     FieldError(
                         f"{here}.for",
                         f"a parallel loop may run at most {limits.max_parallel_iterations} iterations",
                     )
                 )
+            # Capped, so that loops inside loops cannot build a huge number before it is refused.
+            inner = min(factor * loop.iterations, limits.max_step_runs + 1)
         for name, children in step_children(step):
-            _walk_limits(children, f"{here}.{name}", depth + 1, limits, counter, errors)
+            _walk_limits(
+                children,
+                f"{here}.{name}",
+                depth + 1,
+                inner if name == "for.steps" else factor,
+                limits,
+                counter,
+                errors,
+            )
         if step.use is not None and step.use.resolved:
             _walk_limits(
-                step.use.module.steps, f"{here}.use.module.steps", depth + 1, limits, counter, errors
+                step.use.module.steps, f"{here}.use.module.steps", depth + 1, factor, limits, counter, errors
             )
 
 
 def check_limits(steps: list[Step], limits: Limits) -> list[FieldError]:
     errors: list[FieldError] = []
-    counter = [0]
-    _walk_limits(steps, "steps", 1, limits, counter, errors)
+    counter = [0, 0]
+    _walk_limits(steps, "steps", 1, 1, limits, counter, errors)
     if counter[0] > limits.max_steps:
         errors.append(FieldError("steps", f"more than {limits.max_steps} steps in total"))
+    if counter[1] > limits.max_step_runs:
+        errors.append(
+            FieldError("steps", f"the loops would run more than {limits.max_step_runs} steps in all")
+        )
     return errors
+
+
+def _over(value: int, maximum: int, what: str = "") -> str | None:
+    if value <= maximum:
+        return None
+    return f"{what or value} is more than the site's maximum of {maximum}"
+
+
+def _check_resources(job: Job, limits: Limits, errors: list[FieldError]) -> None:
+    """Resources within the site's maxima, and within what Slurm and 64-bit integers hold.
+
+    Without this, int32 fields multiply into absurd values: `--gpus=<gpusPerTask x tasks>`, `MEM`.
+    """
+    cpus_cap = min(limits.max_cpus_per_task, SLURM_MAX_CPUS_PER_TASK)
+    res = job.resources
+    for name, value, maximum in (
+        ("tasks", res.tasks, limits.max_tasks),
+        ("cpusPerTask", res.cpus_per_task, cpus_cap),
+        ("memPerCpu", res.mem_per_cpu, limits.max_mem_per_cpu),
+        ("gpus", res.gpus, limits.max_gpus),
+    ):
+        problem = _over(value, maximum)
+        if problem:
+            errors.append(FieldError(f"resources.{name}", problem))
+    if res.tasks * res.cpus_per_task * res.mem_per_cpu > MAX_PRODUCT:
+        errors.append(FieldError("resources", "tasks x cpusPerTask x memPerCpu does not fit in 64 bits"))
+    for path, step in walk(job.steps):
+        if step.run is None:
+            continue
+        where = f"{path}.run.resources"
+        step_res = step.run.resources
+        gpus = step_res.gpus_per_task * step_res.tasks
+        for name, value, maximum, what in (
+            ("tasks", step_res.tasks, limits.max_tasks, ""),
+            ("cpusPerTask", step_res.cpus_per_task or 0, cpus_cap, ""),
+            ("memPerCpu", step_res.mem_per_cpu or 0, limits.max_mem_per_cpu, ""),
+            ("gpusPerTask", step_res.gpus_per_task, limits.max_gpus_per_task, ""),
+            ("gpusPerTask", gpus, limits.max_gpus, f"gpusPerTask x tasks = {gpus} GPUs (--gpus)"),
+        ):
+            problem = _over(value, maximum, what)
+            if problem:
+                errors.append(FieldError(f"{where}.{name}", problem))
+                break
+
+
+def _check_images(job: Job, errors: list[FieldError]) -> None:
+    """A hosted image is a path under the provider's software root: `..` would leave it."""
+    for path, step in walk(job.steps):
+        container = step.run.container if step.run is not None else None
+        if container is not None and container.deepsquare_hosted and ".." in container.image.split("/"):
+            errors.append(
+                FieldError(
+                    f"{path}.run.container.image",
+                    "a deepsquareHosted image may not contain '..': it must stay inside the provider's images",
+                )
+            )
 
 
 def _check_handles(
@@ -840,6 +1011,7 @@ _M = TypeVar("_M", Job, Module)
 
 def _coerced(data: object, type_: GraphQLInputType, limits: Limits) -> tuple[Any, list[FieldError]]:
     """`data` without the misplaced keys, through the GraphQL input type, within the size limits."""
+    check_document(data, limits.max_nesting)
     data, warnings = strip_misplaced(data, type_)
     coerced = coerce_input(data, type_)
     size = len(json.dumps(coerced, ensure_ascii=False, default=str).encode())
@@ -868,6 +1040,8 @@ def structural_problems(job: Job, limits: Limits) -> tuple[list[FieldError], lis
     _check_handles(job.steps, "steps", set(), errors, warnings)
     _check_kinds(job.steps, warnings)
     _check_networks(job, errors)
+    _check_resources(job, limits, errors)
+    _check_images(job, errors)
     return errors, warnings
 
 

@@ -20,8 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import yaml
-
+from sbatch_service.documents import load_yaml
 from sbatch_service.errors import FieldError, WorkflowError
 from sbatch_service.gotemplate import TemplateError, render_template
 from sbatch_service.models import (
@@ -32,6 +31,7 @@ from sbatch_service.models import (
     ModuleSource,
     Step,
     check_workflow,
+    reserved_env_name,
     structural_problems,
     validate_module,
 )
@@ -169,16 +169,14 @@ class NoModules:
         raise ModuleFetchError("this service does not fetch modules")
 
 
-def _parse(text: str, where: str) -> Any:
-    try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
-            if isinstance(event, yaml.AliasEvent):
-                raise WorkflowError(
-                    [FieldError(where, "the module uses YAML aliases, which are not allowed")]
-                )
-        return yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise WorkflowError([FieldError(where, f"the rendered module is not valid YAML: {error}")]) from None
+def _parse(text: str, where: str, limits: Limits) -> Any:
+    return load_yaml(
+        text,
+        limits.max_nesting,
+        where,
+        what="the rendered module is not valid YAML",
+        aliases="the module uses YAML aliases, which are not allowed",
+    )
 
 
 RESOURCE_NAMES = (
@@ -199,6 +197,22 @@ def _check_resources(module: Module, job: Job, source: str, where: str) -> None:
                     FieldError(
                         where,
                         f"not enough {name} to use the module {source}, minimum={minimum}, actual={actual}",
+                    )
+                ]
+            )
+
+
+def _check_exported_names(module: Module, prefix: str | None, where: str) -> None:
+    """`<PREFIX>_<KEY>` lands in $DEEPSQUARE_ENV: it must be a name a workflow may set."""
+    if not prefix:
+        return
+    for output in module.outputs:
+        name = f"{prefix}_{output.key}"
+        if reserved_env_name(name):
+            raise WorkflowError(
+                [
+                    FieldError(
+                        where, f"the module's output {output.key} would set {name}, which may not be set"
                     )
                 ]
             )
@@ -261,7 +275,7 @@ class _Resolution:
                 raise WorkflowError(
                     [FieldError(f"{where}.use.source", f"cannot render module {source}: {error}")]
                 ) from None
-            raw = _parse(rendered, f"{where}.use.source")
+            raw = _parse(rendered, f"{where}.use.source", self.limits)
             cleaned = drop_unknown(raw, MODULE_INPUT)
             try:
                 module = validate_module(cleaned, self.limits)
@@ -273,6 +287,7 @@ class _Resolution:
                     ]
                 ) from None
             _check_resources(module, self.job, source, f"{where}.use")
+            _check_exported_names(module, step.use.export_env_as, f"{where}.use.exportEnvAs")
             step.use.resolve(module)
             body = cleaned.get("steps") if isinstance(cleaned, dict) else None
             self.resolve(

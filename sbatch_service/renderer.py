@@ -14,7 +14,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sbatch_service.logging_render import logging_prologue
-from sbatch_service.models import Container, Job, Step, StepFor, StepLaunch, StepRun, StepUse, walk
+from sbatch_service.models import (
+    FORBIDDEN_ENV_KEYS,
+    LOOP_VARIABLES,
+    RESERVED_ENV_PREFIXES,
+    Container,
+    Job,
+    Step,
+    StepFor,
+    StepLaunch,
+    StepRun,
+    StepUse,
+    walk,
+)
 from sbatch_service.names import NameSource, RandomNames
 from sbatch_service.runsteps import (
     PRIVATE_WIREGUARD_SOCKETS,
@@ -28,9 +40,11 @@ from sbatch_service.runsteps import (
 from sbatch_service.script import ScriptBuilder, quote
 from sbatch_service.transfer import helper_functions, render_input, render_output, render_sync_start
 
-RESERVED_ENV_CASE = (
-    "PATH | LD_LIBRARY_PATH | IFS | BASH_ENV | ENV | SHELLOPTS | BASHOPTS | STORAGE_PATH | DEEPSQUARE_* "
-    "| SLURM_* | GRID_* | grid_*"
+# $DEEPSQUARE_ENV may not set what a workflow's env may not set (names exactly, prefixes in any
+# case, upper-cased by grid_reserved), nor the loop variables and the script's own grid_* variables.
+RESERVED_ENV_EXACT = " | ".join([*LOOP_VARIABLES, "grid_*"])
+RESERVED_ENV_UPPER = " | ".join(
+    [*sorted(FORBIDDEN_ENV_KEYS), *(f"{prefix}*" for prefix in RESERVED_ENV_PREFIXES)]
 )
 IMPORT_CHECKS = 9
 IMPORT_CHECK_INTERVAL_S = 10
@@ -39,7 +53,10 @@ CLEANUP_GRACE_TENTHS = 100
 PREAMBLE_FUNCTIONS = f"""
 grid_reserved() {{
   case "$1" in
-    {RESERVED_ENV_CASE}) return 0 ;;
+    {RESERVED_ENV_EXACT}) return 0 ;;
+  esac
+  case "${{1^^}}" in
+    {RESERVED_ENV_UPPER}) return 0 ;;
   esac
   return 1
 }}
@@ -73,10 +90,11 @@ grid_signal() {{
   kill -s "$1" -- "-$2" 2>/dev/null || true
 }}
 
-# Wait until a launched step has ended, whichever shell started it.
+# Wait until a launched step has ended, whichever shell started it: its whole process group, so an
+# srun still cancelling its Slurm step after a signal is waited for too.
 grid_reap() {{
   wait "$1" 2>/dev/null || true
-  while kill -0 "$1" 2>/dev/null; do
+  while kill -0 -- "-$1" 2>/dev/null; do
     sleep 0.1
   done
 }}
@@ -111,7 +129,7 @@ grid_cleanup() {{
     [ -e "$scope" ] || continue
     while read -r pid signal; do
       tries=0
-      while kill -0 "$pid" 2>/dev/null && [ "$tries" -lt {CLEANUP_GRACE_TENTHS} ]; do
+      while kill -0 -- "-$pid" 2>/dev/null && [ "$tries" -lt {CLEANUP_GRACE_TENTHS} ]; do
         sleep 0.1
         tries=$((tries + 1))
       done
@@ -215,6 +233,16 @@ def _site_path(template: str) -> str:
     return word or "''"
 
 
+def netrc_quoted(value: str) -> str:
+    """A value for inside double quotes in Enroot's credentials file (curl's netrc syntax).
+
+    Enroot runs `sh -c "echo <rest of the line>"` on a line whose password starts with `$` (its
+    documented `$VAR`/`$(cmd)` substitution); a quoted password starts with `"`, so it is never
+    evaluated, and curl reads it back with its `\\` and `\"` escapes undone.
+    """
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
 def _all_runs(job: Job) -> list[StepRun]:
     return [step.run for _, step in walk(job.steps) if step.run is not None]
 
@@ -226,6 +254,7 @@ class _Renderer:
         self.options = options
         self.out = ScriptBuilder()
         self.counter = 0
+        self.loops: list[tuple[str, str]] = []
         self.images: dict[tuple[object, ...], Image] = {}
         runs = _all_runs(job)
         self.runs = RunRenderer(job, self.images, peers_of(job, runs), options.software_root)
@@ -420,8 +449,8 @@ class _Renderer:
         if container.username is not None and container.password is not None:
             machine = container.registry or "auth.docker.io"
             out.line(
-                "printf 'machine %s login %s password %s\\n' "
-                f"{quote(machine)} {quote(container.username)} {quote(container.password)} "
+                'printf \'machine %s login "%s" password "%s"\\n\' '
+                f"{quote(machine)} {quote(container.username)} {quote(netrc_quoted(container.password))} "
                 '>>"$ENROOT_CONFIG_PATH/.credentials"'
             )
         out.line('echo "Importing image..."')
@@ -523,28 +552,48 @@ class _Renderer:
     # ---- for, launch and use
 
     def _for(self, loop: StepFor) -> None:
+        """A loop whose counter is its own grid_* variable, exported as `index` or `item` in the body.
+
+        Nested loops then never share a counter, and the counter is never read back from `index`,
+        which a step could have set: bash evaluates a variable's value inside arithmetic, so
+        `index=NTASKS[$(cmd)0]` would otherwise run `cmd`. An inner loop gives the enclosing loop's
+        value back to `index`/`item` when it ends.
+        """
         number = self.next_id()
         if loop.range is not None:
             variable = "index"
+            counter = f"grid_index_{number}"
             begin, end, step = loop.range.begin, loop.range.end, loop.range.step
             compare = "<=" if step > 0 else ">="
-            header = f"for ((index = {begin}; index {compare} {end}; index += {step})); do"
+            header = f"for (({counter} = {begin}; {counter} {compare} {end}; {counter} += {step})); do"
         else:
             variable = "item"
+            counter = f"grid_item_{number}"
             items = f"grid_items_{number}"
             self.out.line(f"{items}=({' '.join(quote(i) for i in loop.items)})")
-            header = f'for item in "${{{items}[@]}}"; do'
-        if not loop.parallel:
-            with self.out.block(header, "done"):
-                self.out.line(f"export {variable}")
-                self._steps(loop.steps)
-            return
+            header = f'for {counter} in "${{{items}[@]}}"; do'
+        export = f'export {variable}="${counter}"'
+        self.loops.append((variable, counter))
+        try:
+            if not loop.parallel:
+                with self.out.block(header, "done"):
+                    self.out.line(export)
+                    self._steps(loop.steps)
+            else:
+                self._parallel(number, header, export, loop)
+        finally:
+            self.loops.pop()
+        enclosing = [c for v, c in self.loops if v == variable]
+        if enclosing and not loop.parallel:
+            self.out.line(f'export {variable}="${enclosing[-1]}"')
+
+    def _parallel(self, number: int, header: str, export: str, loop: StepFor) -> None:
         pids, status = f"grid_pids_{number}", f"grid_status_{number}"
         self.out.line(f"{pids}=()")
         with self.out.block(header, "done"):
             with self.out.block("(", ") &"):
                 self.out.line("set -e")
-                self.out.line(f"export {variable}")
+                self.out.line(export)
                 self._steps(loop.steps)
             self.out.line(f'{pids}+=("$!")')
         self.out.line(f"{status}=0")

@@ -10,6 +10,7 @@ assignments and `--export=ALL`), also never through arguments.
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 import shlex
 from dataclasses import dataclass
 
@@ -55,13 +56,14 @@ class Image:
 
 
 def image_word(container: Container, fetched: dict[tuple[object, ...], Image], software_root: str) -> str:
+    """The image as a bash word: a hosted one under `software_root`, a local file inside the job's
+    folder, else the fetched copy. Both paths are cleaned, so neither can leave its root."""
     if container.deepsquare_hosted:
-        parts = [
-            software_root.rstrip("/"),
-            *([container.registry] if container.registry else []),
-            container.image,
-        ]
-        return quote("/".join(parts))
+        parts = [part.strip("/") for part in (container.registry, container.image) if part]
+        inside = posixpath.normpath("/" + "/".join(parts))
+        if inside.startswith("/.."):
+            raise ValueError(f"hosted image {container.image!r} leaves the software root")
+        return quote(software_root.rstrip("/") + inside)
     if container.is_local_file:
         return f'"$STORAGE_PATH"{quote(container.local_path)}'
     return fetched[image_key(container)].path
@@ -290,8 +292,14 @@ def enroot_rc_local(job: Job, run: StepRun) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _work_dir_prefix(work_dir: str) -> str:
-    directory = quote(work_dir)
+def host_work_dir(work_dir: str) -> str:
+    """A host step's workDir as a bash word: taken inside the job's folder, as an absolute image
+    path is (`/output` is `$STORAGE_PATH/output`), so that no step starts outside the job."""
+    return '"$STORAGE_PATH"' + quote(posixpath.normpath("/" + work_dir.lstrip("/")))
+
+
+def _work_dir_prefix(work_dir: str, host: bool = False) -> str:
+    directory = host_work_dir(work_dir) if host else quote(work_dir)
     return (
         f"mkdir -p -- {directory} && cd -- {directory}"
         ' || { echo "change dir to working directory failed"; exit 1; }\n'
@@ -395,7 +403,7 @@ class RunRenderer:
         return f"/bin/sh -c {quote(network_wrapper(run, inner_script(run, command)))}"
 
     def _host_words(self, run: StepRun) -> list[str]:
-        text = (_work_dir_prefix(run.work_dir) if run.work_dir else "") + run.command
+        text = (_work_dir_prefix(run.work_dir, host=True) if run.work_dir else "") + run.command
         command = f"{run.host_shell} -c {quote(text)}"
         return [*id_prefix(run), self._wrapped(run, command)]
 

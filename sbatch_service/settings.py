@@ -12,7 +12,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from sbatch_service.models import Limits
+from sbatch_service.models import MAX_COUNT, SLURM_MAX_CPUS_PER_TASK, Limits
 from sbatch_service.modules import GitFetcher, ModuleSettings
 from sbatch_service.renderer import RenderOptions
 from supervisor.grpc_tls import ServerTls
@@ -85,6 +85,16 @@ class Settings(BaseSettings):
     max_depth: int = Field(default=Limits.max_depth, ge=1)
     max_items: int = Field(default=Limits.max_items, ge=1)
     max_parallel_iterations: int = Field(default=Limits.max_parallel_iterations, ge=1)
+    # Levels of objects and lists in a workflow document (graphql-core itself stops at 200).
+    max_nesting: int = Field(default=Limits.max_nesting, ge=8, le=200)
+    max_iterations: int = Field(default=Limits.max_iterations, ge=1)
+    max_step_runs: int = Field(default=Limits.max_step_runs, ge=1)
+    # The site's resource maxima, within what GraphQL's Int and Slurm hold.
+    max_tasks: int = Field(default=Limits.max_tasks, ge=1, le=MAX_COUNT)
+    max_cpus_per_task: int = Field(default=Limits.max_cpus_per_task, ge=1, le=SLURM_MAX_CPUS_PER_TASK)
+    max_mem_per_cpu: int = Field(default=Limits.max_mem_per_cpu, ge=1, le=MAX_COUNT)
+    max_gpus: int = Field(default=Limits.max_gpus, ge=0, le=MAX_COUNT)
+    max_gpus_per_task: int = Field(default=Limits.max_gpus_per_task, ge=0, le=MAX_COUNT)
 
     @model_validator(mode="after")
     def _tls_files(self) -> Settings:
@@ -119,6 +129,14 @@ class Settings(BaseSettings):
             max_items=self.max_items,
             max_parallel_iterations=self.max_parallel_iterations,
             max_module_depth=self.max_module_depth,
+            max_nesting=self.max_nesting,
+            max_iterations=self.max_iterations,
+            max_step_runs=self.max_step_runs,
+            max_tasks=self.max_tasks,
+            max_cpus_per_task=self.max_cpus_per_task,
+            max_mem_per_cpu=self.max_mem_per_cpu,
+            max_gpus=self.max_gpus,
+            max_gpus_per_task=self.max_gpus_per_task,
         )
 
     @property

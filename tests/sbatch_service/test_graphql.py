@@ -270,7 +270,7 @@ def test_validation_errors_name_the_field(service: SbatchProcess) -> None:
             "'String!' was not",
         ),
         (changed(["steps", 0, "for"], {"parallel": "yes", "steps": []}), "steps[0].for.parallel", "Boolean"),
-        (nested(150), "", "nested too deeply"),
+        (nested(150), "", "nested deeper than 100 levels of objects and lists"),
     ],
     ids=[
         "string-for-int",

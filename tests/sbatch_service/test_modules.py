@@ -255,3 +255,18 @@ def test_a_module_template_never_sees_the_customers_credentials(tmp_path: Path) 
     assert step_use is not None
     command = step_use.module.steps[0].run.command if step_use.module.steps[0].run else ""
     assert command == "echo <redacted> https://example.org/in.zip <redacted>"
+
+
+def test_a_prefix_that_makes_an_output_a_reserved_name_is_refused(
+    repository: tuple[GitFetcher, dict[str, str]],
+) -> None:
+    """`LD` + `_GREETING` would export LD_GREETING: refused at submit time, naming exportEnvAs."""
+    fetcher, _ = repository
+    with pytest.raises(WorkflowError) as caught:
+        prepare(job(use(SOURCE + "@v1", exportEnvAs="LD")), fetcher=fetcher)
+    assert [(e.field, e.message) for e in caught.value.errors] == [
+        (
+            "steps[0].use.exportEnvAs",
+            "the module's output GREETING would set LD_GREETING, which may not be set",
+        )
+    ]

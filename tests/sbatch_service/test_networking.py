@@ -149,7 +149,7 @@ def test_steps_in_their_own_namespaces_with_dns(
                     "network": "pasta",
                     "mapUid": 0,
                     "dns": [gateway_address()],
-                    "workDir": str(tmp_path / "pasta dir"),
+                    "workDir": "/pasta dir",
                     "env": [{"key": "NAME", "value": "pasta"}],
                     "command": report + '; pwd > "$OUT/pasta.pwd"',
                 },
@@ -174,8 +174,9 @@ def test_steps_in_their_own_namespaces_with_dns(
         assert (out / f"{name}.dns").read_text().split() == [ANSWER, NAME], f"{name} asks its own nameserver"
     assert (out / "slirp.resolv").read_text() == f"nameserver {dns_server}\nnameserver 192.0.2.53\n"
     assert (out / "slirp.uid").read_text() == "0\n"
-    assert (out / "pasta.pwd").read_text() == f"{tmp_path / 'pasta dir'}\n", (
-        "workDir applies inside the namespace"
+    job_folder = tmp_path / "storage" / str(os.getuid()) / f"job-{finished.job_id}"
+    assert (out / "pasta.pwd").read_text() == f"{job_folder / 'pasta dir'}\n", (
+        "workDir applies inside the namespace, inside the job's folder"
     )
     assert (out / "host.resolv").read_text() == Path("/etc/resolv.conf").read_text(), "dns needs a namespace"
 

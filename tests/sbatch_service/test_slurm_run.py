@@ -290,7 +290,8 @@ def test_hostile_values_never_escape_their_quoting(slurm: SlurmCluster, tmp_path
     values = [v.format(canary=canary) for v in HOSTILE]
     reads = " ".join(f'"$HOSTILE_{i}"' for i in range(len(values)))
     step_reads = " ".join(f'"$STEP_{i}"' for i in range(len(values)))
-    workdir = tmp_path / "dir with 'quote' and $(touch canary)"
+    # A host step's workDir is taken inside the job's folder.
+    work_dir = "/dir with 'quote' and $(touch canary)"
     # The command is shell code by design: it must reach the step's shell exactly as written.
     command_text = 'printf \'%s|\' \'a\'"\'"\'b\' "$(echo sub)" `echo tick` "$HOME" > "$OUT/command"'
     namespaced = command_text.replace('"$OUT/command"', '"$OUT/namespaced"')
@@ -311,7 +312,7 @@ def test_hostile_values_never_escape_their_quoting(slurm: SlurmCluster, tmp_path
                     "steps": [{"name": "i", **host('printf \'%s\\0\' "$item" >> "$OUT/items"')}],
                 },
             },
-            {"name": "workdir", **host('pwd > "$OUT/pwd"', workDir=str(workdir))},
+            {"name": "workdir", **host('pwd > "$OUT/pwd"', workDir=work_dir)},
             {"name": "command", **host(command_text)},
             {
                 # Three levels of nesting: srun sh -c, the network wrapper, the inner sh -c.
@@ -320,7 +321,7 @@ def test_hostile_values_never_escape_their_quoting(slurm: SlurmCluster, tmp_path
                     namespaced + f"; printf '%s\\0' {step_reads} > \"$OUT/namespaced-env\"",
                     network="slirp4netns",
                     mapUid=0,
-                    workDir=str(workdir),
+                    workDir=work_dir,
                     env=step_env,
                 ),
             },
@@ -338,7 +339,10 @@ def test_hostile_values_never_escape_their_quoting(slurm: SlurmCluster, tmp_path
     assert (out / "step-env").read_text() == expected
     assert (out / "namespaced-env").read_text() == expected
     assert (out / "items").read_text() == expected
-    assert (out / "pwd").read_text() == f"{workdir}\n", "workDir is created, then entered"
+    workdir = Path(storage_of(tmp_path, finished) + work_dir)
+    assert (out / "pwd").read_text() == f"{workdir}\n", (
+        "workDir is created inside the job's folder, then entered"
+    )
     direct = subprocess.run(
         ["/bin/sh", "-c", command_text.replace('"$OUT/command"', "/dev/stdout")],
         capture_output=True,
@@ -408,7 +412,9 @@ def test_enroot_steps_import_once_then_create_start_remove_per_task(
             assert (
                 out / f"enroot-{item}-{task}"
             ).read_text() == f"{item}|{CONTAINER_VALUE}|/deepsquare|{workdir}\n"
-    assert (out / "credentials").read_text() == "machine registry.example.com login robot password s3cr'et\n"
+    assert (
+        out / "credentials"
+    ).read_text() == 'machine registry.example.com login "robot" password "s3cr\'et"\n'
     assert "s3cr'et" not in finished.output
 
     recorded = calls(log, "enroot")

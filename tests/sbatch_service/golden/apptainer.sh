@@ -16,7 +16,10 @@ export MEM=128000
 
 grid_reserved() {
   case "$1" in
-    PATH | LD_LIBRARY_PATH | IFS | BASH_ENV | ENV | SHELLOPTS | BASHOPTS | STORAGE_PATH | DEEPSQUARE_* | SLURM_* | GRID_* | grid_*) return 0 ;;
+    index | item | grid_*) return 0 ;;
+  esac
+  case "${1^^}" in
+    BASHOPTS | BASH_ENV | CDPATH | ENV | EXECIGNORE | FUNCNEST | GLOBIGNORE | IFS | LD_LIBRARY_PATH | LD_PRELOAD | PATH | POSIXLY_CORRECT | PROMPT_COMMAND | PS4 | SHELLOPTS | STORAGE_PATH | TMOUT | DEEPSQUARE_* | SLURM_* | GRID_* | LD_* | BASH_* | ENROOT_* | APPTAINER_* | APPTAINERENV_* | SINGULARITY_* | SINGULARITYENV_*) return 0 ;;
   esac
   return 1
 }
@@ -50,10 +53,11 @@ grid_signal() {
   kill -s "$1" -- "-$2" 2>/dev/null || true
 }
 
-# Wait until a launched step has ended, whichever shell started it.
+# Wait until a launched step has ended, whichever shell started it: its whole process group, so an
+# srun still cancelling its Slurm step after a signal is waited for too.
 grid_reap() {
   wait "$1" 2>/dev/null || true
-  while kill -0 "$1" 2>/dev/null; do
+  while kill -0 -- "-$1" 2>/dev/null; do
     sleep 0.1
   done
 }
@@ -88,7 +92,7 @@ grid_cleanup() {
     [ -e "$scope" ] || continue
     while read -r pid signal; do
       tries=0
-      while kill -0 "$pid" 2>/dev/null && [ "$tries" -lt 100 ]; do
+      while kill -0 -- "-$pid" 2>/dev/null && [ "$tries" -lt 100 ]; do
         sleep 0.1
         tries=$((tries + 1))
       done

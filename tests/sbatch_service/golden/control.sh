@@ -16,7 +16,10 @@ export MEM=1024
 
 grid_reserved() {
   case "$1" in
-    PATH | LD_LIBRARY_PATH | IFS | BASH_ENV | ENV | SHELLOPTS | BASHOPTS | STORAGE_PATH | DEEPSQUARE_* | SLURM_* | GRID_* | grid_*) return 0 ;;
+    index | item | grid_*) return 0 ;;
+  esac
+  case "${1^^}" in
+    BASHOPTS | BASH_ENV | CDPATH | ENV | EXECIGNORE | FUNCNEST | GLOBIGNORE | IFS | LD_LIBRARY_PATH | LD_PRELOAD | PATH | POSIXLY_CORRECT | PROMPT_COMMAND | PS4 | SHELLOPTS | STORAGE_PATH | TMOUT | DEEPSQUARE_* | SLURM_* | GRID_* | LD_* | BASH_* | ENROOT_* | APPTAINER_* | APPTAINERENV_* | SINGULARITY_* | SINGULARITYENV_*) return 0 ;;
   esac
   return 1
 }
@@ -50,10 +53,11 @@ grid_signal() {
   kill -s "$1" -- "-$2" 2>/dev/null || true
 }
 
-# Wait until a launched step has ended, whichever shell started it.
+# Wait until a launched step has ended, whichever shell started it: its whole process group, so an
+# srun still cancelling its Slurm step after a signal is waited for too.
 grid_reap() {
   wait "$1" 2>/dev/null || true
-  while kill -0 "$1" 2>/dev/null; do
+  while kill -0 -- "-$1" 2>/dev/null; do
     sleep 0.1
   done
 }
@@ -88,7 +92,7 @@ grid_cleanup() {
     [ -e "$scope" ] || continue
     while read -r pid signal; do
       tries=0
-      while kill -0 "$pid" 2>/dev/null && [ "$tries" -lt 100 ]; do
+      while kill -0 -- "-$pid" 2>/dev/null && [ "$tries" -lt 100 ]; do
         sleep 0.1
         tries=$((tries + 1))
       done
@@ -215,8 +219,8 @@ if [ "$grid_status_3" -ne 0 ]; then exit "$grid_status_3"; fi
 printf 'Running: %s\n' 'several kinds'
 printf 'Running: %s\n' 'ignored'
 printf 'Running: %s\n' 'range wins'
-for ((index = 5; index >= 1; index += -2)); do
-  export index
+for ((grid_index_4 = 5; grid_index_4 >= 1; grid_index_4 += -2)); do
+  export index="$grid_index_4"
   printf 'Running: %s\n' 'countdown'
   grid_load_env
   srun --job-name='countdown' --export=ALL --cpus-per-task=1 --mem-per-cpu=512M --gpus-per-task=0 --gpus=0 --ntasks=1 \
@@ -224,10 +228,10 @@ for ((index = 5; index >= 1; index += -2)); do
 done
 printf 'Running: %s\n' 'zero increment'
 grid_pids_5=()
-for ((index = 1; index <= 2; index += 1)); do
+for ((grid_index_5 = 1; grid_index_5 <= 2; grid_index_5 += 1)); do
   (
     set -e
-    export index
+    export index="$grid_index_5"
     grid_load_env
     srun --export=ALL --cpus-per-task=1 --mem-per-cpu=512M --gpus-per-task=0 --gpus=0 --ntasks=1 \
       /bin/sh -c 'echo "$index"'
@@ -241,8 +245,8 @@ done
 if [ "$grid_status_5" -ne 0 ]; then exit "$grid_status_5"; fi
 printf 'Running: %s\n' 'no items'
 grid_items_6=()
-for item in "${grid_items_6[@]}"; do
-  export item
+for grid_item_6 in "${grid_items_6[@]}"; do
+  export item="$grid_item_6"
   grid_load_env
   srun --export=ALL --cpus-per-task=1 --mem-per-cpu=512M --gpus-per-task=0 --gpus=0 --ntasks=1 \
     /bin/sh -c 'echo never'

@@ -16,7 +16,10 @@ export MEM=512
 
 grid_reserved() {
   case "$1" in
-    PATH | LD_LIBRARY_PATH | IFS | BASH_ENV | ENV | SHELLOPTS | BASHOPTS | STORAGE_PATH | DEEPSQUARE_* | SLURM_* | GRID_* | grid_*) return 0 ;;
+    index | item | grid_*) return 0 ;;
+  esac
+  case "${1^^}" in
+    BASHOPTS | BASH_ENV | CDPATH | ENV | EXECIGNORE | FUNCNEST | GLOBIGNORE | IFS | LD_LIBRARY_PATH | LD_PRELOAD | PATH | POSIXLY_CORRECT | PROMPT_COMMAND | PS4 | SHELLOPTS | STORAGE_PATH | TMOUT | DEEPSQUARE_* | SLURM_* | GRID_* | LD_* | BASH_* | ENROOT_* | APPTAINER_* | APPTAINERENV_* | SINGULARITY_* | SINGULARITYENV_*) return 0 ;;
   esac
   return 1
 }
@@ -50,10 +53,11 @@ grid_signal() {
   kill -s "$1" -- "-$2" 2>/dev/null || true
 }
 
-# Wait until a launched step has ended, whichever shell started it.
+# Wait until a launched step has ended, whichever shell started it: its whole process group, so an
+# srun still cancelling its Slurm step after a signal is waited for too.
 grid_reap() {
   wait "$1" 2>/dev/null || true
-  while kill -0 "$1" 2>/dev/null; do
+  while kill -0 -- "-$1" 2>/dev/null; do
     sleep 0.1
   done
 }
@@ -88,7 +92,7 @@ grid_cleanup() {
     [ -e "$scope" ] || continue
     while read -r pid signal; do
       tries=0
-      while kill -0 "$pid" 2>/dev/null && [ "$tries" -lt 100 ]; do
+      while kill -0 -- "-$pid" 2>/dev/null && [ "$tries" -lt 100 ]; do
         sleep 0.1
         tries=$((tries + 1))
       done
@@ -142,10 +146,10 @@ cd -- "$STORAGE_PATH"
 printf 'Running: %s\n' 'parallel-items'
 grid_items_1=('alpha' 'b c' 'it'"'"'s')
 grid_pids_1=()
-for item in "${grid_items_1[@]}"; do
+for grid_item_1 in "${grid_items_1[@]}"; do
   (
     set -e
-    export item
+    export item="$grid_item_1"
     printf 'Running: %s\n' 'write'
     grid_load_env
     srun --job-name='write' --export=ALL --cpus-per-task=1 --mem-per-cpu=256M --gpus-per-task=0 --gpus=0 --ntasks=1 \
@@ -159,8 +163,8 @@ for grid_pid in "${grid_pids_1[@]}"; do
 done
 if [ "$grid_status_1" -ne 0 ]; then exit "$grid_status_1"; fi
 printf 'Running: %s\n' 'sequential-range'
-for ((index = 1; index <= 5; index += 2)); do
-  export index
+for ((grid_index_2 = 1; grid_index_2 <= 5; grid_index_2 += 2)); do
+  export index="$grid_index_2"
   printf 'Running: %s\n' 'count'
   grid_load_env
   srun --job-name='count' --export=ALL --cpus-per-task=1 --mem-per-cpu=256M --gpus-per-task=0 --gpus=0 --ntasks=1 \
@@ -168,14 +172,14 @@ for ((index = 1; index <= 5; index += 2)); do
 done
 printf 'Running: %s\n' 'countdown'
 grid_pids_3=()
-for ((index = 3; index >= 1; index += -1)); do
+for ((grid_index_3 = 3; grid_index_3 >= 1; grid_index_3 += -1)); do
   (
     set -e
-    export index
+    export index="$grid_index_3"
     printf 'Running: %s\n' 'nested'
     grid_items_4=('x' 'y')
-    for item in "${grid_items_4[@]}"; do
-      export item
+    for grid_item_4 in "${grid_items_4[@]}"; do
+      export item="$grid_item_4"
       printf 'Running: %s\n' 'pair'
       grid_load_env
       srun --job-name='pair' --export=ALL --cpus-per-task=1 --mem-per-cpu=256M --gpus-per-task=0 --gpus=0 --ntasks=1 \
