@@ -1,9 +1,10 @@
 """`grid-dev up`: a whole grid on one machine, the first example workflow run to settlement.
 
-It starts anvil, deploys the protocol, starts the sbatch service, the Slurm cluster (when it is not
-up already), the meta-scheduler oracle and the supervisor, each logging to a file of one run folder;
-submits the example as a customer, prints every status change and the balances before and after,
-then stops what it started, by process id. A component that fails is named with its log.
+It starts anvil, deploys the protocol, starts the log service, the sbatch service, the Slurm cluster
+(when it is not up already), the meta-scheduler oracle and the supervisor, each logging to a file of
+one run folder; submits the example as a customer, prints every status change, the job's output as
+its customer reads it live from the log service, and the balances before and after, then stops what
+it started, by process id. A component that fails is named with its log.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from grid_contracts.deploy import DeployError, Deployment, deploy
 from grid_dev.anvil import REPO_ROOT, TEST_MNEMONIC, Anvil, AnvilError, free_port, start_anvil
 from grid_dev.chain import CREDIT, GridError, Target, format_credits
 from grid_dev.customer import CustomerSession
+from grid_dev.job_tools import JobToolsError, ensure_job_tools, reachable_by_everyone
+from grid_dev.logs import print_logs
 from supervisor.chain.keys import Signer
 
 Account.enable_unaudited_hdwallet_features()
@@ -38,13 +41,20 @@ Account.enable_unaudited_hdwallet_features()
 #: PROTOCOL.md section 3: GPU 8.5, CPU 0.95, MEM 0.00008 credits per minute.
 WORKED_EXAMPLE_PRICES = {"gpu_per_min": "8.5", "cpu_per_min": "0.95", "mem_per_min": "0.00008"}
 CUSTOMER_CREDITS = 1000
-#: The first example workflow of the workflow format's documentation.
+#: The first example workflow of the workflow format's documentation, its output streamed to the
+#: log service over a few seconds.
 EXAMPLE_WORKFLOW = """\
+enableLogging: true
 resources: { tasks: 1, cpusPerTask: 1, memPerCpu: 1024, gpus: 0 }
 steps:
   - name: hello-world
-    run: { command: echo "hello world" }
+    run:
+      command: |
+        echo "hello world"
+        for i in 1 2 3; do sleep 1; echo "still here ($i)"; done
 """
+#: How long the customer's reader may take, after the job settled, to print the last lines.
+LOG_READ_GRACE_S = 60.0
 SERVICE_START_TIMEOUT_S = 60.0
 REGISTRATION_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 40.0
@@ -116,11 +126,6 @@ def default_run_dir() -> Path:
             path = root / f"run-{stamp}-{os.getpid()}"
             return path
     raise LocalGridError(f"no writable folder for the run among {DEFAULT_RUNS_ROOT} and /var/tmp/grid-dev")
-
-
-def reachable_by_everyone(path: Path) -> bool:
-    """Whether every folder from / down to `path` lets other users through (mode o+x)."""
-    return all(folder.stat().st_mode & 0o001 for folder in (path, *path.parents))
 
 
 def shared_folder(run_dir: Path) -> Path:
@@ -210,11 +215,23 @@ class LocalGrid:
         self.anvil = self._start_anvil()
         self.deployment = self._deploy()
         self.shared = shared_folder(self.run_dir)
-        for folder in (self.shared, self.shared / "jobs", self.shared / "storage"):
+        self.cache = self.shared / "cache"
+        cache_folders = [
+            self.cache / name for name in ("persistent", "world-tmp", "disk", "disk/tmp", "disk/world-tmp")
+        ]
+        for folder in (
+            self.shared,
+            self.shared / "jobs",
+            self.shared / "storage",
+            self.cache,
+            *cache_folders,
+        ):
             folder.mkdir(parents=True, exist_ok=True)
             folder.chmod(0o1777)  # job users (grid-svc) write their job folders here
         if self.shared.parent != self.run_dir:
             self.say(f"job folders in {self.shared} (job users cannot reach {self.run_dir})")
+        self._install_job_tools()
+        self._start_logger()
         self._start_sbatch_service()
         self._start_cluster()
         self._start_oracle()
@@ -271,6 +288,34 @@ class LocalGrid:
         self.components.append(component)
         return component
 
+    def _install_job_tools(self) -> None:
+        log = self.run_dir / "job-tools.log"
+        try:
+            self.writer = ensure_job_tools(log=log)
+        except JobToolsError as exc:
+            raise LocalGridError(str(exc)) from None
+        self.say(f"job-side log writer ready: {self.writer}")
+
+    def _start_logger(self) -> None:
+        self.logger_target = f"127.0.0.1:{free_port()}"
+        key = self.run_dir / "logger-master.key"
+        self._run_step("logger-keygen", [_tool("grid-logger"), "keygen", str(key)])
+        env = {
+            **os.environ,
+            "GRID_LOGGER_LISTEN_ADDRESS": self.logger_target,
+            "GRID_LOGGER_STORAGE_PATH": str(self.run_dir / "logs"),
+            "GRID_LOGGER_MASTER_KEY_FILE": str(key),
+            "GRID_LOGGER_RPC_URL": self.anvil.http_url,
+            "GRID_LOGGER_METASCHEDULER_ADDRESS": self.deployment.meta_scheduler,
+        }
+        service = self._spawn("grid-logger", [_tool("grid-logger"), "serve"], env)
+
+        def listening() -> bool:
+            return b"grid-logger listening on" in service.log.read_bytes()
+
+        wait_until("the log service's port", listening, SERVICE_START_TIMEOUT_S, service.check, service.log)
+        self.say(f"log service up: gRPC {self.logger_target}")
+
     def _start_sbatch_service(self) -> None:
         self.graphql_port, self.grpc_port = free_port(), free_port()
         env = {
@@ -281,6 +326,12 @@ class LocalGrid:
             "GRID_SBATCH_METASCHEDULER_ADDRESS": self.deployment.meta_scheduler,
             "GRID_SBATCH_DATABASE": str(self.run_dir / "sbatch.sqlite3"),
             "GRID_SBATCH_STORAGE_ROOT": str(self.shared / "storage"),
+            "GRID_SBATCH_LOGGER_URL": self.logger_target,
+            # The site's cache folders (README, "Caches and temporary folders"), here in the run's.
+            "GRID_SBATCH_SHARED_TMP": str(self.cache / "persistent" / "user-{uid}"),
+            "GRID_SBATCH_SHARED_WORLD_TMP": str(self.cache / "world-tmp"),
+            "GRID_SBATCH_DISK_TMP": str(self.cache / "disk" / "tmp" / "user-{uid}"),
+            "GRID_SBATCH_DISK_WORLD_TMP": str(self.cache / "disk" / "world-tmp"),
         }
         service = self._spawn("sbatch-service", [_tool("grid-sbatch"), "serve"], env)
         health = f"http://127.0.0.1:{self.graphql_port}/health"
@@ -381,6 +432,10 @@ format = "json"
 
 [metrics]
 port = {free_port()}
+
+[logger]
+tls = false
+writer = "{self.writer}"
 """
 
     def _start_supervisor(self) -> None:
@@ -449,6 +504,7 @@ port = {free_port()}
                 )
 
         job_bytes = bytes.fromhex(submitted.job_id[2:])
+        reader = asyncio.create_task(self._read_log(submitted.job_id))
         try:
             async for transition in session.transitions(
                 job_bytes, poll_interval_seconds=0.5, on_idle=still_fine
@@ -456,15 +512,37 @@ port = {free_port()}
                 self.say(f"job is {transition.new.name}  (block {transition.block_number})")
             settlement = await session.settlement(job_bytes)
             after = await self._balances(session)
+            try:
+                await asyncio.wait_for(asyncio.shield(reader), LOG_READ_GRACE_S)
+            except TimeoutError:
+                self.say(f"the job's log did not end within {LOG_READ_GRACE_S:.0f} s of its settlement")
         finally:
+            reader.cancel()
             await session.close()
         self.say(settlement.describe())
         self._print_output(submitted.job_id)
         self._print_balances(before, after)
 
+    async def _read_log(self, job_id: str) -> None:
+        """The job's output as its customer reads it: live from the log service until the job ends."""
+
+        def echo(line: str) -> None:
+            self.say(f"job log | {line}")
+
+        try:
+            count = await print_logs(
+                self.logger_target, None, Signer(self.customer), job_id, follow=True, since_ns=0, echo=echo
+            )
+        except GridError as exc:
+            self.say(
+                f"reading the job's log failed: {exc}; the log service's log: {self.run_dir / 'grid-logger.log'}"
+            )
+            return
+        self.say(f"job log ended after {count} lines (the job ended on chain)")
+
     def _print_output(self, job_id: str) -> None:
-        """The job's output file, which the supervisor writes under its jobs_root, if there is one."""
-        for path in sorted((self.shared / "jobs").glob(f"{job_id}*")):
+        """The job's output file, which the supervisor writes in the job's folder `jobs_root/<job id>/`."""
+        for path in sorted((self.shared / "jobs" / job_id).glob(f"{job_id}*.out")):
             if path.is_file():
                 lines = path.read_text(errors="replace").splitlines()
                 self.echo(f"job output ({path}):")
@@ -501,6 +579,7 @@ port = {free_port()}
                     f"  MetaScheduler   {self.deployment.meta_scheduler}",
                     f"  deployment      {self.deployment_file}",
                     f"  sbatch service  {self.sbatch_url} (gRPC 127.0.0.1:{self.grpc_port})",
+                    f"  log service     {self.logger_target} (gRPC)",
                     f"  customer key    {self.customer_key} ({self.customer.address})",
                     f"  logs            {self.run_dir}",
                     "submit more jobs with:",
@@ -509,6 +588,7 @@ port = {free_port()}
                     f"  grid-dev watch JOB_ID {common}",
                     f"  grid-dev cancel JOB_ID --key-file {self.customer_key} {common}",
                     f"  grid-dev topup JOB_ID --credits 50 --key-file {self.customer_key} {common}",
+                    f"  grid-dev logs JOB_ID --follow --logger-url {self.logger_target} --key-file {self.customer_key}",
                     "press Ctrl-C to stop everything",
                 ]
             ),

@@ -3,6 +3,8 @@
 #
 #   bash scripts/install.sh                 install or upgrade from this checkout
 #   bash scripts/install.sh --create-key    also create a new provider key (prints its address only)
+#   bash scripts/install.sh --with-logger   also the log service (grid-logger serve) and its unit
+#   bash scripts/install.sh --compute-node  the release alone, for the job-side log writer
 #
 # Each install goes to its own release folder under the prefix: a virtual environment with the
 # daemon's dependencies at the versions and hashes of requirements/supervisor.lock and the package
@@ -19,6 +21,10 @@ UNIT_DIR=/etc/systemd/system
 SERVICE_USER=grid-supervisor
 PYTHON="${PYTHON:-python3}"
 CREATE_KEY=0
+WITH_LOGGER=0
+COMPUTE_NODE=0
+LOGGER_USER=grid-logger
+LOGGER_CONFIG_DIR=/etc/grid-logger
 KEEP_RELEASES=3
 
 usage() {
@@ -27,6 +33,8 @@ usage() {
 
 options: --prefix DIR ($PREFIX)  --config-dir DIR ($CONFIG_DIR)  --unit-dir DIR ($UNIT_DIR)
          --user NAME ($SERVICE_USER)  --python PATH ($PYTHON, 3.11 or newer)  --create-key
+         --with-logger  --logger-user NAME ($LOGGER_USER)  --logger-config-dir DIR ($LOGGER_CONFIG_DIR)
+         --compute-node
 EOF
 }
 
@@ -41,22 +49,40 @@ while [ $# -gt 0 ]; do
         --user) SERVICE_USER="$2"; shift 2 ;;
         --python) PYTHON="$2"; shift 2 ;;
         --create-key) CREATE_KEY=1; shift ;;
+        --with-logger) WITH_LOGGER=1; shift ;;
+        --logger-user) LOGGER_USER="$2"; shift 2 ;;
+        --logger-config-dir) LOGGER_CONFIG_DIR="$2"; shift 2 ;;
+        --compute-node) COMPUTE_NODE=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown option $1" ;;
     esac
 done
 
-[ "$(id -u)" -eq 0 ] || die "run as root (it creates a system user and installs a systemd unit)"
+if [ "$COMPUTE_NODE" -eq 1 ]; then
+    if [ "$CREATE_KEY" -eq 1 ] || [ "$WITH_LOGGER" -eq 1 ]; then
+        die "--compute-node installs the release alone (no key, no service)"
+    fi
+else
+    [ "$(id -u)" -eq 0 ] || die "run as root (it creates a system user and installs a systemd unit)"
+fi
 command -v "$PYTHON" >/dev/null || die "$PYTHON not found: install Python 3.11 or newer, or pass --python"
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
     || die "$PYTHON is $("$PYTHON" -V 2>&1): Python 3.11 or newer is required"
 [ -f "$SOURCE/pyproject.toml" ] || die "$SOURCE is not a grid-supervisor checkout"
 
-# -- the service user: no login, no home beyond its state directory ------------------------------
-if ! id -u "$SERVICE_USER" >/dev/null 2>&1; then
-    log "creating the system user $SERVICE_USER"
-    useradd --system --user-group --home-dir /var/lib/grid-supervisor --no-create-home \
-        --shell /usr/sbin/nologin --comment "grid-supervisor daemon" "$SERVICE_USER"
+# -- the service users: no login, no home beyond their state directories -------------------------
+system_user() {
+    if ! id -u "$1" >/dev/null 2>&1; then
+        log "creating the system user $1"
+        useradd --system --user-group --home-dir "$2" --no-create-home --shell /usr/sbin/nologin \
+            --comment "$3" "$1"
+    fi
+}
+if [ "$COMPUTE_NODE" -eq 0 ]; then
+    system_user "$SERVICE_USER" /var/lib/grid-supervisor "grid-supervisor daemon"
+fi
+if [ "$WITH_LOGGER" -eq 1 ]; then
+    system_user "$LOGGER_USER" /var/lib/grid-logger "grid-logger service"
 fi
 
 # -- the release ---------------------------------------------------------------------------------
@@ -89,6 +115,9 @@ pip=("$release/bin/pip" --quiet --disable-pip-version-check)
 "${pip[@]}" install --no-deps --no-index "$build/dist"/grid_supervisor-*.whl
 "$release/bin/pip" check >/dev/null || die "the locked dependencies do not satisfy the package: regenerate $LOCK"
 "$release/bin/grid-supervisor" --help >/dev/null || die "the new release does not run; the old one stays in place"
+"$release/bin/grid-logger" write --help >/dev/null || die "the new release's log writer does not run"
+# Jobs run the writer as their own users: the release must be theirs to read and run.
+chmod -R a+rX "$release"
 install -m 0644 "$SOURCE/README.md" "$PREFIX/README.md"
 ln -sfn "$release" "$PREFIX/venv.new"
 mv -T "$PREFIX/venv.new" "$PREFIX/venv"    # one rename: the link is never missing
@@ -97,6 +126,11 @@ linked=1
 find "$PREFIX/releases" -mindepth 1 -maxdepth 1 -type d | sort | head -n "-$KEEP_RELEASES" | while read -r old; do
     [ "$(readlink -f "$PREFIX/venv")" = "$old" ] || rm -rf -- "$old"
 done
+
+if [ "$COMPUTE_NODE" -eq 1 ]; then
+    log "installed; jobs find the log writer at $PREFIX/venv/bin/grid-logger ([logger] writer of supervisor.toml)"
+    exit 0
+fi
 
 # -- configuration: root owns it, the service reads it --------------------------------------------
 install -d -m 0750 -o root -g "$SERVICE_USER" "$CONFIG_DIR"
@@ -123,13 +157,34 @@ EOF
     )
 fi
 
-# -- the unit ------------------------------------------------------------------------------------
+# -- the log service: its settings, its master key (root-only, a credential of the unit) -----------
+if [ "$WITH_LOGGER" -eq 1 ]; then
+    install -d -m 0750 -o root -g "$LOGGER_USER" "$LOGGER_CONFIG_DIR"
+    if [ ! -e "$LOGGER_CONFIG_DIR/logger.toml" ]; then
+        log "writing example log service settings to $LOGGER_CONFIG_DIR/logger.toml: edit them before starting"
+        install -m 0640 -o root -g "$LOGGER_USER" "$SOURCE/systemd/logger.example.toml" "$LOGGER_CONFIG_DIR/logger.toml"
+    fi
+    if [ ! -e "$LOGGER_CONFIG_DIR/master.key" ]; then
+        (umask 077 && "$PREFIX/venv/bin/grid-logger" keygen "$LOGGER_CONFIG_DIR/master.key" >&2)
+        log "back up $LOGGER_CONFIG_DIR/master.key offline: without it the stored logs cannot be read"
+    fi
+fi
+
+# -- the units -----------------------------------------------------------------------------------
 install -d "$UNIT_DIR"
-sed -e "s#/opt/grid-supervisor#$PREFIX#g" -e "s#/etc/grid-supervisor#$CONFIG_DIR#g" \
-    -e "s#^User=grid-supervisor#User=$SERVICE_USER#" -e "s#^Group=grid-supervisor#Group=$SERVICE_USER#" \
-    "$SOURCE/systemd/grid-supervisor.service" >"$UNIT_DIR/grid-supervisor.service.new"
-chmod 0644 "$UNIT_DIR/grid-supervisor.service.new"
-mv -T "$UNIT_DIR/grid-supervisor.service.new" "$UNIT_DIR/grid-supervisor.service"
+install_unit() {
+    sed -e "s#/opt/grid-supervisor#$PREFIX#g" -e "s#/etc/grid-supervisor#$CONFIG_DIR#g" \
+        -e "s#/etc/grid-logger#$LOGGER_CONFIG_DIR#g" \
+        -e "s#^User=grid-supervisor#User=$SERVICE_USER#" -e "s#^Group=grid-supervisor#Group=$SERVICE_USER#" \
+        -e "s#^User=grid-logger#User=$LOGGER_USER#" -e "s#^Group=grid-logger#Group=$LOGGER_USER#" \
+        "$SOURCE/systemd/$1" >"$UNIT_DIR/$1.new"
+    chmod 0644 "$UNIT_DIR/$1.new"
+    mv -T "$UNIT_DIR/$1.new" "$UNIT_DIR/$1"
+}
+install_unit grid-supervisor.service
+if [ "$WITH_LOGGER" -eq 1 ]; then
+    install_unit grid-logger.service
+fi
 
 if [ -d /run/systemd/system ]; then
     systemctl daemon-reload
@@ -139,6 +194,14 @@ if [ -d /run/systemd/system ]; then
     else
         log "installed; check with: $PREFIX/venv/bin/grid-supervisor doctor --config $CONFIG_DIR/supervisor.toml"
         log "then: systemctl enable --now grid-supervisor"
+    fi
+    if [ "$WITH_LOGGER" -eq 1 ]; then
+        if systemctl is-active --quiet grid-logger; then
+            log "restarting the log service (writers hold their lines and send them again)"
+            systemctl restart grid-logger
+        else
+            log "then: systemctl enable --now grid-logger"
+        fi
     fi
 else
     log "systemd is not running here: the unit is installed but not loaded"

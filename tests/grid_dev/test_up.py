@@ -136,6 +136,16 @@ def test_up_runs_the_example_to_settlement_and_stops_what_it_started(run_dir: Pa
 
         assert statuses == ["META_SCHEDULED", "SCHEDULED", "RUNNING", "FINISHED"]
         assert ended.group(1) == "FINISHED"
+        # The customer read the job's output live from the log service, beside the statuses.
+        streamed = [
+            (i, line.split(" job log | ", 1)[1]) for i, line in enumerate(run.lines) if " job log | " in line
+        ]
+        texts = [text.split(" ", 1)[1] for _, text in streamed]
+        assert texts[-4:] == ["hello world", "still here (1)", "still here (2)", "still here (3)"]
+        finished_at = next(i for i, line in enumerate(run.lines) if "job is FINISHED" in line)
+        assert streamed[0][0] < finished_at, "the first lines arrived while the job ran"
+        assert any(f"job log ended after {len(texts)} lines" in line for line in run.lines)
+        assert not any("is not available" in text for text in texts), "the site's cache folders exist"
 
         # What was printed is what the chain holds.
         deployment = Deployment.read(deployment_file)
@@ -164,7 +174,7 @@ def test_up_runs_the_example_to_settlement_and_stops_what_it_started(run_dir: Pa
         assert rows["grid's cut"][1] == scheduler.functions.withdrawableCut().call()
         assert rows["grid's cut"][2] == cut
 
-        for name in ("anvil", "sbatch-service", "oracle", "supervisor"):
+        for name in ("anvil", "grid-logger", "sbatch-service", "oracle", "supervisor"):
             assert (run_dir / f"{name}.log").stat().st_size > 0, name
         for key in ("provider.key", "oracle.key", "customer.key"):
             assert (run_dir / key).stat().st_mode & 0o777 == 0o600
@@ -174,7 +184,7 @@ def test_up_runs_the_example_to_settlement_and_stops_what_it_started(run_dir: Pa
     output = run.rest(timeout=120)
     remove_outside_job_folders(run_dir, run)
     assert run.process.returncode == 0, output
-    for name in ("supervisor", "oracle", "sbatch-service", "anvil"):
+    for name in ("supervisor", "oracle", "sbatch-service", "grid-logger", "anvil"):
         assert f"stopped {name}" in output
     assert "Slurm cluster" not in output.split("press Ctrl-C")[1]  # it was up before: it stays up
     with pytest.raises(requests.ConnectionError):

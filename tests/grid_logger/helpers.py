@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from eth_account.signers.local import LocalAccount
 
 from grid_dev.anvil import free_port
@@ -242,3 +243,15 @@ async def collect_until(logger: LoggerProcess, job: Job, count: int, timeout: fl
         if len(got) >= count or time.monotonic() > deadline:
             return got
         await asyncio.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def logger(grid: Grid, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoggerProcess]:
+    """The module's log service, on the module's deployed grid."""
+    service = LoggerProcess(
+        tmp_path_factory.mktemp("logger"), grid.anvil.http_url, grid.deployment.meta_scheduler
+    ).start()
+    try:
+        yield service
+    finally:
+        service.stop()
