@@ -29,13 +29,13 @@ from eth_account import Account  # noqa: E402
 from web3 import Web3  # noqa: E402
 
 from grid_dev.anvil import start_anvil  # noqa: E402
+from grid_protocol.jobs import JobStatus  # noqa: E402
 from supervisor.chain.contracts import ProtocolContracts, job_id_hex  # noqa: E402
 from supervisor.chain.events import ChainEvent  # noqa: E402
 from supervisor.chain.follower import FollowerSettings, LogFollower  # noqa: E402
 from supervisor.chain.keys import Signer  # noqa: E402
 from supervisor.chain.rpc import connect_http  # noqa: E402
 from supervisor.chain.sender import SenderSettings, TransactionSender  # noqa: E402
-from supervisor.core.status import JobStatus  # noqa: E402
 from supervisor.store import Store  # noqa: E402
 from tests.fixtures.contracts import CREDIT, anvil_account, deploy_grid  # noqa: E402
 

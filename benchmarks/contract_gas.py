@@ -12,7 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from grid_dev.anvil import start_anvil
-from supervisor.core.status import JobStatus
+from grid_protocol.jobs import JobStatus
 from tests.fixtures.contracts import CREDIT, Grid, deploy_grid
 
 

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from grid_dev.anvil import Anvil, start_anvil  # noqa: E402
-from supervisor.core.status import JobStatus  # noqa: E402
+from grid_protocol.jobs import JobStatus  # noqa: E402
 from tests.fixtures.contracts import CREDIT, Grid, deploy_grid  # noqa: E402
 from tests.fixtures.slurm import SlurmCluster, ensure_cluster_up  # noqa: E402
 from tests.fixtures.supervisor import ProviderStack, credits_per_minute, open_provider_stack, wait_for  # noqa: E402

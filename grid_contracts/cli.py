@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from grid_contracts.artifacts import ABI_DIR
 from grid_contracts.compile import CompileError, compile_contracts, render_artifact, write_artifacts
 from grid_contracts.deploy import DeployError, deploy
+from grid_protocol.abi import ABI_DIR
 
 app = typer.Typer(help="Compile and deploy the grid's contracts.", no_args_is_help=True)
 

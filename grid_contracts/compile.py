@@ -15,7 +15,8 @@ from typing import Any
 import solcx
 import solcx.wrapper
 
-from grid_contracts.artifacts import ABI_DIR, CONTRACT_NAMES, CONTRACTS_DIR, REPO_ROOT
+from grid_contracts.artifacts import CONTRACT_NAMES, CONTRACTS_DIR, REPO_ROOT
+from grid_protocol.abi import ABI_DIR
 
 SOLC_VERSION = "0.8.26"
 NODE_MODULES = REPO_ROOT / ".tools" / "npm" / "node_modules"

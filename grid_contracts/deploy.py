@@ -19,7 +19,7 @@ from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception
 
-from grid_contracts.artifacts import load_artifact
+from grid_protocol.abi import load_artifact
 
 RECEIPT_TIMEOUT_S = 120
 METASCHEDULER_ROLE = Web3.keccak(text="METASCHEDULER_ROLE")

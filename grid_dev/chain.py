@@ -20,7 +20,7 @@ from web3.contract import AsyncContract
 from web3.exceptions import TimeExhausted, Web3Exception
 
 from grid_contracts.deploy import DeployError, Deployment
-from supervisor.chain.abi import ABIEntry, load_contract_abi
+from grid_protocol.abi import ABIEntry, load_abi
 from supervisor.chain.contracts import DeploymentError, ProtocolContracts
 from supervisor.chain.errors import ErrorDecoder, revert_data_of
 from supervisor.chain.events import ChainEvent, EventDecoder, LogDecodeError
@@ -99,7 +99,7 @@ async def disconnect(w3: AsyncWeb3[Any]) -> None:
 
 
 def contract(w3: AsyncWeb3[Any], name: str, address: str) -> AsyncContract:
-    return w3.eth.contract(address=Web3.to_checksum_address(address), abi=list(load_contract_abi(name)))
+    return w3.eth.contract(address=Web3.to_checksum_address(address), abi=load_abi(name))
 
 
 def parse_credits(text: str | int | Decimal) -> int:

@@ -34,15 +34,15 @@ from grid_dev.chain import (
     format_credits,
 )
 from grid_dev.matching import encode_operator
+from grid_protocol.jobs import Job, JobStatus, StorageType
 from sbatch_service.loader import parse_workflow_text
 from sbatch_service.models import Job as Workflow
 from sbatch_service.models import WorkflowError, validate_workflow
-from supervisor.chain.contracts import Job, ProtocolContracts, StorageType, job_id_hex
+from supervisor.chain.contracts import ProtocolContracts, job_id_hex
 from supervisor.chain.errors import ErrorDecoder, revert_data_of
 from supervisor.chain.events import EventDecoder
 from supervisor.chain.keys import Signer
 from supervisor.chain.rpc import describe, read
-from supervisor.core.status import JobStatus
 
 SUBMIT_MUTATION = "mutation Submit($job: Job!) { submit(job: $job) }"
 SBATCH_TIMEOUT_S = 30.0

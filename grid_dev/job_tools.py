@@ -28,7 +28,14 @@ SOURCE_GLOBS = (
     "scripts/install.sh",
     *(
         f"{package}/**/*"
-        for package in ("supervisor", "sbatch_service", "grid_contracts", "grid_dev", "grid_logger")
+        for package in (
+            "supervisor",
+            "sbatch_service",
+            "grid_contracts",
+            "grid_dev",
+            "grid_logger",
+            "grid_protocol",
+        )
     ),
 )
 

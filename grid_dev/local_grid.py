@@ -27,13 +27,13 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from grid_contracts.artifacts import load_abi
 from grid_contracts.deploy import DeployError, Deployment, deploy
 from grid_dev.anvil import REPO_ROOT, TEST_MNEMONIC, Anvil, AnvilError, free_port, start_anvil
 from grid_dev.chain import CREDIT, GridError, Target, format_credits
 from grid_dev.customer import CustomerSession
 from grid_dev.job_tools import JobToolsError, ensure_job_tools, reachable_by_everyone
 from grid_dev.logs import print_logs
+from grid_protocol.abi import load_abi
 from supervisor.chain.keys import Signer
 
 Account.enable_unaudited_hdwallet_features()

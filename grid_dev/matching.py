@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
+from grid_protocol.pricing import ProviderPrices, credits_per_minute
+
 #: The affinity operators of the protocol, as their two bytes decode ("<" is "<\0" on chain).
 OPERATORS = ("==", "!=", "<", "<=", ">", ">=")
 
@@ -58,6 +60,11 @@ class ProviderOffer:
     mem_price: int = 0
     labels: tuple[Label, ...] = ()
     schedulable: bool = True
+
+    @property
+    def prices(self) -> ProviderPrices:
+        """The prices as `grid_protocol.pricing` reads them."""
+        return ProviderPrices(self.gpu_price, self.cpu_price, self.mem_price)
 
 
 def decode_operator(raw: bytes | str) -> str | None:
@@ -125,14 +132,6 @@ def affinity_holds(affinity: Affinity, labels: Iterable[Label]) -> bool:
     )
 
 
-def credits_per_minute(job: JobNeeds, provider: ProviderOffer) -> int:
-    """PROTOCOL.md section 3, as Tools.creditsPerMin computes it."""
-    per_task = (
-        job.cpus_per_task * provider.cpu_price + job.cpus_per_task * job.mem_per_cpu * provider.mem_price
-    )
-    return job.ntasks * per_task + job.gpus * provider.gpu_price
-
-
 def tasks_that_fit(job: JobNeeds, provider: ProviderOffer) -> int:
     """How many of the job's tasks the provider's nodes hold (a task never spans two nodes)."""
     task_mem = job.cpus_per_task * job.mem_per_cpu
@@ -174,7 +173,7 @@ def mismatches(job: JobNeeds, provider: ProviderOffer) -> list[str]:
             reasons.append(f"affinity on {affinity.key} has an unknown operator")
         elif not affinity_holds(affinity, provider.labels):
             reasons.append(f"affinity {affinity.key} {affinity.op} {affinity.value} does not hold")
-    per_minute = credits_per_minute(job, provider)
+    per_minute = credits_per_minute(job, provider.prices)
     if per_minute > 0 and job.max_cost // per_minute < 1:
         reasons.append(f"the locked credits buy less than a minute ({per_minute} credit-wei per minute)")
     return reasons
@@ -205,7 +204,7 @@ def choose_provider(
         return (
             refused_at is not None,
             refused_at if refused_at is not None else 0,
-            credits_per_minute(job, provider),
+            credits_per_minute(job, provider.prices),
             provider.address.lower(),
         )
 

@@ -32,11 +32,11 @@ from grid_dev.matching import (
     decode_operator,
     mismatches,
 )
+from grid_protocol.jobs import Job, JobStatus
 from supervisor.chain.abi import plain_value
-from supervisor.chain.contracts import Job, ProtocolContracts
+from supervisor.chain.contracts import ProtocolContracts
 from supervisor.chain.keys import Signer
 from supervisor.chain.rpc import describe, read
-from supervisor.core.status import JobStatus
 
 log = structlog.get_logger("grid_dev.oracle")
 

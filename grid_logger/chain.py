@@ -10,16 +10,14 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.exceptions import ContractLogicError
 
-from grid_contracts.artifacts import ABI_DIR, load_artifact
-
-HOT_STATUSES = frozenset({0, 1, 2, 3})
+from grid_protocol.abi import ABI_DIR, load_abi
+from grid_protocol.jobs import Job
 
 
 class ChainUnavailable(RuntimeError):
@@ -30,22 +28,8 @@ class JobNotFound(LookupError):
     """JobRepository.get reverted: no such job."""
 
 
-@dataclass(frozen=True)
-class ChainJob:
-    status: int
-    #: Lowercase addresses.
-    customer: str
-    provider: str
-    #: Block time the job went cold (0 while hot).
-    end: int
-
-    @property
-    def is_hot(self) -> bool:
-        return self.status in HOT_STATUSES
-
-
 class JobSource(Protocol):
-    async def job(self, job_id: bytes) -> ChainJob: ...
+    async def job(self, job_id: bytes) -> Job: ...
 
 
 class JobReader:
@@ -56,25 +40,23 @@ class JobReader:
         self._abi_dir = abi_dir or ABI_DIR
         self._scheduler = self._w3.eth.contract(
             address=AsyncWeb3.to_checksum_address(meta_scheduler),
-            abi=load_artifact("MetaScheduler", self._abi_dir)["abi"],
+            abi=load_abi("MetaScheduler", self._abi_dir),
         )
         self._jobs: Any = None
 
-    async def job(self, job_id: bytes) -> ChainJob:
+    async def job(self, job_id: bytes) -> Job:
         try:
             if self._jobs is None:
                 address = await self._scheduler.functions.jobs().call()
                 self._jobs = self._w3.eth.contract(
-                    address=address, abi=load_artifact("JobRepository", self._abi_dir)["abi"]
+                    address=address, abi=load_abi("JobRepository", self._abi_dir)
                 )
             raw = await self._jobs.functions.get(job_id).call()
         except ContractLogicError:
             raise JobNotFound(f"no job 0x{job_id.hex()} on chain") from None
         except Exception as error:  # aiohttp, timeouts and web3's RPC errors alike: the chain did not answer
             raise ChainUnavailable(f"cannot read job 0x{job_id.hex()}: {type(error).__name__}") from None
-        return ChainJob(
-            status=int(raw[1]), customer=str(raw[2]).lower(), provider=str(raw[3]).lower(), end=int(raw[6][2])
-        )
+        return Job.from_tuple(raw)
 
     async def close(self) -> None:
         await self._w3.provider.disconnect()
@@ -95,17 +77,17 @@ class JobCache:
         self._ttl = ttl_seconds
         self._max = max_jobs
         self._clock = clock
-        self._jobs: OrderedDict[bytes, tuple[float, ChainJob]] = OrderedDict()
-        self._pending: dict[bytes, asyncio.Future[ChainJob]] = {}
+        self._jobs: OrderedDict[bytes, tuple[float, Job]] = OrderedDict()
+        self._pending: dict[bytes, asyncio.Future[Job]] = {}
 
-    async def get(self, job_id: bytes) -> ChainJob:
+    async def get(self, job_id: bytes) -> Job:
         cached = self._jobs.get(job_id)
         if cached is not None and self._clock() - cached[0] < self._ttl:
             return cached[1]
         pending = self._pending.get(job_id)
         if pending is not None:
             return await asyncio.shield(pending)
-        future: asyncio.Future[ChainJob] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
         self._pending[job_id] = future
         try:
             job = await self._source.job(job_id)

@@ -15,7 +15,7 @@ from typing import Protocol, cast
 import grpc
 
 from grid_logger import signing
-from grid_logger.proto import log_pb2, log_pb2_grpc
+from grid_protocol.proto import log_pb2, log_pb2_grpc
 from supervisor.grpc_tls import ClientTls, aio_channel
 
 Sign = Callable[[bytes], bytes]

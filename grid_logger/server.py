@@ -12,10 +12,10 @@ import grpc
 import structlog
 
 from grid_logger.chain import JobCache, JobReader
-from grid_logger.proto import log_pb2_grpc
 from grid_logger.service import LoggerServicer
 from grid_logger.settings import Settings
 from grid_logger.store import LogStore, load_master_key
+from grid_protocol.proto import log_pb2_grpc
 from supervisor.grpc_tls import add_port
 from supervisor.ops.notify import notify_address, send
 

@@ -34,10 +34,11 @@ import grpc
 import structlog
 
 from grid_logger import names, signing
-from grid_logger.chain import ChainJob, ChainUnavailable, JobCache, JobNotFound
-from grid_logger.proto import log_pb2, log_pb2_grpc
+from grid_logger.chain import ChainUnavailable, JobCache, JobNotFound
 from grid_logger.settings import Settings
 from grid_logger.store import NO_WRITER, Cursor, LogFile, LogStore, StoreError
+from grid_protocol.jobs import Job
+from grid_protocol.proto import log_pb2, log_pb2_grpc
 from supervisor.chain.keys import SIGNATURE_BYTES
 
 log = structlog.get_logger("grid_logger")
@@ -248,7 +249,7 @@ class ReadGate:
         reader = self.signer(request.address, text, request.timestamp, request.signed_hash)
         job_id = bytes.fromhex(name[2:])
         job = await job_or_refusal(self._jobs, job_id)
-        if job.customer != reader:
+        if job.customer.lower() != reader:
             raise Refusal(grpc.StatusCode.PERMISSION_DENIED, f"job {name} belongs to another customer")
         return reader, name, job_id
 
@@ -257,7 +258,7 @@ class ReadGate:
         return self.signer(request.address, text, request.timestamp, request.signed_hash)
 
 
-async def job_or_refusal(jobs: JobCache, job_id: bytes) -> ChainJob:
+async def job_or_refusal(jobs: JobCache, job_id: bytes) -> Job:
     try:
         return await jobs.get(job_id)
     except JobNotFound:
@@ -296,14 +297,14 @@ class WriteGate:
                 signing.recover(signing.write_token_text(self._meta_scheduler, name, user), signature) or ""
             )
         job = await job_or_refusal(self._jobs, bytes.fromhex(name[2:]))
-        if signer != job.provider:
+        if signer != job.provider.lower():
             raise Refusal(
                 grpc.StatusCode.UNAUTHENTICATED,
                 f"the token is not the job's provider's for job {name} and user {user}",
             )
-        if job.customer != user:
+        if job.customer.lower() != user:
             raise Refusal(grpc.StatusCode.PERMISSION_DENIED, f"user {user} is not the customer of job {name}")
-        if not job.is_hot and job.end + self._grace < self._clock():
+        if not job.status.is_hot and job.end + self._grace < self._clock():
             raise Refusal(grpc.StatusCode.FAILED_PRECONDITION, f"job {name} has ended: its log is closed")
         self._signers[key] = signer
         self._signers.move_to_end(key)
@@ -470,7 +471,7 @@ class LoggerServicer(log_pb2_grpc.LoggerAPIServicer):
 
     async def _hot(self, job_id: bytes) -> bool:
         try:
-            return (await self._jobs.get(job_id)).is_hot
+            return (await self._jobs.get(job_id)).status.is_hot
         except (ChainUnavailable, JobNotFound):
             return True  # keep following until the chain answers
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from grid_logger.proto import log_pb2
+from grid_protocol.proto import log_pb2
 
 MAGIC = b"GRIDLOG1"
 KEY_BYTES = 32

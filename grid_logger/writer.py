@@ -37,8 +37,9 @@ import grpc
 
 from grid_logger import environment as env
 from grid_logger import names
-from grid_logger.proto import log_pb2, log_pb2_grpc
+from grid_protocol.proto import log_pb2, log_pb2_grpc
 from supervisor.grpc_tls import ClientTls
+from supervisor.retry import Backoff
 
 TARGET = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):\d{1,5}$")
 #: Lines longer than this are cut into pieces of this size (the service takes up to 64 KiB).
@@ -46,6 +47,8 @@ MAX_LINE_BYTES = 16 * 1024
 BATCH_LINES = 1000
 BATCH_BYTES = 1024 * 1024
 SEND_TIMEOUT_SECONDS = 10.0
+#: Waits between sends while the service is unreachable: 0.1 s, doubling up to 1 s.
+RESEND_BACKOFF = Backoff(0.1, 1.0)
 READ_CHUNK = 64 * 1024
 #: Refusals that no retry changes: the writer stops sending (and keeps draining the FIFO).
 PERMANENT = frozenset(
@@ -365,7 +368,7 @@ def run_writer(settings: WriterSettings) -> int:
     drain_until: float | None = None
     refused = False
     unreachable = False
-    backoff = 0.1
+    failures = 0  # sends failed in a row
     reported_drops = 0
     next_pid_check = 0.0
     try:
@@ -417,11 +420,11 @@ def run_writer(settings: WriterSettings) -> int:
                         f"log service unreachable ({code.name}); keeping up to {settings.buffer_lines} lines"
                     )
                 buffer.requeue()
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 1.0)
+                failures += 1
+                stop.wait(RESEND_BACKOFF.delay(failures))
                 continue
             buffer.ack()
-            backoff = 0.1
+            failures = 0
             if unreachable:
                 unreachable = False
                 _say("log service reachable again")

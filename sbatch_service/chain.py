@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +9,8 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.exceptions import ContractLogicError
 
-from grid_contracts.artifacts import ABI_DIR, load_artifact
-
-HOT_STATUSES = frozenset({0, 1, 2, 3})
+from grid_protocol.abi import ABI_DIR, load_abi
+from grid_protocol.jobs import Job
 
 
 class ChainUnavailable(RuntimeError):
@@ -23,33 +21,6 @@ class JobNotOnChain(LookupError):
     """JobRepository.get reverted: no such job."""
 
 
-@dataclass(frozen=True)
-class OnChainJob:
-    """The fields of JobRepository.get that decide who may fetch a script."""
-
-    job_id: bytes
-    status: int
-    customer: str
-    provider: str
-    batch_location_hash: str
-
-    @property
-    def is_hot(self) -> bool:
-        return self.status in HOT_STATUSES
-
-
-def job_from_tuple(raw: Any) -> OnChainJob:
-    """Decode the Job struct (field order of reference-abi/IJobRepository.json)."""
-    job_id, status, customer, provider, definition = raw[0], raw[1], raw[2], raw[3], raw[4]
-    return OnChainJob(
-        job_id=bytes(job_id),
-        status=int(status),
-        customer=str(customer),
-        provider=str(provider),
-        batch_location_hash=str(definition[4]),
-    )
-
-
 class JobReader:
     """Reads jobs over JSON-RPC; transient failures are retried, then reported as ChainUnavailable."""
 
@@ -58,19 +29,17 @@ class JobReader:
         self._abi_dir = abi_dir or ABI_DIR
         self._scheduler = self._w3.eth.contract(
             address=AsyncWeb3.to_checksum_address(metascheduler_address),
-            abi=load_artifact("MetaScheduler", self._abi_dir)["abi"],
+            abi=load_abi("MetaScheduler", self._abi_dir),
         )
         self._jobs: Any = None
 
     async def _repository(self) -> Any:
         if self._jobs is None:
             address = await self._scheduler.functions.jobs().call()
-            self._jobs = self._w3.eth.contract(
-                address=address, abi=load_artifact("JobRepository", self._abi_dir)["abi"]
-            )
+            self._jobs = self._w3.eth.contract(address=address, abi=load_abi("JobRepository", self._abi_dir))
         return self._jobs
 
-    async def job(self, job_id: bytes) -> OnChainJob:
+    async def job(self, job_id: bytes) -> Job:
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(3),
@@ -85,7 +54,7 @@ class JobReader:
             raise ChainUnavailable(f"cannot read job 0x{job_id.hex()}: {error}") from error
         except ContractLogicError as error:
             raise JobNotOnChain(f"no job 0x{job_id.hex()} on chain") from error
-        return job_from_tuple(raw)
+        return Job.from_tuple(raw)
 
     async def close(self) -> None:
         await self._w3.provider.disconnect()

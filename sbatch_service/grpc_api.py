@@ -26,9 +26,10 @@ import grpc
 import structlog
 from web3 import Web3
 
+from grid_protocol.jobs import Job
+from grid_protocol.proto import sbatch_pb2, sbatch_pb2_grpc
 from sbatch_service.auth import NonceBook, PeerRateLimiter, recover_signer
-from sbatch_service.chain import ChainUnavailable, JobNotOnChain, OnChainJob
-from sbatch_service.proto import sbatch_pb2, sbatch_pb2_grpc
+from sbatch_service.chain import ChainUnavailable, JobNotOnChain
 from sbatch_service.storage import ScriptStore
 from supervisor.grpc_tls import ServerTls, add_port
 from supervisor.redaction import redact_text
@@ -65,7 +66,7 @@ def peer_address(peer: str) -> str:
 
 
 class JobSource(Protocol):
-    async def job(self, job_id: bytes) -> OnChainJob: ...
+    async def job(self, job_id: bytes) -> Job: ...
 
 
 class Refusal(Exception):
@@ -114,12 +115,12 @@ class ScriptGate:
             raise Refusal(
                 grpc.StatusCode.UNAUTHENTICATED, "the job does not belong to this provider and customer"
             )
-        if job.batch_location_hash.lower() != key:
+        if job.definition.batch_location_hash.lower() != key:
             raise Refusal(grpc.StatusCode.PERMISSION_DENIED, "the key is not the job's batchLocationHash")
         script = await asyncio.to_thread(self.store.get, key)
         if script is None:
             raise Refusal(grpc.StatusCode.NOT_FOUND, "no script under this key (unknown or expired)")
-        if job.is_hot:
+        if job.status.is_hot:
             await asyncio.to_thread(self.store.extend, key, self.running_retention_seconds)
         return script
 

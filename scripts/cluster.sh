@@ -263,9 +263,14 @@ InactiveLimit=0
 MessageTimeout=5
 SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
 MaxJobCount=20000
+# Supervisors listed in grid-wakeup.targets hear at once when a job is allocated or ends.
+PrologSlurmctld=$ETC/grid-wakeup.sh
+EpilogSlurmctld=$ETC/grid-wakeup.sh
 NodeName=$NODE_NAME NodeHostname=$host NodeAddr=127.0.0.1 CPUs=$CPUS Sockets=1 CoresPerSocket=$CPUS ThreadsPerCore=1 RealMemory=$MEMORY_MB Gres=gpu:$GPUS State=UNKNOWN
 PartitionName=$PARTITION Nodes=$NODE_NAME Default=YES MaxTime=INFINITE State=UP
 EOF
+    install_if_changed "$ROOTFS$ETC/grid-wakeup.sh" 0755 <"$(dirname "${BASH_SOURCE[0]}")/slurmctld-wakeup.sh" || true
+    [ -e "$ROOTFS$ETC/grid-wakeup.targets" ] || install -m 0644 /dev/null "$ROOTFS$ETC/grid-wakeup.targets"
     # Declared GPUs: Slurm's gpu plugin wants character devices, so each one is a copy of /dev/null.
     # Jobs are allocated and accounted GPUs; nothing runs on them.
     mkdir -p "$ROOTFS$VIEW_BASE/dev"
@@ -465,6 +470,7 @@ write_info() {
   "root_dir": "${ROOTFS:-/}",
   "base_dir": "$BASE",
   "slurm_conf": "$ROOTFS$SLURM_CONF_FILE",
+  "wakeup_targets": "$ROOTFS$ETC/grid-wakeup.targets",
   "cluster_name": "$CLUSTER_NAME",
   "partition": "$PARTITION",
   "node_name": "$NODE_NAME",
@@ -519,9 +525,15 @@ cmd_up() {
     [ "$(id -u)" -eq 0 ] || die "run as root (it starts system daemons and creates users)"
     wait_for_rehearsed_outage
     lock
+    local config_changed=1
     if [ -f "$BASE/cluster.json" ] && all_up; then
-        write_info
-        return 0
+        # Running already: nothing to do unless this script's configuration changed since.
+        write_slurm_config && config_changed=0
+        if [ $config_changed -ne 0 ]; then
+            write_info
+            return 0
+        fi
+        log "the configuration changed: restarting the Slurm daemons"
     fi
     ensure_rootfs
     [ -z "$ROOTFS" ] || mount_root
@@ -529,7 +541,6 @@ cmd_up() {
     chmod 0755 "$BASE" "$ROOTFS$VIEW_BASE"
     [ -s "$ROOTFS$ETC/db.secret" ] || (umask 077 && head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$ROOTFS$ETC/db.secret")
     create_users
-    local config_changed=1
     write_slurm_config && config_changed=0
     write_ssh_config
     if [ $config_changed -eq 0 ]; then

@@ -55,7 +55,7 @@ def run(config: ConfigOption = None, log_level: LogLevelOption = None) -> None:
     Under systemd (Type=notify) it reports READY once caught up with the chain, feeds the watchdog
     from every live work cycle and says STOPPING when it drains.
     """
-    from supervisor.daemon import Daemon, DaemonListener  # the daemon's imports are heavy: only for `run`
+    from supervisor.daemon import Daemon, DaemonListener, LaneCrashed  # heavy imports: only for `run`
     from supervisor.ops.metrics import MetricsListener, OpsServer, OpsState
     from supervisor.ops.notify import SystemdNotifier
 
@@ -78,6 +78,9 @@ def run(config: ConfigOption = None, log_level: LogLevelOption = None) -> None:
         listeners.append(MetricsListener(state, settings.sbatch))
     try:
         asyncio.run(Daemon(settings, listeners=listeners).run())
+    except LaneCrashed as exc:
+        typer.echo(f"supervisor stopped: {redact_text(str(exc))}", err=True)
+        raise typer.Exit(1) from exc
     except (StoreError, ValueError, OSError) as exc:
         typer.echo(f"supervisor cannot start: {redact_text(str(exc))}", err=True)
         raise typer.Exit(1) from exc

@@ -1,42 +1,33 @@
 """The supervisor daemon: wires the chain, the store, Slurm and the sbatch service around the decisions.
 
-Three loops run side by side:
-- the log follower records this provider's events in the store (claims, cancellations, top-ups,
-  refusals) in the same local transaction as its cursor;
-- the work loop, every few seconds or when woken, claims jobs within the policy's bound, fetches and
-  submits claimed jobs, polls Slurm once for every tracked job, decides what each job needs
-  (`supervisor.core.decisions`) and queues the reports in the outbox;
-- the transaction sender delivers the outbox, one nonce owner for every write.
+The data path, one module a step: the follower (`chain/follower.py`) hands this provider's events to
+`intake.py`, which records them in the store in the same local transaction as its cursor; the work
+lane here reads the store and Slurm, asks `core/decisions.py` what each job needs and hands that to
+`actions.py` (submit, report, refuse, cancel, time limits, top-ups), whose writes to the chain go to
+the outbox that the transaction sender (`chain/sender.py`) delivers, one nonce owner for every
+write. `registration.py` keeps the provider's offer on chain.
 
-Nothing is acted on before it is in the store, and every action is idempotent, so a crash at any
-point is repaired by the next start's reconciliation.
+The lanes run side by side, each woken by its own events: the follower (new blocks, the WebSocket
+hint), the claimer (meta-scheduling hints, then one cheap look at this provider's queue), the work
+lane (a recorded change to a held job, or its period) and the registration; one that crashes stops
+the daemon with `LaneCrashed` naming it, rather than vanishing. Nothing is acted on before it is in the store, and
+every action is idempotent, so a crash at any point is repaired by the next start's reconciliation.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import hashlib
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 import structlog
 
-from supervisor.chain.contracts import (
-    Job,
-    JobReadError,
-    ProtocolContracts,
-    ProviderRecord,
-    TxCall,
-    job_id_hex,
-    status_report_key,
-)
-from supervisor.chain.events import ChainEvent
+from grid_protocol.jobs import JobStatus
+from supervisor.actions import Health, JobActions, Partition, reclaimed, since
+from supervisor.chain.contracts import JobReadError, ProtocolContracts
 from supervisor.chain.follower import FollowerSettings, LogFollower
 from supervisor.chain.keys import Signer, load_signer
 from supervisor.chain.rpc import check_chain_id, connect_http, describe, is_transient
@@ -52,23 +43,22 @@ from supervisor.core.decisions import (
     Submit,
     claims_to_send,
     decide,
-    needs_delegated_top_up,
-    remaining_minutes,
-    wanted_time_limit,
+    is_held,
 )
-from supervisor.core.policy import Node, Resources, label_problem, refusal_reason
 from supervisor.core.slurm_states import ACTIVE_STATES, WAITING_STATES, UnknownSlurmState
-from supervisor.core.status import JobStatus
 from supervisor.faults import crash_point
-from supervisor.job_logging import job_log_environment, with_job_environment
-from supervisor.sbatch.client import SbatchClient, SbatchServiceUnavailable, ScriptRefused
+from supervisor.intake import JobEventHandler
+from supervisor.registration import Registrar
+from supervisor.retry import Backoff, Failure, KeepAlive, sleep_or_wake
+from supervisor.sbatch.client import SbatchClient
 from supervisor.slurm.backend import QueryResult, SlurmBackend
-from supervisor.slurm.errors import JobAlreadySubmitted, SlurmError, SlurmUnavailable
+from supervisor.slurm.errors import SlurmError
 from supervisor.slurm.factory import create_backend
 from supervisor.slurm.folders import remove_ended_job_folders
-from supervisor.slurm.job_folders import CleanupPlan, KnownJob, job_folder, output_file
-from supervisor.slurm.models import JobSubmission, ObservedJob, PartitionHardware
-from supervisor.store import JobRecord, OutboxState, Store
+from supervisor.slurm.job_folders import CleanupPlan, KnownJob, is_job_id
+from supervisor.slurm.models import ObservedJob
+from supervisor.slurm.wakeups import WakeupListener, listen
+from supervisor.store import JobRecord, Store
 
 log = structlog.get_logger("supervisor")
 T = TypeVar("T")
@@ -79,129 +69,15 @@ JOB_CONCURRENCY = 8
 DRAIN_TIMEOUT_S = 30.0
 #: Seconds between two passes of the state file's retention.
 PRUNE_INTERVAL_S = 3600.0
-#: A status report the chain refused is sent again after this many seconds, doubling up to the max.
-REPORT_RETRY_S = 5.0
-REPORT_RETRY_MAX_S = 300.0
+#: After a wake-up from Slurm, jobs still in a state between two (their prolog or epilog runs) are
+#: looked at again this often, for this long, so the change they announced is seen soon after.
+SETTLE_INTERVAL_S = 0.2
+SETTLE_WINDOW_S = 5.0
+SETTLING_STATES = frozenset({"CONFIGURING", "COMPLETING"})
 
 
-# ---------------------------------------------------------------------------------- events
-
-
-class JobEventHandler:
-    """Records this provider's chain events in the store; the work loop acts on what it records."""
-
-    def __init__(self, on_claim_hint: Callable[[], None]) -> None:
-        self._on_claim_hint = on_claim_hint
-
-    def order_key(self, event: ChainEvent) -> str | None:
-        """A job's events are handled in chain order (a parked claim holds back its top-ups)."""
-        if event.name == "JobTransitionEvent":
-            return None
-        return job_id_hex(str(event.args.get("jobId", event.args.get("_jobId"))))
-
-    def handle(self, event: ChainEvent, store: Store) -> None:
-        args = event.args
-        if event.name == "JobTransitionEvent":
-            self._transition(event, store)
-            return
-        job_id = job_id_hex(str(args.get("jobId", args.get("_jobId"))))
-        with structlog.contextvars.bound_contextvars(job_id=job_id):
-            if event.name == "ClaimJobEvent":
-                crash_point("claim_recorded")
-                definition = dict(args["jobDefinition"])
-                max_minutes = int(args["maxDurationMinute"])
-                again = store.get_job(job_id) is not None
-                if store.record_claim(
-                    job_id,
-                    customer=str(args["customerAddr"]),
-                    max_duration_minute=max_minutes,
-                    definition=definition,
-                    claimed_block=event.block_number,
-                    lookup_margin_s=SINCE_MARGIN_S,
-                ):
-                    log.info(
-                        "job claimed",
-                        customer=args["customerAddr"],
-                        max_duration_minute=max_minutes,
-                        claimed_again=again,
-                    )
-            elif event.name == "ClaimNextCancellingJobEvent":
-                if store.get_job(job_id) is not None:
-                    store.update_job(job_id, cancel_requested=True)
-                log.info("customer asked to cancel the job")
-            elif event.name == "ClaimNextTopUpJobEvent":
-                minutes = int(args["maxDurationMinute"])
-                if store.get_job(job_id) is not None:
-                    store.add_extra_minutes(job_id, minutes)
-                log.info("job topped up", extra_minutes=minutes)
-            elif event.name == "JobRefusedEvent":
-                if store.get_job(job_id) is not None:
-                    store.update_job(job_id, ours=False)
-                log.info("job handed back to the meta-scheduler")
-
-    def _transition(self, event: ChainEvent, store: Store) -> None:
-        """A job's status changed on chain: a tracked job's record follows; META_SCHEDULED wakes claims."""
-        to = JobStatus(int(event.args["_to"]))
-        if to == JobStatus.META_SCHEDULED:
-            self._on_claim_hint()
-        job_id = job_id_hex(str(event.args["_jobId"]))
-        record = store.get_job(job_id)
-        if record is None or record.closed or record.status == to:
-            return
-        store.update_job(job_id, status=int(to))
-        log.info("chain status changed", job_id=job_id, status=to.name, previous=record.status.name)
-
-    def undo(self, event: ChainEvent, store: Store) -> None:
-        """The event's block left the chain: take back what `handle` recorded."""
-        args = event.args
-        if event.name == "JobTransitionEvent":
-            record = store.get_job(job_id_hex(str(args["_jobId"])))
-            if record is not None and not record.closed and record.status == int(args["_to"]):
-                store.update_job(record.job_id, status=int(args["_from"]))
-            return
-        job_id = job_id_hex(str(args.get("jobId", args.get("_jobId"))))
-        record = store.get_job(job_id)
-        if record is None:
-            return
-        if event.name == "ClaimJobEvent" and record.slurm_job_id is None:
-            store.delete_job(job_id)
-        elif event.name == "ClaimNextCancellingJobEvent":
-            store.update_job(job_id, cancel_requested=False)
-        elif event.name == "ClaimNextTopUpJobEvent":
-            store.add_extra_minutes(job_id, -int(args["maxDurationMinute"]))
-        elif event.name == "JobRefusedEvent":
-            store.update_job(job_id, ours=True)
-        log.warning("event undone after a reorganisation", job_id=job_id, event_name=event.name)
-
-
-# ---------------------------------------------------------------------------------- the daemon
-
-#: Slurm records submission times to the second: look a little before the claim was recorded.
-SINCE_MARGIN_S = 2.0
-
-
-def _lookup_since(job: JobRecord) -> float:
-    """The earliest submission time of a Slurm job that can belong to the job's current attempt."""
-    if job.lookup_since is not None:
-        return job.lookup_since
-    return (job.claimed_at if job.claimed_at is not None else job.created_at) - SINCE_MARGIN_S
-
-
-def _reclaimed(job: JobRecord) -> bool:
-    """A job claimed again after an attempt that had a Slurm job: its look-ups start after its claim."""
-    return job.lookup_since is not None and job.claimed_at is not None and job.lookup_since > job.claimed_at
-
-
-def _since(jobs: list[JobRecord]) -> datetime | None:
-    """The earliest moment a Slurm job of these jobs can have been submitted: their current claim.
-
-    Job ids repeat across deployments (a test chain, a second grid on the same cluster), and a job
-    handed back and claimed again has the Slurm job of its earlier attempt: older Slurm jobs with the
-    same name belong to other attempts and must not be taken for these.
-    """
-    if not jobs:
-        return None
-    return datetime.fromtimestamp(min(_lookup_since(job) for job in jobs), tz=UTC)
+class LaneCrashed(RuntimeError):
+    """A lane of the daemon raised: the daemon stopped (systemd restarts it; the store resumes)."""
 
 
 class DaemonListener(Protocol):
@@ -220,17 +96,6 @@ class DaemonListener(Protocol):
         """Start-up is waiting for a dependency (called at every retry, so start-up is seen alive)."""
 
 
-@dataclass
-class Health:
-    """What the daemon knows about its dependencies, for logs, status and metrics."""
-
-    chain_ok: bool = False
-    slurm_ok: bool = False
-    sbatch_ok: bool = True
-    registered: bool = False
-    problems: dict[str, str] = field(default_factory=dict)
-
-
 class Daemon:
     """One provider's supervisor. `run()` until `stop()` (SIGTERM), then drain and return."""
 
@@ -242,6 +107,9 @@ class Daemon:
         self.cycles = 0
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
+        self._claim_wake = asyncio.Event()
+        self._claim_lock = asyncio.Lock()
+        self._last_query: QueryResult | None = None
         self._claiming = True
         self._store: Store | None = None
         self._signer: Signer | None = None
@@ -250,14 +118,17 @@ class Daemon:
         self._follower: LogFollower | None = None
         self._slurm: SlurmBackend | None = None
         self._sbatch: SbatchClient | None = None
-        self._hardware: PartitionHardware | None = None
-        self._prices: tuple[int, int, int] | None = None
+        self._partition: Partition | None = None
+        self._actions: JobActions | None = None
         self._observed: dict[str, ObservedJob] = {}
         self._last_reconcile = 0.0
         self._last_prune = 0.0
         self._folders_said: set[str] = set()
         self._last_chain_read = 0.0
         self._tasks: list[asyncio.Task[Any]] = []
+        self._lane_error: LaneCrashed | None = None
+        self._wakeups: WakeupListener | None = None
+        self._settle_until = 0.0
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -270,6 +141,7 @@ class Daemon:
         self._claiming = False
         self._stop.set()
         self._wake.set()
+        self._claim_wake.set()
 
     @property
     def store(self) -> Store:
@@ -282,6 +154,7 @@ class Daemon:
         return self._signer.address
 
     async def run(self) -> None:
+        """Start, run the lanes until `stop()` (or until one crashes: LaneCrashed), then drain."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -289,36 +162,55 @@ class Daemon:
         try:
             if not await self.start():
                 return
+            lanes: dict[str, Callable[[], Awaitable[Any]]] = {
+                "follower": self._follower_loop,
+                "work": self._work_loop,
+                "claimer": self._claim_loop,
+                "register": self._register_when_possible,
+            }
             self._tasks = [
-                asyncio.create_task(self._follower_loop(), name="follower"),
-                asyncio.create_task(self._work_loop(), name="work"),
-                asyncio.create_task(self._register_when_possible(), name="register"),
+                asyncio.create_task(self._lane(name, lane), name=name) for name, lane in lanes.items()
             ]
             await self._stop.wait()
         finally:
             await self.shutdown()
+        if self._lane_error is not None:
+            raise self._lane_error
+
+    async def _lane(self, name: str, lane: Callable[[], Awaitable[Any]]) -> None:
+        """Run one lane; if it raises, stop the whole daemon (drained) with LaneCrashed naming it.
+
+        The lanes are plain tasks rather than an asyncio.TaskGroup because stopping is ordered: claims
+        stop, the work lane ends, the outbox drains, and only then does the follower stop.
+        """
+        try:
+            await lane()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.critical(
+                "a lane of the daemon crashed: stopping", lane=name, error=describe(exc), exc_info=True
+            )
+            if self._lane_error is None:
+                self._lane_error = LaneCrashed(f"the {name} lane crashed: {describe(exc)}")
+            self.stop()
 
     async def _until_ready(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T | None:
         """Retry `attempt` with backoff until it succeeds or the daemon stops; says once what it waits for."""
-        delay, said = 0.5, False
-        while not self._stop.is_set():
-            try:
-                result = await attempt()
-                if said:
-                    log.info(f"{what}: ready")
-                return result
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if not said:
-                    log.warning(f"waiting for {what}", error=describe(exc))
-                    said = True
-                for listener in self.listeners:
-                    listener.waiting(self, what)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
-                delay = min(delay * 2, 15.0)
-        return None
+
+        def waiting(failure: Failure) -> None:
+            if failure.attempt == 1:
+                log.warning(f"waiting for {what}", error=describe(failure.error))
+            for listener in self.listeners:
+                listener.waiting(self, what)
+
+        return await KeepAlive(
+            Backoff(0.5, 15.0),
+            on_failure=waiting,
+            on_recovery=lambda: log.info(f"{what}: ready"),
+            stopped=self._stop.is_set,
+            sleep=sleep_or_wake(self._stop),
+        ).until_ok(attempt)
 
     async def start(self) -> bool:
         """Open the store, connect the chain, start the sender: what `run()` does before its loops.
@@ -363,7 +255,7 @@ class Daemon:
             w3,
             self.store,
             contracts.follower_sources(self.provider, tracked=self._tracked),
-            JobEventHandler(self._on_claim_hint),
+            JobEventHandler(self._on_claim_hint, self._wake.set),
             FollowerSettings(
                 start_block=cfg.chain.start_block,
                 confirmations=cfg.chain.confirmations,
@@ -374,6 +266,22 @@ class Daemon:
         )
         self._slurm = create_backend(cfg.slurm)
         self._sbatch = SbatchClient.from_settings(cfg.sbatch, self._signer)
+        if cfg.slurm.wakeup_listen is not None:
+            self._wakeups = await listen(
+                cfg.slurm.wakeup_listen, self._tracked_slurm_name, self._on_slurm_wakeup
+            )
+        self._partition = Partition(self._slurm)
+        self._actions = JobActions(
+            cfg,
+            self.store,
+            contracts,
+            sender,
+            self._slurm,
+            self._sbatch,
+            self._signer,
+            self._partition,
+            self.health,
+        )
         return True
 
     async def shutdown(self) -> None:
@@ -396,6 +304,8 @@ class Daemon:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._wakeups is not None:
+            self._wakeups.close()
         if self._slurm is not None:
             await self._slurm.close()
         if self._sbatch is not None:
@@ -410,9 +320,23 @@ class Daemon:
         record = self.store.get_job(job_id)
         return record is not None and not record.closed
 
-    def _on_claim_hint(self) -> None:
-        """A job was meta-scheduled somewhere: look for claimable jobs now rather than next cycle."""
+    def _tracked_slurm_name(self, name: str) -> bool:
+        """Whether a Slurm job name is one of this supervisor's open jobs (its wake-ups count)."""
+        return is_job_id(name) and self._tracked(name)
+
+    def _on_slurm_wakeup(self) -> None:
+        """Slurm says one of our jobs started or ended: the work lane looks now, and again shortly
+        while the job is still between two states."""
+        self._settle_until = time.monotonic() + SETTLE_WINDOW_S
         self._wake.set()
+
+    @property
+    def wakeups(self) -> WakeupListener | None:
+        return self._wakeups
+
+    def _on_claim_hint(self) -> None:
+        """A job was meta-scheduled somewhere: the claimer looks at this provider's queue now."""
+        self._claim_wake.set()
 
     async def _follower_loop(self) -> None:
         assert self._follower is not None
@@ -422,96 +346,28 @@ class Daemon:
 
     async def _register_when_possible(self) -> None:
         registration = self.config.registration
-        await self._until_ready("Slurm's partition description", self._describe_partition)
+        assert self._partition is not None
+        await self._until_ready("Slurm's partition description", self._partition.describe)
         if registration is None or not registration.enabled or self._stop.is_set():
             return
-        await self._until_ready("the provider registration", self._register)
-
-    async def _describe_partition(self) -> PartitionHardware:
-        assert self._slurm is not None
-        self._hardware = await self._slurm.describe_partition()
-        return self._hardware
-
-    async def _register(self) -> bool:
-        assert self._contracts is not None and self._sender is not None and self._hardware is not None
-        registration = self.config.registration
-        assert registration is not None
-        hw = self._hardware
-        gpu, cpu, mem = registration.prices.as_wei()
-        desired = ProviderRecord(
-            nodes=hw.node_count,
-            gpus_per_node=tuple(hw.gpus_per_node),
-            cpus_per_node=tuple(hw.cpus_per_node),
-            mem_per_node=tuple(hw.memory_mb_per_node),
-            gpu_price_per_min=gpu,
-            cpu_price_per_min=cpu,
-            mem_price_per_min=mem,
-            labels=tuple(sorted(registration.labels.items())),
-        )
-        approved = await self._contracts.provider_record(self.provider)
-        waiting = await self._contracts.provider_record(self.provider, waiting=True)
-        if approved.address and approved.same_offer(desired):
-            log.info("registration unchanged", nodes=hw.node_count, approved=True)
-            self.health.registered = True
-            return True
-        if waiting.address and waiting.same_offer(desired):
-            log.info("registration unchanged, waiting for approval", nodes=hw.node_count)
-            return True
-        await self._pay_registration_tax()
-        outcome = await self._sender.wait(self._registration_action(desired))
-        if not outcome.delivered:
-            raise RuntimeError(f"registration failed: {outcome.error}")
-        log.info(
-            "registered with the grid",
-            nodes=hw.node_count,
-            cpus_per_node=list(hw.cpus_per_node),
-            gpus_per_node=list(hw.gpus_per_node),
-            mem_per_node=list(hw.memory_mb_per_node),
-            tx_hash=outcome.tx_hash,
-        )
-        self.health.registered = True
-        return True
-
-    def _registration_action(self, desired: ProviderRecord) -> int:
-        """The outbox action registering `desired`: one row per attempt at one offer, however often a
-        failing registration is retried (a failed row is queued again rather than a new one added)."""
         assert self._contracts is not None and self._sender is not None
-        prefix = "register:" + hashlib.sha256(repr(desired.offer()).encode()).hexdigest()[:32] + ":"
-        previous = self.store.latest_action("register", prefix)
-        if previous is not None and previous.state in (OutboxState.QUEUED, OutboxState.SENT):
-            return previous.id
-        if previous is not None and previous.state == OutboxState.FAILED and not previous.already_done:
-            self.store.retry_failed(previous.id, f"registering again after: {previous.error}")
-            self._sender.wake()
-            return previous.id
-        call = dataclasses.replace(self._contracts.register(desired), dedup_key=f"{prefix}{time.time_ns()}")
-        return self._sender.submit_call(call)
+        registrar = Registrar(self.provider, self._contracts, self._sender, self.store)
 
-    async def _pay_registration_tax(self) -> None:
-        """Approve ProviderManager for the grid's registration tax, which `register` then takes."""
-        assert self._contracts is not None and self._sender is not None
-        tax, token = await self._contracts.registration_tax()
-        if tax == 0:
-            return
-        if token is None:
-            raise RuntimeError(
-                f"the grid charges a registration tax of {tax} credit-wei and does not say in which token"
-            )
-        spender = self._contracts.provider_manager.address
-        if await self._contracts.allowance(token, self.provider, spender) >= tax:
-            return
-        outcome = await self._sender.wait(
-            self._sender.submit_call(self._contracts.approve(token, spender, tax))
-        )
-        if not outcome.delivered:
-            raise RuntimeError(f"approving the registration tax failed: {outcome.error}")
-        log.info("registration tax approved", tax_wei=tax, token=token, tx_hash=outcome.tx_hash)
+        async def register() -> bool:
+            assert self._partition is not None and self._partition.hardware is not None
+            assert registration is not None
+            registered = await registrar.register(self._partition.hardware, registration)
+            self.health.registered = self.health.registered or registered
+            return registered
+
+        await self._until_ready("the provider registration", register)
 
     # -- the work loop ------------------------------------------------------------------------
 
     async def _work_loop(self) -> None:
         period = self.config.policy.slurm_poll_seconds
         while not self._stop.is_set():
+            self._wake.clear()  # a hint that arrives during the cycle wakes the next one at once
             try:
                 await self.cycle()
             except asyncio.CancelledError:
@@ -520,7 +376,6 @@ class Daemon:
                 log.exception("work cycle failed, will retry", error=describe(exc))
             self.cycles += 1
             self._announce()
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), period)
 
@@ -560,14 +415,11 @@ class Daemon:
         chain = await self._chain_views(jobs)
         if chain is None:
             return
-        if self._claiming:
-            try:
-                await self._claim(jobs, query)
-                await self._claim_queues()
-            except Exception as exc:  # the reports below must not wait for a claim that failed
-                log.warning("claiming failed, will retry next cycle", error=describe(exc))
+        await self._claim_round(jobs, query)
+        actions = self._actions
+        assert actions is not None
         if query is not None:
-            await self._cancel_orphans()
+            await actions.cancel_orphans()
         limit = asyncio.Semaphore(JOB_CONCURRENCY)
 
         async def act(job: JobRecord) -> None:
@@ -582,7 +434,7 @@ class Daemon:
 
         await asyncio.gather(*(act(job) for job in jobs))
         if time.monotonic() - self._last_reconcile > self.config.policy.reconcile_interval_seconds:
-            await self._refresh_delegation(jobs)
+            await actions.refresh_delegation(jobs)
             self._last_reconcile = time.monotonic()
         if time.monotonic() - self._last_prune > PRUNE_INTERVAL_S:
             await self.remove_old_job_folders()  # before the store forgets which jobs ended
@@ -628,31 +480,38 @@ class Daemon:
             else:
                 # Nothing to look up: ask Slurm for the partition instead, so that no job is claimed
                 # while Slurm cannot take it.
-                await self._describe_partition()
+                assert self._partition is not None
+                await self._partition.describe()
                 result = QueryResult({}, frozenset(), True, True)
         except SlurmError as exc:
             if self.health.slurm_ok or "slurm" not in self.health.problems:
                 log.error("Slurm unavailable: jobs wait until it answers", error=str(exc))
             self.health.slurm_ok = False
             self.health.problems["slurm"] = str(exc)
+            self._last_query = None  # the claimer takes no job while Slurm does not answer
             return None
         if not self.health.slurm_ok and "slurm" in self.health.problems:
             log.info("Slurm answers again")
         self.health.slurm_ok = True
         self.health.problems.pop("slurm", None)
         self._observed = dict(result.jobs)
+        self._last_query = result
+        if time.monotonic() < self._settle_until and any(
+            seen.state in SETTLING_STATES for seen in result.jobs.values()
+        ):
+            asyncio.get_running_loop().call_later(SETTLE_INTERVAL_S, self._wake.set)
         return result
 
     async def _query_in_groups(self, jobs: list[JobRecord]) -> QueryResult:
         """One query for all jobs, except re-claimed ones: each of those has a later bound of its own."""
         assert self._slurm is not None
-        regular = [job for job in jobs if not _reclaimed(job)]
+        regular = [job for job in jobs if not reclaimed(job)]
         results = []
         if regular:
-            results.append(await self._slurm.query([job.job_id for job in regular], since=_since(regular)))
+            results.append(await self._slurm.query([job.job_id for job in regular], since=since(regular)))
         for job in jobs:
-            if _reclaimed(job):
-                results.append(await self._slurm.query([job.job_id], since=_since([job])))
+            if reclaimed(job):
+                results.append(await self._slurm.query([job.job_id], since=since([job])))
         return QueryResult(
             jobs={name: seen for result in results for name, seen in result.jobs.items()},
             not_found=frozenset().union(*(result.not_found for result in results)),
@@ -714,19 +573,30 @@ class Daemon:
                 self.store.update_job(job.job_id, ours=False)
         return True
 
-    async def _cancel_orphans(self) -> None:
-        """Cancel the Slurm jobs of earlier attempts of re-claimed jobs (harmless when they ended)."""
-        assert self._slurm is not None
-        for slurm_id, job_id in self.store.orphan_slurm_jobs():
-            try:
-                await self._slurm.cancel(slurm_id)
-            except SlurmError as exc:
-                log.warning("cancelling an earlier attempt's Slurm job failed", job_id=job_id, error=str(exc))
-                continue
-            self.store.forget_orphan(slurm_id)
-            log.info("earlier attempt's Slurm job cancelled", job_id=job_id, slurm_job_id=slurm_id)
-
     # -- claiming -----------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        """The claimer lane: woken by meta-scheduling hints, or every period; one cheap queue check
+        (`hasNextClaimableJob`) before anything else, so hints for other providers cost little."""
+        period = self.config.policy.slurm_poll_seconds
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._claim_wake.wait(), period)
+            self._claim_wake.clear()
+            if self._last_query is not None:  # Slurm answered at the last look: it can take jobs
+                await self._claim_round(self.store.open_jobs(), self._last_query)
+
+    async def _claim_round(self, jobs: list[JobRecord], query: QueryResult | None) -> None:
+        """Claims within the policy's bound, then the cancellation and top-up queues; one at a time
+        (the work lane and the claimer both claim), so two rounds never count the same room twice."""
+        if not self._claiming:
+            return
+        async with self._claim_lock:
+            try:
+                await self._claim(jobs, query)
+                await self._claim_queues()
+            except Exception as exc:  # the reports of the work lane must not wait for a failed claim
+                log.warning("claiming failed, will retry", error=describe(exc))
 
     async def _claim(self, jobs: list[JobRecord], query: QueryResult | None) -> None:
         assert self._contracts is not None and self._sender is not None
@@ -735,11 +605,20 @@ class Daemon:
         held = sum(
             1
             for job in jobs
-            if job.ours
-            and job.status == JobStatus.SCHEDULED
-            and (job.slurm_job_id is None or self._presence(job, query) == SlurmPresence.WAITING)
+            if is_held(
+                ours=job.ours,
+                status=job.status,
+                submitted=job.slurm_job_id is not None,
+                presence=self._presence(job, query),
+            )
         )
-        in_flight = self.store.open_actions(CLAIM_KIND)
+        # Claims queued or sent, and claims mined whose ClaimJobEvent the follower has not read yet:
+        # neither is held yet, and both take room.
+        stream = self._follower.settings.stream if self._follower is not None else "main"
+        cursor = self.store.get_cursor(stream)
+        in_flight = self.store.open_actions(CLAIM_KIND) + self.store.mined_after(
+            CLAIM_KIND, cursor.block_number if cursor is not None else -1
+        )
         wanted = claims_to_send(held=held, in_flight=in_flight, limit=self.config.policy.max_queued_jobs)
         if wanted == 0:
             return
@@ -813,266 +692,28 @@ class Daemon:
             reported=job.last_reported_status,
             slurm=self._slurm_view(job, query),
         )
+        actions = self._actions
+        assert actions is not None
+        seen = self._observed.get(job.job_id)
         for action in decide(situation):
             if isinstance(action, Submit):
-                await self._submit(job)
+                await actions.submit(job)
             elif isinstance(action, Report):
                 if action.status.is_cold:
                     crash_point("end_decided")
-                self._report(job, action)
+                actions.report(job, action)
             elif isinstance(action, CancelInSlurm):
-                await self._cancel_in_slurm(job, action.reason)
+                await actions.cancel_in_slurm(job, seen, action.reason)
             elif isinstance(action, Forget):
                 self.store.update_job(job.job_id, closed=True, note=action.reason)
                 log.info("job closed", reason=action.reason, chain_status=status.name)
-        self._retry_refused_reports(job, status)
+        actions.retry_refused_reports(job, status)
         if status == JobStatus.RUNNING and situation.slurm.presence in (
             SlurmPresence.WAITING,
             SlurmPresence.ACTIVE,
         ):
-            await self._follow_time_limit(job)
+            await actions.follow_time_limit(job, seen)
             if self.config.policy.auto_top_up:
-                await self._auto_top_up(job)
+                await actions.auto_top_up(job)
         elif status == JobStatus.SCHEDULED and situation.slurm.presence == SlurmPresence.WAITING:
-            await self._follow_time_limit(job)
-
-    def _report(self, job: JobRecord, report: Report) -> None:
-        assert self._contracts is not None and self._sender is not None
-        call = self._contracts.provider_set_job_status(
-            job.job_id,
-            report.status,
-            duration_minute=report.duration_minute,
-            last_error=report.last_error[:1000],
-            exit_code=report.exit_code,
-            attempt=job.claimed_block or 0,
-        )
-        self._sender.submit_call(call)
-        self.store.update_job(job.job_id, last_reported_status=int(report.status))
-        log.info(
-            "status reported",
-            status=report.status.name,
-            duration_minute=report.duration_minute,
-            exit_code=report.exit_code,
-            last_error=report.last_error or None,
-        )
-
-    def _retry_refused_reports(self, job: JobRecord, chain_status: JobStatus) -> None:
-        """Send again a report the chain refused for a passing reason (a temporary ban, say).
-
-        A refused report is not "already done": until the chain takes it, or the job is settled
-        some other way, the provider would go unpaid. Retries back off up to REPORT_RETRY_MAX_S.
-        """
-        if chain_status.is_cold or job.last_reported_status is None:
-            return
-        for status in dict.fromkeys((JobStatus.RUNNING, job.last_reported_status)):
-            if status == chain_status:
-                continue
-            action = self.store.action_by_dedup_key(
-                status_report_key(job.job_id, job.claimed_block or 0, status)
-            )
-            if action is None or action.state != OutboxState.FAILED or action.already_done:
-                continue
-            wait = min(REPORT_RETRY_S * 2**action.retries, REPORT_RETRY_MAX_S)
-            if time.time() - action.updated_at < wait:
-                continue
-            self.store.retry_failed(action.id, f"sent again after: {action.error}")
-            assert self._sender is not None
-            self._sender.wake()
-            log.warning(
-                "status report refused by the chain, sending it again",
-                status=status.name,
-                error=action.error,
-                retries=action.retries + 1,
-            )
-
-    def _refuse(self, job: JobRecord, reason: str) -> None:
-        assert self._contracts is not None and self._sender is not None
-        self._sender.submit_call(self._contracts.refuse_job(job.job_id, attempt=job.claimed_block or 0))
-        self.store.update_job(job.job_id, ours=False, note=f"refused: {reason}")
-        log.warning("job refused", reason=reason)
-
-    def _fail(self, job: JobRecord, reason: str) -> None:
-        self._report(job, Report(JobStatus.FAILED, 0, reason, 0))
-
-    async def _submit(self, job: JobRecord) -> None:
-        assert self._sbatch is not None and self._slurm is not None and self._contracts is not None
-        definition = job.definition or {}
-        customer = job.customer or ""
-        if not job.max_duration_minute:
-            self._fail(job, "the locked credits buy less than one minute on this provider")
-            return
-        if self._hardware is None:
-            try:
-                await self._describe_partition()
-            except SlurmError as exc:
-                log.error("cannot describe the partition yet: submission waits", error=str(exc))
-                return
-        assert self._hardware is not None
-        resources = Resources(
-            ntasks=int(definition.get("ntasks", 0)),
-            cpus_per_task=int(definition.get("cpusPerTask", 0)),
-            mem_per_cpu_mb=int(definition.get("memPerCpu", 0)),
-            gpus=int(definition.get("gpus", 0)),
-        )
-        nodes = [Node(n.cpus, n.memory_mb, n.gpus) for n in self._hardware.nodes]
-        policy = self.config.policy
-        reason = label_problem(definition) or refusal_reason(
-            resources, customer, nodes, denied_customers=policy.denied_customers
-        )
-        if reason is not None:
-            self._refuse(job, reason)
-            return
-        chain_job = await self._contracts.get_job(job.job_id)
-        if chain_job.delegate_spending_authority != job.delegate_top_up:
-            self.store.update_job(job.job_id, delegate_top_up=chain_job.delegate_spending_authority)
-        key = chain_job.definition.batch_location_hash
-        try:
-            fetched = await self._sbatch.fetch(job.job_id, chain_job.customer, key)
-        except ScriptRefused as exc:
-            self._fail(job, f"batch script unusable: {exc}")
-            return
-        except SbatchServiceUnavailable as exc:
-            if self.health.sbatch_ok:
-                log.error("sbatch service unavailable: submission waits", error=str(exc))
-            self.health.sbatch_ok = False
-            self.health.problems["sbatch"] = str(exc)
-            return
-        self.health.sbatch_ok = True
-        self.health.problems.pop("sbatch", None)
-        reason = refusal_reason(
-            resources, customer, nodes, denied_images=policy.denied_images, script=fetched.script
-        )
-        if reason is not None:
-            self._refuse(job, reason)
-            return
-        try:
-            folder = job_folder(policy.jobs_root, job.job_id)
-            user = self.config.slurm.users.user_for(customer)
-            assert self._signer is not None
-            log_environment = job_log_environment(
-                job.job_id,
-                chain_job.customer,
-                fetched.grid_logger_url,
-                self.config.logger,
-                self._signer,
-                self.config.chain.meta_scheduler,
-            )
-            submission = JobSubmission(
-                name=job.job_id,
-                script=with_job_environment(fetched.script, log_environment),
-                unix_user=user,
-                workdir=str(folder),
-                output_path=str(output_file(folder)),
-                private_workdir=True,
-                time_limit_minutes=wanted_time_limit(
-                    max_duration_minute=job.max_duration_minute, extra_minutes=job.extra_minutes
-                ),
-                ntasks=resources.ntasks,
-                cpus_per_task=resources.cpus_per_task,
-                mem_per_cpu_mb=resources.mem_per_cpu_mb,
-                gpus=resources.gpus,
-            )
-        except (ValueError, SlurmError) as exc:
-            self._refuse(job, str(exc))
-            return
-        early = _lookup_since(job) - time.time()
-        if early > 0:  # a re-claim: its Slurm job must be submitted after the bound of its look-ups
-            await asyncio.sleep(early)
-        try:
-            slurm_id = await self._slurm.submit(submission, since=_since([job]))
-        except JobAlreadySubmitted as exc:
-            slurm_id = exc.slurm_job_id
-            log.info("job already in Slurm, not submitted again", slurm_job_id=slurm_id)
-        except SlurmUnavailable as exc:
-            log.error("Slurm unavailable: submission waits", error=str(exc))
-            return
-        except SlurmError as exc:
-            # Only a definite refusal of this job refuses it on chain; any other failure is retried.
-            if not exc.refuses_job:
-                log.error("Slurm submission failed, not a refusal: submission waits", error=str(exc))
-                return
-            self._refuse(job, f"Slurm refused the submission: {exc}")
-            return
-        crash_point("slurm_submitted")
-        self.store.update_job(job.job_id, slurm_job_id=slurm_id)
-        log.info(
-            "job submitted to Slurm",
-            slurm_job_id=slurm_id,
-            unix_user=user,
-            time_limit_minutes=submission.time_limit_minutes,
-        )
-
-    async def _refresh_delegation(self, jobs: list[JobRecord]) -> None:
-        """Customers may grant or withdraw delegated spending at any time: re-read it now and then."""
-        assert self._contracts is not None
-        for job in jobs:
-            if job.status != JobStatus.RUNNING or not job.ours:
-                continue
-            try:
-                chain_job = await self._contracts.get_job(job.job_id)
-            except Exception as exc:
-                log.warning("reading the job failed, will retry", job_id=job.job_id, error=describe(exc))
-                return
-            if chain_job.delegate_spending_authority != job.delegate_top_up:
-                self.store.update_job(job.job_id, delegate_top_up=chain_job.delegate_spending_authority)
-
-    async def _cancel_in_slurm(self, job: JobRecord, reason: str) -> None:
-        assert self._slurm is not None
-        seen = self._observed.get(job.job_id)
-        slurm_id = seen.slurm_job_id if seen is not None else job.slurm_job_id
-        if slurm_id is None:
-            return
-        try:
-            await self._slurm.cancel(slurm_id)
-        except SlurmError as exc:
-            log.error("cancelling in Slurm failed, will retry", error=str(exc), slurm_job_id=slurm_id)
-            return
-        log.info("job cancelled in Slurm", reason=reason, slurm_job_id=slurm_id)
-
-    async def _follow_time_limit(self, job: JobRecord) -> None:
-        """The Slurm time limit follows the minutes paid for: the claim's duration plus every top-up."""
-        assert self._slurm is not None
-        seen = self._observed.get(job.job_id)
-        if seen is None or seen.time_limit_minutes is None or job.max_duration_minute is None:
-            return
-        wanted = wanted_time_limit(
-            max_duration_minute=job.max_duration_minute, extra_minutes=job.extra_minutes
-        )
-        if seen.time_limit_minutes >= wanted:
-            return
-        extra = wanted - seen.time_limit_minutes
-        try:
-            await self._slurm.extend_time_limit(seen.slurm_job_id, extra)
-        except SlurmError as exc:
-            log.error("raising the time limit failed, will retry", error=str(exc))
-            return
-        log.info("time limit raised", extra_minutes=extra, time_limit_minutes=wanted)
-
-    async def _auto_top_up(self, job: JobRecord) -> None:
-        """Adds a slice from the customer's allowance when a delegated job's time runs low."""
-        assert self._contracts is not None and self._sender is not None
-        if not job.delegate_top_up or self.store.open_actions("top_up_job_delegate", job.job_id):
-            return
-        chain_job: Job = await self._contracts.get_job(job.job_id)
-        if not chain_job.delegate_spending_authority:
-            self.store.update_job(job.job_id, delegate_top_up=False)
-            return
-        if chain_job.status != JobStatus.RUNNING:
-            return
-        if self._prices is None:
-            prices = await self._contracts.provider_prices(self.provider)
-            self._prices = (prices.gpu_price_per_min, prices.cpu_price_per_min, prices.mem_price_per_min)
-        gpu, cpu, mem = self._prices
-        d = chain_job.definition
-        per_minute = d.ntasks * (d.cpus_per_task * cpu + d.cpus_per_task * d.mem_per_cpu * mem) + d.gpus * gpu
-        now = await self._contracts.latest_timestamp()
-        left = remaining_minutes(
-            max_cost=chain_job.max_cost, credits_per_minute=per_minute, elapsed_seconds=now - chain_job.start
-        )
-        slice_minutes = await self._contracts.top_up_slice_minutes()
-        if not needs_delegated_top_up(remaining_minutes=left, slice_minutes=slice_minutes):
-            return
-        call: TxCall = self._contracts.top_up_job_delegate(job.job_id, 0)
-        call = dataclasses.replace(call, dedup_key=f"topup:{job.job_id}:{chain_job.max_cost}:{now // 60}")
-        self._sender.submit_call(call)
-        log.info("delegated top-up requested", remaining_minutes=left, slice_minutes=slice_minutes)
+            await actions.follow_time_limit(job, seen)

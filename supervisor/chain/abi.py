@@ -1,14 +1,13 @@
-"""Where the protocol's ABIs come from: the compiled artifacts (`grid_contracts/abi/`, the repository's
-`abi/`), else the packaged copies.
+"""How the supervisor decodes what the chain returns: lenient strings, plain JSON values, signatures,
+and the protocol's custom errors.
 
-The compiled artifacts are the deployed contracts' interfaces. The package keeps its own copy of the
-protocol's custom errors (`data/Errors.json`) so error decoding works even where the artifacts are
-not installed.
+The contracts' ABIs come from the one loader, `grid_protocol.abi`. The package keeps its own copy of
+the protocol's custom errors (`data/Errors.json`) so error decoding works even where the artifacts
+are not installed.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
@@ -22,12 +21,9 @@ from eth_abi.registry import ABIRegistry, BaseEquals
 from eth_utils.address import to_checksum_address
 from web3._utils.abi import build_strict_registry
 
-from grid_contracts.artifacts import ABI_DIR
+from grid_protocol.abi import ABI_DIR, ABIEntry, ArtifactError, load_abi
 
 PACKAGE_DATA = Path(__file__).resolve().parent / "data"
-DEFAULT_ABI_DIR = ABI_DIR
-
-ABIEntry = dict[str, Any]
 
 
 class _ReplacingStringDecoder(StringDecoder):
@@ -58,43 +54,21 @@ def _lenient_registry() -> ABIRegistry:
 LENIENT_CODEC = ABICodec(_lenient_registry())
 
 
-class AbiNotFoundError(FileNotFoundError):
-    """A contract's artifact is missing from the ABI folder."""
-
-
-def _entries(document: Any, source: Path) -> list[ABIEntry]:
-    if isinstance(document, list):
-        return [e for e in document if isinstance(e, dict)]
-    if isinstance(document, dict) and isinstance(document.get("abi"), list):
-        return [e for e in document["abi"] if isinstance(e, dict)]
-    raise ValueError(f"{source} holds neither an ABI list nor an artifact with an 'abi' list")
-
-
 @cache
-def load_contract_abi(name: str, abi_dir: Path = DEFAULT_ABI_DIR) -> tuple[ABIEntry, ...]:
-    """The ABI of one contract from `<abi_dir>/<name>.json`, then from the packaged data."""
-    for folder in (abi_dir, PACKAGE_DATA):
-        path = folder / f"{name}.json"
-        if path.is_file():
-            return tuple(_entries(json.loads(path.read_text(encoding="utf-8")), path))
-    raise AbiNotFoundError(f"no ABI for {name} in {abi_dir} (run the contract build: grid-contracts compile)")
-
-
-@cache
-def protocol_errors(abi_dir: Path = DEFAULT_ABI_DIR) -> tuple[ABIEntry, ...]:
+def protocol_errors(abi_dir: Path = ABI_DIR) -> tuple[ABIEntry, ...]:
     """Every custom error the protocol can revert with, deduplicated by signature.
 
     The packaged Errors.json is the baseline; errors declared by the compiled contracts in `abi_dir`
     are added, so an extension's new errors decode too.
     """
     found: dict[str, ABIEntry] = {}
-    sources = [PACKAGE_DATA / "Errors.json"]
+    sources = [(PACKAGE_DATA, "Errors")]
     if abi_dir.is_dir():
-        sources.extend(sorted(abi_dir.glob("*.json")))
-    for path in sources:
+        sources.extend((abi_dir, path.stem) for path in sorted(abi_dir.glob("*.json")))
+    for folder, name in sources:
         try:
-            entries = _entries(json.loads(path.read_text(encoding="utf-8")), path)
-        except (OSError, ValueError):
+            entries = load_abi(name, folder)
+        except (ArtifactError, OSError):
             continue
         for entry in entries:
             if entry.get("type") == "error":

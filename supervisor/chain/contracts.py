@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +17,13 @@ from eth_utils.crypto import keccak
 from web3 import AsyncWeb3, Web3
 from web3.contract import AsyncContract
 
-from supervisor.chain.abi import (
-    DEFAULT_ABI_DIR,
-    LENIENT_CODEC,
-    ABIEntry,
-    canonical_type,
-    load_contract_abi,
-    plain_value,
-    signature_of,
-)
+from grid_protocol.abi import ABI_DIR, ABIEntry, load_abi
+from grid_protocol.jobs import Job, JobStatus
+from grid_protocol.pricing import ProviderPrices
+from supervisor.chain.abi import LENIENT_CODEC, canonical_type, plain_value, signature_of
 from supervisor.chain.events import ChainEvent
 from supervisor.chain.follower import EventSource
 from supervisor.chain.rpc import read
-from supervisor.core.status import JobStatus
 
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 
@@ -92,99 +85,6 @@ class TxCall:
     kind: str
     serial_key: str | None = None
     dedup_key: str | None = None
-
-
-class StorageType(IntEnum):
-    """`JobDefinition.storageType`: where the job's output goes, as DeepSquare's clients set it."""
-
-    TRANSFER = 0  # DeepSquare's transfer service
-    HTTP = 1
-    S3 = 2
-    CUSTOM = 3
-    NONE = 4
-
-
-@dataclass(frozen=True)
-class JobDefinition:
-    gpus: int
-    mem_per_cpu: int
-    cpus_per_task: int
-    ntasks: int
-    batch_location_hash: str
-    storage_type: int
-    uses: tuple[tuple[str, str], ...]
-    affinity: tuple[Mapping[str, Any], ...]
-
-    @classmethod
-    def from_plain(cls, d: Mapping[str, Any]) -> JobDefinition:
-        """From the plain dict of an event argument or a decoded struct."""
-        return cls(
-            gpus=int(d["gpus"]),
-            mem_per_cpu=int(d["memPerCpu"]),
-            cpus_per_task=int(d["cpusPerTask"]),
-            ntasks=int(d["ntasks"]),
-            batch_location_hash=str(d["batchLocationHash"]),
-            storage_type=int(d["storageType"]),
-            uses=tuple((str(u["key"]), str(u["value"])) for u in d.get("uses", [])),
-            affinity=tuple(d.get("affinity", [])),
-        )
-
-
-@dataclass(frozen=True)
-class Job:
-    """JobRepository.get, with names."""
-
-    job_id: str
-    status: JobStatus
-    customer: str
-    provider: str
-    definition: JobDefinition
-    max_cost: int
-    final_cost: int
-    pending_top_up: int
-    delegate_spending_authority: bool
-    submit: int
-    start: int
-    end: int
-    cancel_request_timestamp: int
-    block_number_state_change: int
-    panic_timestamp: int
-    job_name: str
-    has_cancel_request: bool
-    last_error: str
-    exit_code: int
-
-    @classmethod
-    def from_plain(cls, d: Mapping[str, Any]) -> Job:
-        cost, times = d["cost"], d["time"]
-        return cls(
-            job_id=str(d["jobId"]),
-            status=JobStatus(int(d["status"])),
-            customer=str(d["customerAddr"]),
-            provider=str(d["providerAddr"]),
-            definition=JobDefinition.from_plain(d["definition"]),
-            max_cost=int(cost["maxCost"]),
-            final_cost=int(cost["finalCost"]),
-            pending_top_up=int(cost["pendingTopUp"]),
-            delegate_spending_authority=bool(cost["delegateSpendingAuthority"]),
-            submit=int(times["submit"]),
-            start=int(times["start"]),
-            end=int(times["end"]),
-            cancel_request_timestamp=int(times["cancelRequestTimestamp"]),
-            block_number_state_change=int(times["blockNumberStateChange"]),
-            panic_timestamp=int(times["panicTimestamp"]),
-            job_name=str(d["jobName"]),
-            has_cancel_request=bool(d["hasCancelRequest"]),
-            last_error=str(d["lastError"]),
-            exit_code=int(d["exitCode"]),
-        )
-
-
-@dataclass(frozen=True)
-class ProviderPrices:
-    gpu_price_per_min: int
-    cpu_price_per_min: int
-    mem_price_per_min: int
 
 
 @dataclass(frozen=True)
@@ -283,7 +183,7 @@ class ProtocolContracts:
 
     @classmethod
     async def discover(
-        cls, w3: AsyncWeb3[Any], meta_scheduler_address: str, *, abi_dir: Path = DEFAULT_ABI_DIR
+        cls, w3: AsyncWeb3[Any], meta_scheduler_address: str, *, abi_dir: Path = ABI_DIR
     ) -> ProtocolContracts:
         """Find the other contracts through MetaScheduler's views and detect the extensions they have."""
         if not Web3.is_address(meta_scheduler_address):
@@ -299,7 +199,7 @@ class ProtocolContracts:
             return code
 
         await code_at("MetaScheduler", address)
-        scheduler = w3.eth.contract(address=address, abi=list(load_contract_abi("MetaScheduler", abi_dir)))
+        scheduler = w3.eth.contract(address=address, abi=load_abi("MetaScheduler", abi_dir))
         found: dict[str, ChecksumAddress] = {}
         for name, view in (
             ("JobRepository", "jobs"),
@@ -316,11 +216,11 @@ class ProtocolContracts:
             await code_at(name, found[name])
 
         def contract(name: str) -> AsyncContract:
-            return w3.eth.contract(address=found[name], abi=list(load_contract_abi(name, abi_dir)))
+            return w3.eth.contract(address=found[name], abi=load_abi(name, abi_dir))
 
         extensions: set[str] = set()
         for name, functions in EXTENSIONS.items():
-            abi = load_contract_abi(name, abi_dir)
+            abi = load_abi(name, abi_dir)
             for function in functions:
                 try:
                     entry = _function(abi, function)
@@ -346,8 +246,7 @@ class ProtocolContracts:
 
     async def get_job(self, job_id: bytes | str) -> Job:
         raw = await self._call(self.job_repository, "get", bytes.fromhex(job_id_hex(job_id)[2:]))
-        outputs = _function(self.job_repository.abi, "get")["outputs"][0]  # type: ignore[arg-type]
-        return Job.from_plain(plain_value(raw, outputs))
+        return Job.from_tuple(raw)
 
     async def job_status_and_provider(self, job_id: bytes | str) -> tuple[JobStatus, str]:
         """Status and provider of a job; the cheap extension when deployed, else the full record."""
@@ -403,7 +302,7 @@ class ProtocolContracts:
                 if cheap:
                     status, provider = decoded
                 else:
-                    job = Job.from_plain(plain_value(decoded[0], outputs[0]))
+                    job = Job.from_tuple(decoded[0])
                     status, provider = job.status, job.provider
                 views[job_id] = (JobStatus(int(status)), Web3.to_checksum_address(provider))
         return views

@@ -16,9 +16,8 @@ from eth_abi.abi import decode as abi_decode
 from eth_abi.exceptions import DecodingError
 from eth_utils.crypto import keccak
 
+from grid_protocol.abi import ABI_DIR, ABIEntry
 from supervisor.chain.abi import (
-    DEFAULT_ABI_DIR,
-    ABIEntry,
     canonical_type,
     plain_value,
     protocol_errors,
@@ -69,7 +68,7 @@ class ErrorDecoder:
             self._by_selector[keccak(text=signature_of(entry))[:4]] = entry
 
     @classmethod
-    def for_protocol(cls, abi_dir: Path = DEFAULT_ABI_DIR) -> ErrorDecoder:
+    def for_protocol(cls, abi_dir: Path = ABI_DIR) -> ErrorDecoder:
         return cls(protocol_errors(abi_dir))
 
     @property

@@ -15,7 +15,8 @@ from eth_abi.exceptions import DecodingError
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
-from supervisor.chain.abi import LENIENT_CODEC, ABIEntry, canonical_type, plain_value, signature_of
+from grid_protocol.abi import ABIEntry
+from supervisor.chain.abi import LENIENT_CODEC, canonical_type, plain_value, signature_of
 
 
 @dataclass(frozen=True)

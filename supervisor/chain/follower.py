@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,9 +31,10 @@ from web3 import AsyncWeb3, WebSocketProvider
 from web3.exceptions import BlockNotFound, Web3RPCError
 from web3.types import FilterParams
 
-from supervisor.chain.abi import ABIEntry
+from grid_protocol.abi import ABIEntry
 from supervisor.chain.events import ChainEvent, EventDecoder, LogDecodeError
 from supervisor.chain.rpc import ChainIdMismatchError, check_chain_id, describe, read
+from supervisor.retry import Backoff, Failure, KeepAlive
 from supervisor.store import Cursor, Store
 
 log = structlog.get_logger(__name__)
@@ -160,41 +160,38 @@ class LogFollower:
     async def run(self) -> None:
         """Follow until `stop()`; failures are logged and retried, never raised."""
         hint = asyncio.create_task(self._hint_loop(), name="ws-hint") if self._ws_url else None
-        backoff = 0.2
+        keep_alive = KeepAlive(
+            Backoff(0.2, self.settings.error_backoff_max_s),
+            on_failure=self._read_failed,
+            stopped=lambda: self._stopping,
+            sleep=self._sleep,
+        )
         try:
-            while not self._stopping:
-                try:
-                    caught_up = await self.poll_once()
-                    backoff = 0.2
-                    self.health.last_error = None
-                    if not caught_up:
-                        continue
-                except asyncio.CancelledError:
-                    raise
-                except ChainIdMismatchError as exc:
-                    self._chain_checked = False
-                    self.health.last_error = str(exc)
-                    log.error("wrong chain, following paused", error=str(exc), retry_in_s=round(backoff, 2))
-                    await self._sleep(backoff)
-                    backoff = min(backoff * 2, self.settings.error_backoff_max_s)
-                    continue
-                except Exception as exc:
-                    self._chain_checked = False
-                    self.health.last_error = describe(exc)
-                    log.error(
-                        "reading the chain failed, will retry",
-                        error=describe(exc),
-                        retry_in_s=round(backoff, 2),
-                    )
-                    await self._sleep(backoff)
-                    backoff = min(backoff * 2, self.settings.error_backoff_max_s)
-                    continue
-                await self._sleep(self.settings.poll_interval_s)
+            await keep_alive.forever(self._read_round)
         finally:
             if hint is not None:
                 hint.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await hint
+
+    async def _read_round(self) -> None:
+        """Read once; when caught up, wait for a hint or the poll interval (else read again at once)."""
+        caught_up = await self.poll_once()
+        self.health.last_error = None
+        if caught_up:
+            await self._sleep(self.settings.poll_interval_s)
+
+    def _read_failed(self, failure: Failure) -> None:
+        self._chain_checked = False
+        retry_in_s = round(failure.retry_in_s, 2)
+        if isinstance(failure.error, ChainIdMismatchError):
+            self.health.last_error = str(failure.error)
+            log.error("wrong chain, following paused", error=str(failure.error), retry_in_s=retry_in_s)
+        else:
+            self.health.last_error = describe(failure.error)
+            log.error(
+                "reading the chain failed, will retry", error=describe(failure.error), retry_in_s=retry_in_s
+            )
 
     async def _sleep(self, seconds: float) -> None:
         """Wait for a hint or the timeout, whichever comes first."""
@@ -456,38 +453,48 @@ class LogFollower:
     # -- WebSocket hint -----------------------------------------------------------------------
 
     async def _hint_loop(self) -> None:
+        keep_alive = KeepAlive(
+            Backoff(self.settings.ws_backoff_initial_s, self.settings.ws_backoff_max_s, jitter=0.5),
+            on_failure=self._hint_down,
+            stopped=lambda: self._stopping,
+        )
+        await keep_alive.forever(lambda: self._hint_session(keep_alive))
+
+    async def _hint_session(self, keep_alive: KeepAlive) -> None:
+        """One `newHeads` subscription, waking the reader at each head; raises when it ends."""
         assert self._ws_url is not None
-        backoff = self.settings.ws_backoff_initial_s
-        while not self._stopping:
-            try:
-                provider = WebSocketProvider(
-                    self._ws_url,
-                    websocket_kwargs={
-                        "ping_interval": self.settings.ws_ping_interval_s,
-                        "ping_timeout": self.settings.ws_ping_interval_s,
-                        "open_timeout": 10,
-                    },
-                    max_connection_retries=1,
-                )
-                async with AsyncWeb3(provider) as w3:
-                    await w3.eth.subscribe("newHeads")
-                    self.health.ws_connected = True
-                    backoff = self.settings.ws_backoff_initial_s
-                    log.info("websocket hint connected", url=self._ws_url)
-                    self._wake.set()  # heads may have passed while it was down
-                    async for _message in w3.socket.process_subscriptions():
-                        self._wake.set()
-                reason = "connection closed"
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                reason = describe(exc)
-            was_connected = self.health.ws_connected
-            self.health.ws_connected = False
-            if self._stopping:
-                return
-            if was_connected:
-                self.health.ws_reconnects += 1
-            log.warning("websocket hint down, polling meanwhile", reason=reason, retry_in_s=round(backoff, 2))
-            await asyncio.sleep(backoff * (0.5 + random.random() / 2))
-            backoff = min(backoff * 2, self.settings.ws_backoff_max_s)
+        try:
+            provider = WebSocketProvider(
+                self._ws_url,
+                websocket_kwargs={
+                    "ping_interval": self.settings.ws_ping_interval_s,
+                    "ping_timeout": self.settings.ws_ping_interval_s,
+                    "open_timeout": 10,
+                },
+                max_connection_retries=1,
+            )
+            async with AsyncWeb3(provider) as w3:
+                await w3.eth.subscribe("newHeads")
+                self.health.ws_connected = True
+                keep_alive.reset()  # connected: the next drop waits the first delay again
+                log.info("websocket hint connected", url=self._ws_url)
+                self._wake.set()  # heads may have passed while it was down
+                async for _message in w3.socket.process_subscriptions():
+                    self._wake.set()
+            raise _HintClosed("connection closed")
+        except Exception:
+            if self.health.ws_connected:
+                self.health.ws_connected = False
+                if not self._stopping:
+                    self.health.ws_reconnects += 1
+            raise
+
+    def _hint_down(self, failure: Failure) -> None:
+        reason = str(failure.error) if isinstance(failure.error, _HintClosed) else describe(failure.error)
+        log.warning(
+            "websocket hint down, polling meanwhile", reason=reason, retry_in_s=round(failure.retry_in_s, 2)
+        )
+
+
+class _HintClosed(ConnectionError):
+    """The subscription ended without an error."""

@@ -1,6 +1,6 @@
 """Connecting to the chain's JSON-RPC and telling passing failures from real answers.
 
-Reads are retried with tenacity on transient failures (connection refused, timeouts, garbage
+Reads are retried (`supervisor.retry`, on tenacity) on transient failures (connection refused, timeouts, garbage
 answers); an RPC error answer that is a real verdict (a revert) is never retried.
 """
 
@@ -13,13 +13,6 @@ from typing import Any, TypeVar
 
 import aiohttp
 import structlog
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
 from web3 import AsyncHTTPProvider, AsyncWeb3
 from web3.exceptions import (
     BadResponseFormat,
@@ -31,6 +24,7 @@ from web3.exceptions import (
 
 from supervisor.chain.abi import LENIENT_CODEC
 from supervisor.redaction import redact_text
+from supervisor.retry import Failure, retry_call
 
 log = structlog.get_logger(__name__)
 
@@ -90,29 +84,21 @@ def describe(exc: BaseException) -> str:
     return redact_text(f"{type(exc).__name__}: {text}")[:300] if text else type(exc).__name__
 
 
-def _log_retry(state: RetryCallState) -> None:
-    exc = state.outcome.exception() if state.outcome is not None else None
-    log.warning(
-        "rpc read failed, retrying",
-        attempt=state.attempt_number,
-        error=describe(exc) if exc else None,
-    )
+def _log_retry(failure: Failure) -> None:
+    log.warning("rpc read failed, retrying", attempt=failure.attempt, error=describe(failure.error))
 
 
 async def read(call: Callable[[], Awaitable[T]], *, attempts: int = 4, max_wait_s: float = 2.0) -> T:
     """Run an RPC read, retrying transient failures with jittered exponential backoff."""
-    retrying = AsyncRetrying(
-        retry=retry_if_exception(is_transient),
-        stop=stop_after_attempt(attempts),
-        wait=wait_exponential_jitter(multiplier=0.1, max=max_wait_s, jitter=0.1),
-        before_sleep=_log_retry,
-        reraise=True,
+    return await retry_call(
+        call,
+        retry=is_transient,
+        attempts=attempts,
+        initial_s=0.1,
+        max_s=max_wait_s,
+        jitter_s=0.1,
+        on_retry=_log_retry,
     )
-
-    async def attempt() -> T:
-        return await call()
-
-    return await retrying(attempt)
 
 
 async def check_chain_id(w3: AsyncWeb3[Any], expected: int | None) -> int:

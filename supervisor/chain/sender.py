@@ -30,6 +30,7 @@ from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCErro
 from supervisor.chain.errors import DecodedRevert, ErrorDecoder, revert_data_of
 from supervisor.chain.keys import Signer
 from supervisor.chain.rpc import check_chain_id, describe, is_transient, read
+from supervisor.retry import Backoff, Failure, KeepAlive
 from supervisor.store import OutboxAction, OutboxState, Store, TxAttempt
 
 log = structlog.get_logger(__name__)
@@ -277,23 +278,26 @@ class TransactionSender:
 
     # -- dispatcher -----------------------------------------------------------------------------
 
+    def _keep_alive(self, paused: str) -> KeepAlive:
+        """The backoff of a sender task: `paused` is logged at each failure, which `last_error` keeps."""
+
+        def failed(failure: Failure) -> None:
+            self.last_error = describe(failure.error)
+            log.error(paused, error=describe(failure.error), retry_in_s=round(failure.retry_in_s, 2))
+
+        return KeepAlive(
+            Backoff(0.2, self.settings.backoff_max_s), on_failure=failed, stopped=lambda: self._stopping
+        )
+
     async def _dispatch_loop(self) -> None:
-        backoff = 0.2
-        while not self._stopping:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_dispatcher.wait(), self.settings.poll_interval_s)
-            self._wake_dispatcher.clear()
-            try:
-                while await self._dispatch_batch():
-                    pass
-                backoff = 0.2
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.last_error = describe(exc)
-                log.error("sending transactions paused", error=describe(exc), retry_in_s=round(backoff, 2))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.settings.backoff_max_s)
+        await self._keep_alive("sending transactions paused").forever(self._dispatch_round)
+
+    async def _dispatch_round(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake_dispatcher.wait(), self.settings.poll_interval_s)
+        self._wake_dispatcher.clear()
+        while await self._dispatch_batch():
+            pass
 
     def _eligible(self, queued: Sequence[OutboxAction]) -> list[OutboxAction]:
         busy = {a.serial_key for a in self._store.actions(OutboxState.SENT) if a.serial_key is not None}
@@ -482,21 +486,13 @@ class TransactionSender:
     # -- watcher --------------------------------------------------------------------------------
 
     async def _watch_loop(self) -> None:
-        backoff = 0.2
-        while not self._stopping:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_watcher.wait(), self.settings.poll_interval_s)
-            self._wake_watcher.clear()
-            try:
-                await self._watch_once()
-                backoff = 0.2
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.last_error = describe(exc)
-                log.error("following transactions paused", error=describe(exc), retry_in_s=round(backoff, 2))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.settings.backoff_max_s)
+        await self._keep_alive("following transactions paused").forever(self._watch_round)
+
+    async def _watch_round(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake_watcher.wait(), self.settings.poll_interval_s)
+        self._wake_watcher.clear()
+        await self._watch_once()
 
     async def _watch_once(self) -> None:
         sent = self._store.actions(OutboxState.SENT)

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from grid_protocol.jobs import JobStatus
 from supervisor.core.slurm_states import ChainOutcome
-from supervisor.core.status import JobStatus
 
 
 class SlurmPresence(StrEnum):
@@ -154,6 +154,12 @@ def decide(situation: JobSituation) -> list[Action]:
     return _end_report(situation)
 
 
+def is_held(*, ours: bool, status: JobStatus, submitted: bool, presence: SlurmPresence) -> bool:
+    """A job claimed and not yet running: SCHEDULED and ours, not in Slurm yet or still queued there.
+    Held jobs count against `max_queued_jobs`."""
+    return ours and status == JobStatus.SCHEDULED and (not submitted or presence == SlurmPresence.WAITING)
+
+
 def claims_to_send(*, held: int, in_flight: int, limit: int) -> int:
     """How many claimNextJob to send now so that jobs held (claimed, not yet running) stay within the limit."""
     return max(0, limit - held - in_flight)
@@ -162,14 +168,6 @@ def claims_to_send(*, held: int, in_flight: int, limit: int) -> int:
 def needs_delegated_top_up(*, remaining_minutes: int, slice_minutes: int) -> bool:
     """The contract accepts a delegated top-up once the remaining time is down to one slice."""
     return remaining_minutes <= slice_minutes
-
-
-def remaining_minutes(*, max_cost: int, credits_per_minute: int, elapsed_seconds: int) -> int:
-    """Minutes a running job may still run with the credits it has, as the contract counts them."""
-    if credits_per_minute <= 0:
-        return 2**63
-    total = max_cost // credits_per_minute
-    return max(0, total - elapsed_seconds // 60)
 
 
 #: The longest time limit given to Slurm: ten years. A job whose credits buy more (a free job buys

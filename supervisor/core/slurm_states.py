@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from supervisor.core.status import JobStatus
+from grid_protocol.jobs import JobStatus
 
 # Waiting for resources or for its nodes: the job is known to Slurm but its script has not started.
 WAITING_STATES = frozenset(

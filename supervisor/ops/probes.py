@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import grpc
 
-from sbatch_service.proto import sbatch_pb2
-from sbatch_service.proto.client import async_stubs
+from grid_protocol.proto import sbatch_pb2
+from grid_protocol.proto.sbatch_client import async_stubs
 from supervisor.config import SbatchServiceSettings
 from supervisor.grpc_tls import aio_channel
 

@@ -14,11 +14,12 @@ import grpc
 import structlog
 from web3 import Web3
 
-from sbatch_service.proto import sbatch_pb2
-from sbatch_service.proto.client import async_stubs
+from grid_protocol.proto import sbatch_pb2
+from grid_protocol.proto.sbatch_client import async_stubs
 from supervisor.chain.keys import Signer
 from supervisor.config import SbatchServiceSettings
 from supervisor.grpc_tls import ClientTls, aio_channel
+from supervisor.retry import retry_call
 
 log = structlog.get_logger("supervisor.sbatch")
 
@@ -32,6 +33,11 @@ _PERMANENT = {
     grpc.StatusCode.UNAUTHENTICATED: "the sbatch service refused this provider for the job",
     grpc.StatusCode.INVALID_ARGUMENT: "the sbatch service refused the request as malformed",
 }
+
+
+def _challenge_refused(exc: Exception) -> bool:
+    """UNAUTHENTICATED: the challenge may have been lost (the service restarted): ask a new one."""
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 class ScriptError(Exception):
@@ -93,20 +99,25 @@ class SbatchClient:
         UNAUTHENTICATED answer is asked again with a fresh challenge, up to CHALLENGE_ATTEMPTS times,
         before it counts as a refusal of this provider.
         """
-        for attempt in range(1, CHALLENGE_ATTEMPTS + 1):
-            try:
-                answer = await self._fetch_once(job_id, customer, batch_location_hash)
-                break
-            except grpc.aio.AioRpcError as exc:
-                code = exc.code()
-                if code == grpc.StatusCode.UNAUTHENTICATED and attempt < CHALLENGE_ATTEMPTS:
-                    log.info("sbatch service refused the challenge, asking with a new one", attempt=attempt)
-                    continue
-                if code in _PERMANENT:
-                    raise ScriptRefused(f"{_PERMANENT[code]} ({exc.details()})") from None
-                raise SbatchServiceUnavailable(
-                    f"sbatch service at {self._target}: {code.name} {exc.details() or ''}".strip()
-                ) from None
+        try:
+            answer = await retry_call(
+                lambda: self._fetch_once(job_id, customer, batch_location_hash),
+                retry=_challenge_refused,
+                attempts=CHALLENGE_ATTEMPTS,
+                initial_s=0.0,
+                max_s=0.0,
+                jitter_s=0.0,
+                on_retry=lambda failure: log.info(
+                    "sbatch service refused the challenge, asking with a new one", attempt=failure.attempt
+                ),
+            )
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            if code in _PERMANENT:
+                raise ScriptRefused(f"{_PERMANENT[code]} ({exc.details()})") from None
+            raise SbatchServiceUnavailable(
+                f"sbatch service at {self._target}: {code.name} {exc.details() or ''}".strip()
+            ) from None
         digest = hashlib.sha256(answer.sbatch.encode()).hexdigest()
         if digest != batch_location_hash.lower():
             raise ScriptRefused(

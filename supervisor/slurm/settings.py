@@ -109,6 +109,9 @@ class SlurmSettings(_Strict):
     command_prefix: tuple[str, ...] = ()
     ssh: SshSettings | None = None
     users: JobUserSettings = JobUserSettings()
+    #: `host:port` (UDP) where slurmctld's hook tells the daemon a job started or ended
+    #: (scripts/slurmctld-wakeup.sh); unset: Slurm is only polled.
+    wakeup_listen: str | None = Field(default=None, pattern=r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):\d{1,5}$")
 
     @field_validator("extra_sbatch_args")
     @classmethod

@@ -13,9 +13,9 @@ import pytest
 from web3 import Web3
 from web3.exceptions import ContractLogicError
 
+from grid_protocol.jobs import JobDefinition, JobStatus
 from supervisor.chain.contracts import (
     DeploymentError,
-    JobDefinition,
     JobReadError,
     ProtocolContracts,
     code_has_function,
@@ -27,7 +27,6 @@ from supervisor.chain.follower import FollowerSettings, LogFollower
 from supervisor.chain.keys import Signer
 from supervisor.chain.rpc import connect_http
 from supervisor.chain.sender import SenderSettings, TransactionSender
-from supervisor.core.status import JobStatus
 from supervisor.store import OutboxState, Store
 from tests.fixtures.chain_layer import deploy_probe, eventually
 from tests.fixtures.contracts import CREDIT, Grid

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.core.status import JobStatus
+from grid_protocol.jobs import JobStatus
 from supervisor.store import MIGRATIONS, Cursor, OutboxState, Store, StoreError, TxAttempt
 
 
@@ -43,6 +43,41 @@ def test_the_file_is_bound_to_one_chain(tmp_path: Path) -> None:
     store.bind_chain_id(31337)
     with pytest.raises(StoreError, match="belongs to chain id 31337, but the RPC serves chain id 1"):
         store.bind_chain_id(1)
+
+
+def test_a_refused_deployment_leaves_the_file_as_it_was(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "state.db")
+    store.set_meta("meta_scheduler", "0x" + "aa" * 20)  # bound to a contract, not yet to a chain
+    with pytest.raises(StoreError, match="belongs to the MetaScheduler"):
+        store.bind_deployment(31337, "0x" + "bb" * 20)
+    assert store.get_meta("chain_id") is None  # both bindings are one transaction
+    store.bind_deployment(31337, "0x" + "AA" * 20)
+    assert (store.get_meta("chain_id"), store.get_meta("meta_scheduler")) == ("31337", "0x" + "aa" * 20)
+    store.close()
+
+
+def test_a_re_claim_replaces_the_attempt_and_notes_its_slurm_job_together(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "state.db")
+
+    def claim(block: int) -> bool:
+        return store.record_claim(
+            "0x01", customer="0xc", max_duration_minute=5, definition={}, claimed_block=block
+        )
+
+    assert claim(1)
+    assert not claim(1)
+    store.set_job_slurm_id("0x01", 42)
+    with pytest.raises(RuntimeError), store.transaction():
+        assert claim(2)
+        raise RuntimeError("the handler failed after the claim")
+    job = store.get_job("0x01")
+    assert job is not None and (job.claimed_block, job.slurm_job_id) == (1, 42)
+    assert store.orphan_slurm_jobs() == []
+    assert claim(2)
+    job = store.get_job("0x01")
+    assert job is not None and (job.claimed_block, job.slurm_job_id) == (2, None)
+    assert store.orphan_slurm_jobs() == [(42, "0x01")]
+    store.close()
 
 
 def test_cursor_and_checkpoints(tmp_path: Path) -> None:
@@ -111,6 +146,19 @@ def test_outbox_lifecycle_and_dedup(tmp_path: Path) -> None:
     store.mark_failed(second, "NoJob()")
     assert store.outbox_depth() == 0
     assert store.get_action(second).error == "NoJob()"  # type: ignore[union-attr]
+
+
+def test_claims_mined_beyond_the_cursor_still_take_room(tmp_path: Path) -> None:
+    """A claim mined but not yet followed is neither in flight nor held: `mined_after` counts it."""
+    store = Store.open(tmp_path / "state.db")
+    ids = [store.enqueue(kind="claim_next_job", to_address="0xto", data=bytes([i])) for i in range(4)]
+    for action_id, block, status in zip(ids[:3], (5, 9, 12), (1, 1, 0), strict=True):
+        store.mark_mined(action_id, tx_hash=f"0x{action_id}", block_number=block, receipt_status=status)
+    store.enqueue(kind="report", to_address="0xto", data=b"r")
+    assert store.mined_after("claim_next_job", 4) == 2, "the reverted claim at block 12 took no job"
+    assert store.mined_after("claim_next_job", 5) == 1
+    assert store.mined_after("claim_next_job", 9) == 0
+    assert store.open_actions("claim_next_job") == 1
 
 
 def test_retention_forgets_closed_jobs_and_delivered_writes_but_no_count(tmp_path: Path) -> None:

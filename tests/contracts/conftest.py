@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from supervisor.core.status import JobStatus
+from grid_protocol.jobs import JobStatus
 from tests.fixtures.contracts import CREDIT, Grid
 
 

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from eth_utils import event_abi_to_log_topic, function_abi_to_4byte_selector
 
-from grid_contracts.artifacts import ABI_DIR, CONTRACT_NAMES, REPO_ROOT, load_abi
+from grid_contracts.artifacts import CONTRACT_NAMES, REPO_ROOT
 from grid_contracts.compile import compile_contracts, render_artifact
+from grid_protocol.abi import ABI_DIR, load_abi
 
 REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference-abi"
 COMPILED_FOR_REFERENCE = {

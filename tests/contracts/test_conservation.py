@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
-from supervisor.core.status import JobStatus as S
-from supervisor.core.status import is_allowed
+from grid_protocol.jobs import JobStatus as S
+from grid_protocol.jobs import is_allowed
 from tests.fixtures.contracts import CREDIT, Grid, Reverted
 
 CUSTOMERS = 3

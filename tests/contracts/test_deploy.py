@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from web3 import Web3
 
-from grid_contracts.artifacts import load_abi
 from grid_contracts.deploy import DeployError, Deployment, deploy
 from grid_dev.anvil import Anvil, free_port
+from grid_protocol.abi import load_abi
 from tests.fixtures.contracts import CREDIT, anvil_account
 
 ROLE = Web3.keccak(text="METASCHEDULER_ROLE")

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from eth_account.signers.local import LocalAccount
 
-from supervisor.core.status import JobStatus as S
+from grid_protocol.jobs import JobStatus as S
 from tests.contracts.conftest import job_in
 from tests.fixtures.contracts import CREDIT, WORKED_EXAMPLE_DEFINITION, Grid, Reverted
 

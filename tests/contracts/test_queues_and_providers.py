@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from supervisor.core.status import JobStatus as S
+from grid_protocol.jobs import JobStatus as S
 from tests.contracts.conftest import job_in
 from tests.contracts.test_metascheduler import missing_role, reverts
 from tests.fixtures.contracts import WORKED_EXAMPLE_PRICES, Grid

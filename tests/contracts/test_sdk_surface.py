@@ -9,9 +9,9 @@ from eth_abi import decode, encode
 from eth_utils import to_checksum_address
 from web3.exceptions import ContractLogicError
 
-from grid_contracts.artifacts import load_artifact
 from grid_dev.anvil import Anvil
-from supervisor.core.status import JobStatus
+from grid_protocol.abi import load_artifact
+from grid_protocol.jobs import JobStatus
 from tests.contracts.conftest import job_in
 from tests.fixtures.contracts import (
     CREDIT,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor.core.status import JobStatus as S
+from grid_protocol.jobs import JobStatus as S
 from tests.contracts.conftest import job_in
 from tests.contracts.test_metascheduler import reverts
 from tests.fixtures.contracts import CREDIT, Grid

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from web3 import Web3
 
-from supervisor.core.status import JobStatus, TransitionError, check_transition
+from grid_protocol.jobs import JobStatus, TransitionError, check_transition
 from tests.fixtures.contracts import WORKED_EXAMPLE_DEFINITION, Grid, Reverted
 
 ROLE = Web3.keccak(text="METASCHEDULER_ROLE")

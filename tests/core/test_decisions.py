@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 from hypothesis import given
 from hypothesis import strategies as st
 
+from grid_protocol.jobs import JobStatus, is_allowed
+from grid_protocol.pricing import remaining_minutes
 from supervisor.core.decisions import (
     MAX_TIME_LIMIT_MINUTES,
     Action,
@@ -26,11 +28,9 @@ from supervisor.core.decisions import (
     claims_to_send,
     decide,
     needs_delegated_top_up,
-    remaining_minutes,
     wanted_time_limit,
 )
 from supervisor.core.slurm_states import FINAL_STATES, chain_outcome
-from supervisor.core.status import JobStatus, is_allowed
 
 S = JobStatus
 P = SlurmPresence

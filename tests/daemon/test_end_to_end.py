@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.core.status import JobStatus as S
+from grid_protocol.jobs import JobStatus as S
 from tests.fixtures.contracts import CREDIT
 from tests.fixtures.supervisor import ProviderStack, SupervisorProcess, credits_per_minute, wait_for
 

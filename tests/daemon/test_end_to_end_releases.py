@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.core.status import JobStatus as S
+from grid_protocol.jobs import JobStatus as S
 from tests.fixtures.contracts import Grid
 from tests.fixtures.slurm import RELEASES, SlurmCluster
 from tests.fixtures.supervisor import SupervisorProcess, credits_per_minute, open_provider_stack, wait_for

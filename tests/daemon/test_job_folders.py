@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from eth_account.signers.local import LocalAccount
 
+from grid_protocol.jobs import JobStatus as S
 from supervisor.config import load_config
-from supervisor.core.status import JobStatus as S
 from supervisor.daemon import Daemon
 from supervisor.slurm import JobUserSettings
 from tests.fixtures.contracts import CREDIT

@@ -14,7 +14,7 @@ from datetime import datetime
 import pytest
 
 from grid_dev.job_tools import ensure_job_tools
-from supervisor.core.status import JobStatus as S
+from grid_protocol.jobs import JobStatus as S
 from tests.fixtures.contracts import Grid
 from tests.fixtures.slurm import SlurmCluster
 from tests.fixtures.supervisor import ProviderStack, SupervisorProcess, open_provider_stack, wait_for

@@ -6,6 +6,7 @@ the sbatch service and the Slurm cluster, and checks the chain, the store and Sl
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,8 +16,10 @@ import pytest
 from eth_abi import encode
 from eth_utils import function_signature_to_4byte_selector
 
+from grid_protocol.jobs import JobStatus as S
 from supervisor.chain.contracts import status_report_key
-from supervisor.core.status import JobStatus as S
+from supervisor.config import load_config
+from supervisor.daemon import Daemon, LaneCrashed
 from supervisor.store import SQLITE_MAX_INT, OutboxState, Store, StoreError
 from tests.fixtures.contracts import CREDIT
 from tests.fixtures.daemon_seam import DaemonSeam, register_as_the_cluster
@@ -239,3 +242,32 @@ async def test_claims_are_sized_by_the_jobs_still_claimable(stack: ProviderStack
     assert [(row["state"], row["error"]) for row in claims] == [("mined", None), ("mined", None)]
     assert [stack.status(job_id) for job_id in live] == [S.SCHEDULED, S.SCHEDULED]
     await seam.until("both jobs to finish", lambda: all(stack.status(j) == S.FINISHED for j in live))
+
+
+class BrokenListener:
+    """A listener whose end-of-cycle hook raises, as a faulty metrics exporter would."""
+
+    def ready(self, daemon: Daemon) -> None:
+        pass
+
+    def cycle_done(self, daemon: Daemon) -> None:
+        raise RuntimeError("the exporter broke")
+
+    def stopping(self, daemon: Daemon) -> None:
+        pass
+
+    def waiting(self, daemon: Daemon, what: str) -> None:
+        pass
+
+
+async def test_a_lane_that_crashes_stops_the_daemon_naming_the_lane(
+    stack: ProviderStack, tmp_path: Path
+) -> None:
+    config = tmp_path / "lane.toml"
+    config.write_text(stack.config_text(tmp_path / "lane.sqlite"))
+    daemon = Daemon(load_config(config), listeners=[BrokenListener()])
+    with pytest.raises(LaneCrashed, match=r"the work lane crashed: .*the exporter broke"):
+        await asyncio.wait_for(daemon.run(), 120)
+    assert daemon.cycles == 1, "the first cycle ran, then the lane stopped the daemon"
+    reopened = Store.open(tmp_path / "lane.sqlite")  # shut down cleanly: the state file opens again
+    reopened.close()

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from supervisor.core.status import JobStatus as S
+from grid_protocol.jobs import JobStatus as S
 from supervisor.faults import CRASH_ENV
 from tests.fixtures.chain_layer import TcpProxy
 from tests.fixtures.sbatch import start_sbatch_service

@@ -16,9 +16,8 @@ from grid_dev.chain import GridError
 from grid_dev.cli import CUSTOMER_KEY_ENV, app
 from grid_dev.customer import storage_type, store_workflow
 from grid_dev.matching import encode_operator
+from grid_protocol.jobs import JobStatus, StorageType
 from sbatch_service.storage import ScriptStore, script_key
-from supervisor.chain.contracts import StorageType
-from supervisor.core.status import JobStatus
 from tests.fixtures.contracts import CREDIT, WORKED_EXAMPLE_PRICES, Grid
 from tests.fixtures.sbatch import SbatchProcess
 

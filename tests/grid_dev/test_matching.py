@@ -19,13 +19,13 @@ from grid_dev.matching import (
     choose_provider,
     claim_overdue,
     compare,
-    credits_per_minute,
     decode_operator,
     encode_operator,
     fits,
     mismatches,
     tasks_that_fit,
 )
+from grid_protocol.pricing import credits_per_minute
 
 CREDIT = 10**18
 WORKED_PRICES = {
@@ -327,7 +327,7 @@ def test_the_choice_does_not_depend_on_the_order_of_providers(order: list[int], 
 def test_credits_per_minute_of_the_worked_example() -> None:
     """PROTOCOL.md section 3: 10.56384 credits per minute."""
     job = needs(1, 2, 1024, 1)
-    assert credits_per_minute(job, offer(prices=WORKED_PRICES)) == 10_563_840_000_000_000_000
+    assert credits_per_minute(job, offer(prices=WORKED_PRICES).prices) == 10_563_840_000_000_000_000
 
 
 # -- claim timeout -----------------------------------------------------------------------------

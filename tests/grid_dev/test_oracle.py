@@ -13,8 +13,8 @@ from eth_account.signers.local import LocalAccount
 from grid_dev.chain import Target
 from grid_dev.matching import encode_operator
 from grid_dev.oracle import MetaSchedulerOracle, OracleSettings
+from grid_protocol.jobs import JobStatus
 from supervisor.chain.keys import Signer
-from supervisor.core.status import JobStatus
 from tests.fixtures.contracts import CREDIT, Grid
 
 CHEAP = (0, 10**15, 0)  # gpu, cpu, mem prices (credit-wei per minute)

@@ -23,9 +23,9 @@ import requests
 from web3 import Web3
 from web3.contract import Contract
 
-from grid_contracts.artifacts import load_abi
 from grid_contracts.deploy import Deployment
-from supervisor.core.status import JobStatus
+from grid_protocol.abi import load_abi
+from grid_protocol.jobs import JobStatus
 from tests.fixtures.slurm import SlurmCluster
 
 CREDIT = 10**18

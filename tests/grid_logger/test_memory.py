@@ -10,8 +10,8 @@ from pathlib import Path
 
 import grpc
 
-from grid_logger.proto import log_pb2
 from grid_logger.reader import read_request, stub
+from grid_protocol.proto import log_pb2
 from tests.fixtures.contracts import Grid
 from tests.grid_logger.helpers import LoggerProcess, claimed_job, collect_until, running_writer
 

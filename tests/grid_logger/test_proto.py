@@ -1,14 +1,12 @@
-"""The committed gRPC modules are what the pinned grpcio-tools generates from log.proto, and the
-API is DeepSquare's `logger.v1alpha1` field for field (read from the reference's log.pb.go
-descriptor: names, numbers, types, labels, streaming)."""
+"""The log service's API is DeepSquare's `logger.v1alpha1` field for field (read from the reference's
+log.pb.go descriptor: names, numbers, types, labels, streaming). That the committed modules are
+up to date is tests/grid_protocol/test_proto.py's."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from google.protobuf import descriptor_pb2
 
-from grid_logger.proto import generate, log_pb2
+from grid_protocol.proto import log_pb2
 
 STRING, BYTES, INT64, UINT64 = 9, 12, 3, 4
 OPTIONAL, REPEATED = 1, 3
@@ -35,15 +33,6 @@ REFERENCE_METHODS = [
     ("Read", ".logger.v1alpha1.ReadRequest", ".logger.v1alpha1.ReadResponse", False, True),
     ("WatchList", ".logger.v1alpha1.WatchListRequest", ".logger.v1alpha1.WatchListResponse", False, True),
 ]
-
-
-def test_generated_modules_are_up_to_date(tmp_path: Path) -> None:
-    generate.generate(tmp_path)
-    relative = generate.PROTO_DIR.relative_to(generate.REPO_ROOT)
-    for name in generate.GENERATED:
-        fresh = (tmp_path / relative / name).read_text()
-        committed = (generate.PROTO_DIR / name).read_text()
-        assert committed == fresh, f"{name} is stale: run .venv/bin/python -m grid_logger.proto.generate"
 
 
 def test_the_api_is_the_references_on_the_wire() -> None:

@@ -11,8 +11,8 @@ import grpc
 import pytest
 
 from grid_logger import signing
-from grid_logger.proto import log_pb2, log_pb2_grpc
 from grid_logger.reader import read_request
+from grid_protocol.proto import log_pb2, log_pb2_grpc
 from tests.fixtures.contracts import Grid, anvil_account
 from tests.grid_logger.helpers import (
     BIN,

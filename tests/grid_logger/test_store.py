@@ -11,7 +11,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from grid_logger.proto import log_pb2_grpc
 from grid_logger.reader import read_request
 from grid_logger.store import (
     HEADER_BYTES,
@@ -21,6 +20,7 @@ from grid_logger.store import (
     create_master_key,
     load_master_key,
 )
+from grid_protocol.proto import log_pb2_grpc
 from tests.fixtures.contracts import Grid
 from tests.grid_logger.helpers import (
     LoggerProcess,

@@ -18,7 +18,7 @@ import pytest
 from eth_account import Account
 
 from grid_dev.anvil import free_port
-from supervisor.core.status import JobStatus as S
+from grid_protocol.jobs import JobStatus as S
 from tests.fixtures.supervisor import ProviderStack, SupervisorProcess, wait_for
 
 PASSWORD = "correct horse battery staple 7f3a"

@@ -8,7 +8,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from grid_dev.anvil import free_port
-from supervisor.core.status import JobStatus as S
+from grid_protocol.jobs import JobStatus as S
 from tests.fixtures.ops import http_get, probe
 from tests.fixtures.supervisor import ProviderStack, SupervisorProcess, wait_for
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from grid_contracts.artifacts import ABI_DIR, CONTRACT_NAMES
-from supervisor.chain.abi import DEFAULT_ABI_DIR
+from grid_contracts.artifacts import CONTRACT_NAMES
+from grid_protocol.abi import ABI_DIR
 from supervisor.launchers import EXTRA_MODULES
 from tests.fixtures.supervisor import ProviderStack
 
@@ -47,7 +47,7 @@ def lock_pins() -> dict[str, str]:
 def test_the_repository_abi_folder_is_the_packaged_one() -> None:
     """One source of truth: `abi/` is a link to the package folder that the readers use."""
     assert (REPO / "abi").is_symlink()
-    assert (REPO / "abi").resolve() == ABI_DIR.resolve() == DEFAULT_ABI_DIR.resolve()
+    assert (REPO / "abi").resolve() == ABI_DIR.resolve()
     assert ABI_DIR.resolve().parent == (REPO / "grid_contracts").resolve()
     assert sorted(p.stem for p in ABI_DIR.glob("*.json")) == sorted(CONTRACT_NAMES)
 
@@ -126,18 +126,18 @@ def test_a_daemon_only_install_decodes_every_protocol_error(daemon_install: Inst
 import json, sys
 from eth_abi import encode
 from eth_utils import keccak
-from supervisor.chain.abi import DEFAULT_ABI_DIR, load_contract_abi
+from grid_protocol.abi import ABI_DIR, load_abi
 from supervisor.chain.errors import ALREADY_DONE_ERRORS, ErrorDecoder
 import supervisor.cli, supervisor.daemon, supervisor.ops.doctor, supervisor.ops.metrics
 decoder = ErrorDecoder.for_protocol()
-abis = {name: len(load_contract_abi(name)) for name in sys.argv[1:]}
+abis = {name: len(load_abi(name)) for name in sys.argv[1:]}
 errors = sorted(
-    e["name"] for name in sys.argv[1:] for e in load_contract_abi(name) if e.get("type") == "error"
+    e["name"] for name in sys.argv[1:] for e in load_abi(name) if e.get("type") == "error"
 )
 same = decoder.decode(keccak(text="SameStatusError()")[:4])
 hot = decoder.decode(keccak(text="JobHotStatusOnly(uint8)")[:4] + encode(["uint8"], [3]))
 print(json.dumps({
-    "abi_dir": str(DEFAULT_ABI_DIR), "abis": abis, "missing": sorted(set(errors) - decoder.names),
+    "abi_dir": str(ABI_DIR), "abis": abis, "missing": sorted(set(errors) - decoder.names),
     "already_done": [same.already_done, hot.already_done], "names": sorted(ALREADY_DONE_ERRORS & decoder.names),
 }))
 """

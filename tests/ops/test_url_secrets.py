@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from grid_dev.anvil import free_port
-from supervisor.core.status import JobStatus as S
+from grid_protocol.jobs import JobStatus as S
 from tests.fixtures.supervisor import ProviderStack, SupervisorProcess, wait_for
 
 PATH_KEY = "pk7f3a9c21e4b84d0f9a6e5d4c3b2a1908"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import grpc
 
-from sbatch_service.proto import sbatch_pb2
-from sbatch_service.proto.client import async_stubs
+from grid_protocol.proto import sbatch_pb2
+from grid_protocol.proto.sbatch_client import async_stubs
 
 RSS_SAMPLE_S = 0.05
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import grpc
 import pytest
 
+from grid_protocol.proto import sbatch_pb2
+from grid_protocol.proto.sbatch_client import AsyncAuthAPI, AsyncSBatchAPI, async_stubs
 from sbatch_service.auth import NonceBook, PeerRateLimiter, sign_challenge
 from sbatch_service.chain import JobReader
 from sbatch_service.grpc_api import ScriptGate, peer_address, start_grpc_server
-from sbatch_service.proto import sbatch_pb2
-from sbatch_service.proto.client import AsyncAuthAPI, AsyncSBatchAPI, async_stubs
 from sbatch_service.storage import ChallengeStore, ScriptStore, script_key
 from supervisor.chain.keys import Signer
 from supervisor.sbatch.client import SbatchClient

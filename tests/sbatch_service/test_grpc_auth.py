@@ -11,11 +11,11 @@ import grpc
 import pytest
 from eth_account.signers.local import LocalAccount
 
+from grid_protocol.proto import sbatch_pb2
+from grid_protocol.proto.sbatch_client import AsyncAuthAPI, AsyncSBatchAPI, async_stubs
 from sbatch_service.auth import NonceBook
 from sbatch_service.chain import JobReader
 from sbatch_service.grpc_api import ScriptGate, start_grpc_server
-from sbatch_service.proto import sbatch_pb2
-from sbatch_service.proto.client import AsyncAuthAPI, AsyncSBatchAPI, async_stubs
 from sbatch_service.storage import ScriptStore
 from tests.fixtures.contracts import CREDIT, WORKED_EXAMPLE_DEFINITION, Grid
 from tests.fixtures.sbatch import sign_challenge

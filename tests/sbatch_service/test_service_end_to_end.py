@@ -7,8 +7,8 @@ from pathlib import Path
 
 import grpc
 
-from sbatch_service.proto import sbatch_pb2
-from sbatch_service.proto.client import stubs
+from grid_protocol.proto import sbatch_pb2
+from grid_protocol.proto.sbatch_client import stubs
 from tests.fixtures.contracts import CREDIT, WORKED_EXAMPLE_DEFINITION, Grid
 from tests.fixtures.sbatch import sign_challenge, start_sbatch_service
 

@@ -23,8 +23,8 @@ from web3 import Web3
 from grid_contracts.artifacts import REPO_ROOT
 from grid_dev.chain import Target
 from grid_dev.oracle import MetaSchedulerOracle
+from grid_protocol.jobs import JobStatus as S
 from supervisor.chain.keys import Signer
-from supervisor.core.status import JobStatus as S
 from tests.fixtures.contracts import CREDIT
 from tests.fixtures.supervisor import (
     PRICES_WEI,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from supervisor.core.status import JobStatus
+from grid_protocol.jobs import JobStatus
 from supervisor.slurm import (
     CommandSlurmBackend,
     JobAlreadySubmitted,

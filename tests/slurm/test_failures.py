@@ -16,7 +16,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from supervisor.core.status import JobStatus
+from grid_protocol.jobs import JobStatus
 from supervisor.slurm import (
     JobSubmission,
     SlurmCommandTimeout,

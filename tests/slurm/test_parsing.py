@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from grid_protocol.jobs import JobStatus
 from supervisor.core.slurm_states import KNOWN_STATES, UnknownSlurmState, state_from_flags
-from supervisor.core.status import JobStatus
 from supervisor.slurm import (
     ObservedJob,
     SlurmCommandFailed,

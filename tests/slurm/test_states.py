@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from grid_protocol.jobs import JobStatus
 from supervisor.core.slurm_states import (
     KNOWN_STATES,
     UnknownSlurmState,
@@ -14,7 +15,6 @@ from supervisor.core.slurm_states import (
     parse_exit_pair,
     split_wait_status,
 )
-from supervisor.core.status import JobStatus
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-from supervisor.core.status import JobStatus
+from grid_protocol.jobs import JobStatus
 from supervisor.slurm import CommandSlurmBackend, JobSubmission
 from tests.fixtures.slurm import SlurmCluster
 from tests.slurm.conftest import make_backend, new_job_name, wait_for_job

@@ -10,7 +10,7 @@ from typing import Protocol, cast
 
 import grpc
 
-from sbatch_service.proto import sbatch_pb2, sbatch_pb2_grpc
+from grid_protocol.proto import sbatch_pb2, sbatch_pb2_grpc
 
 
 class AuthAPI(Protocol):

@@ -1,4 +1,7 @@
-"""Generate the Python modules of sbatch.proto with the pinned grpcio-tools (dev extra)."""
+"""Generate the Python modules of every .proto here with the pinned grpcio-tools (dev extra).
+
+One generator for both APIs, so they are built with the same protoc options and checked by one test.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,10 @@ from pathlib import Path
 
 PROTO_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PROTO_DIR.parent.parent
-PROTO_FILE = PROTO_DIR / "sbatch.proto"
-GENERATED = ("sbatch_pb2.py", "sbatch_pb2.pyi", "sbatch_pb2_grpc.py")
+PROTO_FILES = (PROTO_DIR / "sbatch.proto", PROTO_DIR / "log.proto")
+GENERATED = tuple(
+    f"{proto.stem}{suffix}" for proto in PROTO_FILES for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+)
 # protoc's output has no full type hints; the project type-checks strictly, so these files opt out.
 TYPE_CHECK_OPT_OUT = "# mypy: ignore-errors\n"
 
@@ -18,7 +23,7 @@ def generate(out_dir: Path) -> None:
     from grpc_tools import protoc  # dev dependency: only needed to regenerate
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    relative = PROTO_FILE.relative_to(REPO_ROOT)
+    relative = [proto.relative_to(REPO_ROOT) for proto in PROTO_FILES]
     status = protoc.main(
         [
             "grpc_tools.protoc",
@@ -26,14 +31,15 @@ def generate(out_dir: Path) -> None:
             f"--python_out={out_dir}",
             f"--pyi_out={out_dir}",
             f"--grpc_python_out={out_dir}",
-            str(relative),
+            *(str(path) for path in relative),
         ]
     )
     if status != 0:
         raise RuntimeError(f"protoc failed with status {status}")
-    for name in ("sbatch_pb2.pyi", "sbatch_pb2_grpc.py"):
-        path = out_dir / relative.parent / name
-        path.write_text(TYPE_CHECK_OPT_OUT + path.read_text())
+    for path in relative:
+        for name in (f"{path.stem}_pb2.pyi", f"{path.stem}_pb2_grpc.py"):
+            target = out_dir / path.parent / name
+            target.write_text(TYPE_CHECK_OPT_OUT + target.read_text())
 
 
 def main() -> None:

@@ -4,7 +4,7 @@
 import grpc
 import warnings
 
-from grid_logger.proto import log_pb2 as grid__logger_dot_proto_dot_log__pb2
+from grid_protocol.proto import log_pb2 as grid__protocol_dot_proto_dot_log__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -19,7 +19,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in grid_logger/proto/log_pb2_grpc.py depends on'
+        + ' but the generated code in grid_protocol/proto/log_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,18 +37,18 @@ class LoggerAPIStub:
         """
         self.Write = channel.stream_unary(
                 '/logger.v1alpha1.LoggerAPI/Write',
-                request_serializer=grid__logger_dot_proto_dot_log__pb2.WriteRequest.SerializeToString,
-                response_deserializer=grid__logger_dot_proto_dot_log__pb2.WriteResponse.FromString,
+                request_serializer=grid__protocol_dot_proto_dot_log__pb2.WriteRequest.SerializeToString,
+                response_deserializer=grid__protocol_dot_proto_dot_log__pb2.WriteResponse.FromString,
                 _registered_method=True)
         self.Read = channel.unary_stream(
                 '/logger.v1alpha1.LoggerAPI/Read',
-                request_serializer=grid__logger_dot_proto_dot_log__pb2.ReadRequest.SerializeToString,
-                response_deserializer=grid__logger_dot_proto_dot_log__pb2.ReadResponse.FromString,
+                request_serializer=grid__protocol_dot_proto_dot_log__pb2.ReadRequest.SerializeToString,
+                response_deserializer=grid__protocol_dot_proto_dot_log__pb2.ReadResponse.FromString,
                 _registered_method=True)
         self.WatchList = channel.unary_stream(
                 '/logger.v1alpha1.LoggerAPI/WatchList',
-                request_serializer=grid__logger_dot_proto_dot_log__pb2.WatchListRequest.SerializeToString,
-                response_deserializer=grid__logger_dot_proto_dot_log__pb2.WatchListResponse.FromString,
+                request_serializer=grid__protocol_dot_proto_dot_log__pb2.WatchListRequest.SerializeToString,
+                response_deserializer=grid__protocol_dot_proto_dot_log__pb2.WatchListResponse.FromString,
                 _registered_method=True)
 
 
@@ -81,18 +81,18 @@ def add_LoggerAPIServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Write': grpc.stream_unary_rpc_method_handler(
                     servicer.Write,
-                    request_deserializer=grid__logger_dot_proto_dot_log__pb2.WriteRequest.FromString,
-                    response_serializer=grid__logger_dot_proto_dot_log__pb2.WriteResponse.SerializeToString,
+                    request_deserializer=grid__protocol_dot_proto_dot_log__pb2.WriteRequest.FromString,
+                    response_serializer=grid__protocol_dot_proto_dot_log__pb2.WriteResponse.SerializeToString,
             ),
             'Read': grpc.unary_stream_rpc_method_handler(
                     servicer.Read,
-                    request_deserializer=grid__logger_dot_proto_dot_log__pb2.ReadRequest.FromString,
-                    response_serializer=grid__logger_dot_proto_dot_log__pb2.ReadResponse.SerializeToString,
+                    request_deserializer=grid__protocol_dot_proto_dot_log__pb2.ReadRequest.FromString,
+                    response_serializer=grid__protocol_dot_proto_dot_log__pb2.ReadResponse.SerializeToString,
             ),
             'WatchList': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchList,
-                    request_deserializer=grid__logger_dot_proto_dot_log__pb2.WatchListRequest.FromString,
-                    response_serializer=grid__logger_dot_proto_dot_log__pb2.WatchListResponse.SerializeToString,
+                    request_deserializer=grid__protocol_dot_proto_dot_log__pb2.WatchListRequest.FromString,
+                    response_serializer=grid__protocol_dot_proto_dot_log__pb2.WatchListResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -120,8 +120,8 @@ class LoggerAPI:
             request_iterator,
             target,
             '/logger.v1alpha1.LoggerAPI/Write',
-            grid__logger_dot_proto_dot_log__pb2.WriteRequest.SerializeToString,
-            grid__logger_dot_proto_dot_log__pb2.WriteResponse.FromString,
+            grid__protocol_dot_proto_dot_log__pb2.WriteRequest.SerializeToString,
+            grid__protocol_dot_proto_dot_log__pb2.WriteResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -147,8 +147,8 @@ class LoggerAPI:
             request,
             target,
             '/logger.v1alpha1.LoggerAPI/Read',
-            grid__logger_dot_proto_dot_log__pb2.ReadRequest.SerializeToString,
-            grid__logger_dot_proto_dot_log__pb2.ReadResponse.FromString,
+            grid__protocol_dot_proto_dot_log__pb2.ReadRequest.SerializeToString,
+            grid__protocol_dot_proto_dot_log__pb2.ReadResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -174,8 +174,8 @@ class LoggerAPI:
             request,
             target,
             '/logger.v1alpha1.LoggerAPI/WatchList',
-            grid__logger_dot_proto_dot_log__pb2.WatchListRequest.SerializeToString,
-            grid__logger_dot_proto_dot_log__pb2.WatchListResponse.FromString,
+            grid__protocol_dot_proto_dot_log__pb2.WatchListRequest.SerializeToString,
+            grid__protocol_dot_proto_dot_log__pb2.WatchListResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,7 +4,7 @@
 import grpc
 import warnings
 
-from sbatch_service.proto import sbatch_pb2 as sbatch__service_dot_proto_dot_sbatch__pb2
+from grid_protocol.proto import sbatch_pb2 as grid__protocol_dot_proto_dot_sbatch__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -19,7 +19,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in sbatch_service/proto/sbatch_pb2_grpc.py depends on'
+        + ' but the generated code in grid_protocol/proto/sbatch_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -38,8 +38,8 @@ class AuthAPIStub:
         """
         self.Challenge = channel.unary_unary(
                 '/sbatchapi.v1alpha1.AuthAPI/Challenge',
-                request_serializer=sbatch__service_dot_proto_dot_sbatch__pb2.ChallengeRequest.SerializeToString,
-                response_deserializer=sbatch__service_dot_proto_dot_sbatch__pb2.ChallengeResponse.FromString,
+                request_serializer=grid__protocol_dot_proto_dot_sbatch__pb2.ChallengeRequest.SerializeToString,
+                response_deserializer=grid__protocol_dot_proto_dot_sbatch__pb2.ChallengeResponse.FromString,
                 _registered_method=True)
 
 
@@ -58,8 +58,8 @@ def add_AuthAPIServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Challenge': grpc.unary_unary_rpc_method_handler(
                     servicer.Challenge,
-                    request_deserializer=sbatch__service_dot_proto_dot_sbatch__pb2.ChallengeRequest.FromString,
-                    response_serializer=sbatch__service_dot_proto_dot_sbatch__pb2.ChallengeResponse.SerializeToString,
+                    request_deserializer=grid__protocol_dot_proto_dot_sbatch__pb2.ChallengeRequest.FromString,
+                    response_serializer=grid__protocol_dot_proto_dot_sbatch__pb2.ChallengeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -88,8 +88,8 @@ class AuthAPI:
             request,
             target,
             '/sbatchapi.v1alpha1.AuthAPI/Challenge',
-            sbatch__service_dot_proto_dot_sbatch__pb2.ChallengeRequest.SerializeToString,
-            sbatch__service_dot_proto_dot_sbatch__pb2.ChallengeResponse.FromString,
+            grid__protocol_dot_proto_dot_sbatch__pb2.ChallengeRequest.SerializeToString,
+            grid__protocol_dot_proto_dot_sbatch__pb2.ChallengeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -113,8 +113,8 @@ class SBatchAPIStub:
         """
         self.GetSBatch = channel.unary_unary(
                 '/sbatchapi.v1alpha1.SBatchAPI/GetSBatch',
-                request_serializer=sbatch__service_dot_proto_dot_sbatch__pb2.GetSBatchRequest.SerializeToString,
-                response_deserializer=sbatch__service_dot_proto_dot_sbatch__pb2.GetSBatchResponse.FromString,
+                request_serializer=grid__protocol_dot_proto_dot_sbatch__pb2.GetSBatchRequest.SerializeToString,
+                response_deserializer=grid__protocol_dot_proto_dot_sbatch__pb2.GetSBatchResponse.FromString,
                 _registered_method=True)
 
 
@@ -133,8 +133,8 @@ def add_SBatchAPIServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GetSBatch': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSBatch,
-                    request_deserializer=sbatch__service_dot_proto_dot_sbatch__pb2.GetSBatchRequest.FromString,
-                    response_serializer=sbatch__service_dot_proto_dot_sbatch__pb2.GetSBatchResponse.SerializeToString,
+                    request_deserializer=grid__protocol_dot_proto_dot_sbatch__pb2.GetSBatchRequest.FromString,
+                    response_serializer=grid__protocol_dot_proto_dot_sbatch__pb2.GetSBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -163,8 +163,8 @@ class SBatchAPI:
             request,
             target,
             '/sbatchapi.v1alpha1.SBatchAPI/GetSBatch',
-            sbatch__service_dot_proto_dot_sbatch__pb2.GetSBatchRequest.SerializeToString,
-            sbatch__service_dot_proto_dot_sbatch__pb2.GetSBatchResponse.FromString,
+            grid__protocol_dot_proto_dot_sbatch__pb2.GetSBatchRequest.SerializeToString,
+            grid__protocol_dot_proto_dot_sbatch__pb2.GetSBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

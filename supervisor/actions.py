@@ -1,0 +1,362 @@
+"""Actions: what the decisions of `supervisor.core.decisions` turn into, one job at a time.
+
+Each executor does one thing to the outside world for one job (fetch and submit its script, queue
+a report or a refusal in the outbox, cancel it in Slurm, raise its time limit, top it up from the
+customer's allowance) and records what it did in the store. All of them are idempotent: an action
+repeated after a crash finds its earlier effect (a Slurm job of that name, an outbox row of that
+key) instead of doing it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import structlog
+
+from grid_protocol.jobs import Job, JobStatus
+from grid_protocol.pricing import ProviderPrices, credits_per_minute, remaining_minutes
+from supervisor.chain.contracts import ProtocolContracts, TxCall, status_report_key
+from supervisor.chain.keys import Signer
+from supervisor.chain.rpc import describe
+from supervisor.chain.sender import TransactionSender
+from supervisor.config import SupervisorConfig
+from supervisor.core.decisions import Report, needs_delegated_top_up, wanted_time_limit
+from supervisor.core.policy import Node, Resources, label_problem, refusal_reason
+from supervisor.faults import crash_point
+from supervisor.intake import SINCE_MARGIN_S
+from supervisor.job_logging import job_log_environment, with_job_environment
+from supervisor.sbatch.client import SbatchClient, SbatchServiceUnavailable, ScriptRefused
+from supervisor.slurm.backend import SlurmBackend
+from supervisor.slurm.errors import JobAlreadySubmitted, SlurmError, SlurmUnavailable
+from supervisor.slurm.job_folders import job_folder, output_file
+from supervisor.slurm.models import JobSubmission, ObservedJob, PartitionHardware
+from supervisor.store import JobRecord, OutboxState, Store
+
+log = structlog.get_logger("supervisor")
+
+#: A status report the chain refused is sent again after this many seconds, doubling up to the max.
+REPORT_RETRY_S = 5.0
+REPORT_RETRY_MAX_S = 300.0
+
+
+def lookup_since(job: JobRecord) -> float:
+    """The earliest submission time of a Slurm job that can belong to the job's current attempt."""
+    if job.lookup_since is not None:
+        return job.lookup_since
+    return (job.claimed_at if job.claimed_at is not None else job.created_at) - SINCE_MARGIN_S
+
+
+def reclaimed(job: JobRecord) -> bool:
+    """A job claimed again after an attempt that had a Slurm job: its look-ups start after its claim."""
+    return job.lookup_since is not None and job.claimed_at is not None and job.lookup_since > job.claimed_at
+
+
+def since(jobs: list[JobRecord]) -> datetime | None:
+    """The earliest moment a Slurm job of these jobs can have been submitted: their current claim.
+
+    Job ids repeat across deployments (a test chain, a second grid on the same cluster), and a job
+    handed back and claimed again has the Slurm job of its earlier attempt: older Slurm jobs with the
+    same name belong to other attempts and must not be taken for these.
+    """
+    if not jobs:
+        return None
+    return datetime.fromtimestamp(min(lookup_since(job) for job in jobs), tz=UTC)
+
+
+@dataclass
+class Health:
+    """What the daemon knows about its dependencies, for logs, status and metrics."""
+
+    chain_ok: bool = False
+    slurm_ok: bool = False
+    sbatch_ok: bool = True
+    registered: bool = False
+    problems: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Partition:
+    """The Slurm partition's hardware, read once and kept (registration and admission use it)."""
+
+    slurm: SlurmBackend
+    hardware: PartitionHardware | None = None
+
+    async def describe(self) -> PartitionHardware:
+        self.hardware = await self.slurm.describe_partition()
+        return self.hardware
+
+
+@dataclass
+class JobActions:
+    """The executors of the decisions, with what they act through."""
+
+    config: SupervisorConfig
+    store: Store
+    contracts: ProtocolContracts
+    sender: TransactionSender
+    slurm: SlurmBackend
+    sbatch: SbatchClient
+    signer: Signer
+    partition: Partition
+    health: Health
+    #: Waits for `seconds` unless the daemon stops first.
+    pause: Callable[[float], Awaitable[None]] = asyncio.sleep
+    _prices: ProviderPrices | None = None
+
+    @property
+    def provider(self) -> str:
+        return self.signer.address
+
+    # -- the outbox ---------------------------------------------------------------------------
+
+    def report(self, job: JobRecord, report: Report) -> None:
+        call = self.contracts.provider_set_job_status(
+            job.job_id,
+            report.status,
+            duration_minute=report.duration_minute,
+            last_error=report.last_error[:1000],
+            exit_code=report.exit_code,
+            attempt=job.claimed_block or 0,
+        )
+        with self.store.transaction():  # the outbox row and the job's note of it, together
+            self.sender.submit_call(call)
+            self.store.update_job(job.job_id, last_reported_status=int(report.status))
+        log.info(
+            "status reported",
+            status=report.status.name,
+            duration_minute=report.duration_minute,
+            exit_code=report.exit_code,
+            last_error=report.last_error or None,
+        )
+
+    def retry_refused_reports(self, job: JobRecord, chain_status: JobStatus) -> None:
+        """Send again a report the chain refused for a passing reason (a temporary ban, say).
+
+        A refused report is not "already done": until the chain takes it, or the job is settled
+        some other way, the provider would go unpaid. Retries back off up to REPORT_RETRY_MAX_S.
+        """
+        if chain_status.is_cold or job.last_reported_status is None:
+            return
+        for status in dict.fromkeys((JobStatus.RUNNING, job.last_reported_status)):
+            if status == chain_status:
+                continue
+            action = self.store.action_by_dedup_key(
+                status_report_key(job.job_id, job.claimed_block or 0, status)
+            )
+            if action is None or action.state != OutboxState.FAILED or action.already_done:
+                continue
+            wait = min(REPORT_RETRY_S * 2**action.retries, REPORT_RETRY_MAX_S)
+            if time.time() - action.updated_at < wait:
+                continue
+            self.store.retry_failed(action.id, f"sent again after: {action.error}")
+            self.sender.wake()
+            log.warning(
+                "status report refused by the chain, sending it again",
+                status=status.name,
+                error=action.error,
+                retries=action.retries + 1,
+            )
+
+    def refuse(self, job: JobRecord, reason: str) -> None:
+        with self.store.transaction():
+            self.sender.submit_call(self.contracts.refuse_job(job.job_id, attempt=job.claimed_block or 0))
+            self.store.update_job(job.job_id, ours=False, note=f"refused: {reason}")
+        log.warning("job refused", reason=reason)
+
+    def fail(self, job: JobRecord, reason: str) -> None:
+        self.report(job, Report(JobStatus.FAILED, 0, reason, 0))
+
+    # -- submission ---------------------------------------------------------------------------
+
+    async def submit(self, job: JobRecord) -> None:
+        """Admit the job, fetch its script, submit it to Slurm in its own folder; or refuse/fail it."""
+        definition = job.definition or {}
+        customer = job.customer or ""
+        if not job.max_duration_minute:
+            self.fail(job, "the locked credits buy less than one minute on this provider")
+            return
+        if self.partition.hardware is None:
+            try:
+                await self.partition.describe()
+            except SlurmError as exc:
+                log.error("cannot describe the partition yet: submission waits", error=str(exc))
+                return
+        assert self.partition.hardware is not None
+        resources = Resources(
+            ntasks=int(definition.get("ntasks", 0)),
+            cpus_per_task=int(definition.get("cpusPerTask", 0)),
+            mem_per_cpu_mb=int(definition.get("memPerCpu", 0)),
+            gpus=int(definition.get("gpus", 0)),
+        )
+        nodes = [Node(n.cpus, n.memory_mb, n.gpus) for n in self.partition.hardware.nodes]
+        policy = self.config.policy
+        reason = label_problem(definition) or refusal_reason(
+            resources, customer, nodes, denied_customers=policy.denied_customers
+        )
+        if reason is not None:
+            self.refuse(job, reason)
+            return
+        chain_job = await self.contracts.get_job(job.job_id)
+        if chain_job.delegate_spending_authority != job.delegate_top_up:
+            self.store.update_job(job.job_id, delegate_top_up=chain_job.delegate_spending_authority)
+        key = chain_job.definition.batch_location_hash
+        try:
+            fetched = await self.sbatch.fetch(job.job_id, chain_job.customer, key)
+        except ScriptRefused as exc:
+            self.fail(job, f"batch script unusable: {exc}")
+            return
+        except SbatchServiceUnavailable as exc:
+            if self.health.sbatch_ok:
+                log.error("sbatch service unavailable: submission waits", error=str(exc))
+            self.health.sbatch_ok = False
+            self.health.problems["sbatch"] = str(exc)
+            return
+        self.health.sbatch_ok = True
+        self.health.problems.pop("sbatch", None)
+        reason = refusal_reason(
+            resources, customer, nodes, denied_images=policy.denied_images, script=fetched.script
+        )
+        if reason is not None:
+            self.refuse(job, reason)
+            return
+        try:
+            folder = job_folder(policy.jobs_root, job.job_id)
+            user = self.config.slurm.users.user_for(customer)
+            log_environment = job_log_environment(
+                job.job_id,
+                chain_job.customer,
+                fetched.grid_logger_url,
+                self.config.logger,
+                self.signer,
+                self.config.chain.meta_scheduler,
+            )
+            submission = JobSubmission(
+                name=job.job_id,
+                script=with_job_environment(fetched.script, log_environment),
+                unix_user=user,
+                workdir=str(folder),
+                output_path=str(output_file(folder)),
+                private_workdir=True,
+                time_limit_minutes=wanted_time_limit(
+                    max_duration_minute=job.max_duration_minute, extra_minutes=job.extra_minutes
+                ),
+                ntasks=resources.ntasks,
+                cpus_per_task=resources.cpus_per_task,
+                mem_per_cpu_mb=resources.mem_per_cpu_mb,
+                gpus=resources.gpus,
+            )
+        except (ValueError, SlurmError) as exc:
+            self.refuse(job, str(exc))
+            return
+        early = lookup_since(job) - time.time()
+        if early > 0:  # a re-claim: its Slurm job must be submitted after the bound of its look-ups
+            await self.pause(early)
+        try:
+            slurm_id = await self.slurm.submit(submission, since=since([job]))
+        except JobAlreadySubmitted as exc:
+            slurm_id = exc.slurm_job_id
+            log.info("job already in Slurm, not submitted again", slurm_job_id=slurm_id)
+        except SlurmUnavailable as exc:
+            log.error("Slurm unavailable: submission waits", error=str(exc))
+            return
+        except SlurmError as exc:
+            # Only a definite refusal of this job refuses it on chain; any other failure is retried.
+            if not exc.refuses_job:
+                log.error("Slurm submission failed, not a refusal: submission waits", error=str(exc))
+                return
+            self.refuse(job, f"Slurm refused the submission: {exc}")
+            return
+        crash_point("slurm_submitted")
+        self.store.update_job(job.job_id, slurm_job_id=slurm_id)
+        log.info(
+            "job submitted to Slurm",
+            slurm_job_id=slurm_id,
+            unix_user=user,
+            time_limit_minutes=submission.time_limit_minutes,
+        )
+
+    # -- Slurm --------------------------------------------------------------------------------
+
+    async def cancel_in_slurm(self, job: JobRecord, seen: ObservedJob | None, reason: str) -> None:
+        slurm_id = seen.slurm_job_id if seen is not None else job.slurm_job_id
+        if slurm_id is None:
+            return
+        try:
+            await self.slurm.cancel(slurm_id)
+        except SlurmError as exc:
+            log.error("cancelling in Slurm failed, will retry", error=str(exc), slurm_job_id=slurm_id)
+            return
+        log.info("job cancelled in Slurm", reason=reason, slurm_job_id=slurm_id)
+
+    async def cancel_orphans(self) -> None:
+        """Cancel the Slurm jobs of earlier attempts of re-claimed jobs (harmless when they ended)."""
+        for slurm_id, job_id in self.store.orphan_slurm_jobs():
+            try:
+                await self.slurm.cancel(slurm_id)
+            except SlurmError as exc:
+                log.warning("cancelling an earlier attempt's Slurm job failed", job_id=job_id, error=str(exc))
+                continue
+            self.store.forget_orphan(slurm_id)
+            log.info("earlier attempt's Slurm job cancelled", job_id=job_id, slurm_job_id=slurm_id)
+
+    async def follow_time_limit(self, job: JobRecord, seen: ObservedJob | None) -> None:
+        """The Slurm time limit follows the minutes paid for: the claim's duration plus every top-up."""
+        if seen is None or seen.time_limit_minutes is None or job.max_duration_minute is None:
+            return
+        wanted = wanted_time_limit(
+            max_duration_minute=job.max_duration_minute, extra_minutes=job.extra_minutes
+        )
+        if seen.time_limit_minutes >= wanted:
+            return
+        extra = wanted - seen.time_limit_minutes
+        try:
+            await self.slurm.extend_time_limit(seen.slurm_job_id, extra)
+        except SlurmError as exc:
+            log.error("raising the time limit failed, will retry", error=str(exc))
+            return
+        log.info("time limit raised", extra_minutes=extra, time_limit_minutes=wanted)
+
+    # -- delegated top-ups --------------------------------------------------------------------
+
+    async def refresh_delegation(self, jobs: list[JobRecord]) -> None:
+        """Customers may grant or withdraw delegated spending at any time: re-read it now and then."""
+        for job in jobs:
+            if job.status != JobStatus.RUNNING or not job.ours:
+                continue
+            try:
+                chain_job = await self.contracts.get_job(job.job_id)
+            except Exception as exc:
+                log.warning("reading the job failed, will retry", job_id=job.job_id, error=describe(exc))
+                return
+            if chain_job.delegate_spending_authority != job.delegate_top_up:
+                self.store.update_job(job.job_id, delegate_top_up=chain_job.delegate_spending_authority)
+
+    async def auto_top_up(self, job: JobRecord) -> None:
+        """Adds a slice from the customer's allowance when a delegated job's time runs low."""
+        if not job.delegate_top_up or self.store.open_actions("top_up_job_delegate", job.job_id):
+            return
+        chain_job: Job = await self.contracts.get_job(job.job_id)
+        if not chain_job.delegate_spending_authority:
+            self.store.update_job(job.job_id, delegate_top_up=False)
+            return
+        if chain_job.status != JobStatus.RUNNING:
+            return
+        if self._prices is None:
+            self._prices = await self.contracts.provider_prices(self.provider)
+        per_minute = credits_per_minute(chain_job.definition, self._prices)
+        now = await self.contracts.latest_timestamp()
+        left = remaining_minutes(
+            max_cost=chain_job.max_cost, credits_per_minute=per_minute, elapsed_seconds=now - chain_job.start
+        )
+        slice_minutes = await self.contracts.top_up_slice_minutes()
+        if not needs_delegated_top_up(remaining_minutes=left, slice_minutes=slice_minutes):
+            return
+        call: TxCall = self.contracts.top_up_job_delegate(job.job_id, 0)
+        call = dataclasses.replace(call, dedup_key=f"topup:{job.job_id}:{chain_job.max_cost}:{now // 60}")
+        self.sender.submit_call(call)
+        log.info("delegated top-up requested", remaining_minutes=left, slice_minutes=slice_minutes)

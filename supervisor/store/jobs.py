@@ -1,0 +1,243 @@
+"""The jobs this provider has claimed, as the daemon tracks them, and the Slurm jobs left behind.
+
+A row per job holds its chain status (moved by the follower's events) and what the daemon keeps of
+its own (Slurm job id, last status reported, cancellation, top-ups, whether it is closed). A job
+claimed again is a new attempt: `record_claim` replaces the row, and notes the previous attempt's
+Slurm job in `orphan_slurm_job` so that it gets cancelled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from grid_protocol.jobs import JobStatus
+from supervisor.store.base import StoreBase
+from supervisor.store.schema import SQLITE_MAX_INT
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    job_id: str
+    status: JobStatus
+    customer: str | None
+    slurm_job_id: int | None
+    last_reported_status: JobStatus | None
+    max_duration_minute: int | None
+    definition: dict[str, Any] | None
+    claimed_block: int | None
+    created_at: float
+    updated_at: float
+    claimed_at: float | None = None
+    lookup_since: float | None = None
+    ours: bool = True
+    cancel_requested: bool = False
+    extra_minutes: int = 0
+    delegate_top_up: bool = False
+    top_up_slices: int = 0
+    closed: bool = False
+    note: str | None = None
+
+
+class JobStore(StoreBase):
+    def record_claim(
+        self,
+        job_id: str,
+        *,
+        customer: str,
+        max_duration_minute: int,
+        definition: dict[str, Any],
+        claimed_block: int,
+        lookup_margin_s: float = 2.0,
+    ) -> bool:
+        """Record this provider's claim of a job; True when it starts a new attempt.
+
+        A job handed back (refused, timed out) and claimed again is a new attempt: what belonged to
+        the previous one (its Slurm job, its reports, cancellation and top-ups) is cleared, so nothing
+        of it is taken for the new one. The same claim recorded twice changes nothing.
+
+        `lookup_since` bounds the Slurm jobs that can belong to the attempt. Slurm keeps submission
+        times to the second, so a first attempt looks `lookup_margin_s` before its claim; an attempt
+        after one that had a Slurm job starts at the next whole second, and is submitted no earlier,
+        so the earlier attempt's Slurm job of the same name is never taken for it.
+        """
+        now = time.time()
+        # The previous attempt is read in the transaction that replaces it: the decision and the
+        # writes (orphaned Slurm job, fresh row) are one change, seen whole or not at all.
+        with self.transaction() as conn:
+            existing = self.get_job(job_id)
+            if existing is not None and existing.claimed_block == claimed_block:
+                return False
+            had_slurm_job = existing is not None and existing.slurm_job_id is not None
+            lookup_since = float(math.floor(now) + 1) if had_slurm_job else now - lookup_margin_s
+            if existing is not None and existing.slurm_job_id is not None:
+                # The previous attempt's Slurm job may still be queued or running: have it cancelled.
+                conn.execute(
+                    "INSERT OR IGNORE INTO orphan_slurm_job (slurm_job_id, job_id, noted_at) VALUES (?, ?, ?)",
+                    (existing.slurm_job_id, job_id, now),
+                )
+            conn.execute("DELETE FROM job WHERE job_id = ?", (job_id,))
+            conn.execute(
+                "INSERT INTO job (job_id, status, customer, max_duration_minute, definition_json, "
+                "claimed_block, created_at, updated_at, claimed_at, lookup_since) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    int(JobStatus.SCHEDULED),
+                    customer,
+                    min(max_duration_minute, SQLITE_MAX_INT),
+                    json.dumps(definition, sort_keys=True),
+                    claimed_block,
+                    existing.created_at if existing is not None else now,
+                    now,
+                    now,
+                    lookup_since,
+                ),
+            )
+        return True
+
+    def orphan_slurm_jobs(self) -> list[tuple[int, str]]:
+        """(Slurm job id, job id) of Slurm jobs left by an earlier attempt of a re-claimed job."""
+        rows = self._conn.execute(
+            "SELECT slurm_job_id, job_id FROM orphan_slurm_job ORDER BY noted_at"
+        ).fetchall()
+        return [(int(r["slurm_job_id"]), str(r["job_id"])) for r in rows]
+
+    def forget_orphan(self, slurm_job_id: int) -> None:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM orphan_slurm_job WHERE slurm_job_id = ?", (slurm_job_id,))
+
+    def upsert_job(
+        self,
+        job_id: str,
+        status: JobStatus,
+        *,
+        customer: str | None = None,
+        max_duration_minute: int | None = None,
+        definition: dict[str, Any] | None = None,
+        claimed_block: int | None = None,
+    ) -> None:
+        """Create the job or update its chain status (other fields only when given)."""
+        now = time.time()
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO job (job_id, status, customer, max_duration_minute, definition_json, "
+                "claimed_block, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (job_id) DO UPDATE SET status = excluded.status, "
+                "customer = COALESCE(excluded.customer, job.customer), "
+                "max_duration_minute = COALESCE(excluded.max_duration_minute, job.max_duration_minute), "
+                "definition_json = COALESCE(excluded.definition_json, job.definition_json), "
+                "claimed_block = COALESCE(excluded.claimed_block, job.claimed_block), "
+                "updated_at = excluded.updated_at",
+                (
+                    job_id,
+                    int(status),
+                    customer,
+                    None if max_duration_minute is None else min(max_duration_minute, SQLITE_MAX_INT),
+                    None if definition is None else json.dumps(definition, sort_keys=True),
+                    claimed_block,
+                    now,
+                    now,
+                ),
+            )
+
+    def set_job_slurm_id(self, job_id: str, slurm_job_id: int) -> None:
+        self._update_job(job_id, "slurm_job_id", slurm_job_id)
+
+    def set_job_reported_status(self, job_id: str, status: JobStatus) -> None:
+        self._update_job(job_id, "last_reported_status", int(status))
+
+    _JOB_COLUMNS = frozenset(
+        {
+            "status",
+            "slurm_job_id",
+            "last_reported_status",
+            "ours",
+            "cancel_requested",
+            "delegate_top_up",
+            "top_up_slices",
+            "closed",
+            "note",
+        }
+    )
+
+    def update_job(self, job_id: str, **fields: int | str | bool | None) -> None:
+        """Set some of a job's daemon fields (see `_JOB_COLUMNS`); KeyError for an unknown job."""
+        unknown = set(fields) - self._JOB_COLUMNS
+        if unknown:
+            raise ValueError(f"not job fields: {sorted(unknown)}")
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        values = [int(v) if isinstance(v, bool) else v for v in fields.values()]
+        with self.transaction() as conn:
+            cur = conn.execute(
+                f"UPDATE job SET {assignments}, updated_at = ? WHERE job_id = ?",
+                (*values, time.time(), job_id),
+            )
+            if cur.rowcount == 0:
+                raise KeyError(f"unknown job {job_id}")
+
+    def add_extra_minutes(self, job_id: str, minutes: int) -> None:
+        """Minutes bought by a top-up (negative to undo one); the Slurm time limit follows the total."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE job SET extra_minutes = extra_minutes + ?, updated_at = ? WHERE job_id = ?",
+                (minutes, time.time(), job_id),
+            )
+
+    def open_jobs(self) -> list[JobRecord]:
+        """Jobs the daemon still acts on (not closed), oldest first."""
+        rows = self._conn.execute("SELECT * FROM job WHERE closed = 0 ORDER BY created_at, job_id").fetchall()
+        return [_job_from_row(r) for r in rows]
+
+    def _update_job(self, job_id: str, column: str, value: int) -> None:
+        self.update_job(job_id, **{column: value})
+
+    def delete_job(self, job_id: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM job WHERE job_id = ?", (job_id,))
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        row = self._conn.execute("SELECT * FROM job WHERE job_id = ?", (job_id,)).fetchone()
+        return None if row is None else _job_from_row(row)
+
+    def list_jobs(self, statuses: Sequence[JobStatus] | None = None) -> list[JobRecord]:
+        if statuses is None:
+            rows = self._conn.execute("SELECT * FROM job ORDER BY created_at, job_id").fetchall()
+        else:
+            marks = ",".join("?" for _ in statuses)
+            rows = self._conn.execute(
+                f"SELECT * FROM job WHERE status IN ({marks}) ORDER BY created_at, job_id",
+                [int(s) for s in statuses],
+            ).fetchall()
+        return [_job_from_row(r) for r in rows]
+
+
+def _job_from_row(row: sqlite3.Row) -> JobRecord:
+    return JobRecord(
+        job_id=str(row["job_id"]),
+        status=JobStatus(int(row["status"])),
+        customer=row["customer"],
+        slurm_job_id=row["slurm_job_id"],
+        last_reported_status=None
+        if row["last_reported_status"] is None
+        else JobStatus(int(row["last_reported_status"])),
+        max_duration_minute=row["max_duration_minute"],
+        definition=None if row["definition_json"] is None else json.loads(row["definition_json"]),
+        claimed_block=row["claimed_block"],
+        created_at=float(row["created_at"]),
+        updated_at=float(row["updated_at"]),
+        claimed_at=None if row["claimed_at"] is None else float(row["claimed_at"]),
+        lookup_since=None if row["lookup_since"] is None else float(row["lookup_since"]),
+        ours=bool(row["ours"]),
+        cancel_requested=bool(row["cancel_requested"]),
+        extra_minutes=int(row["extra_minutes"]),
+        delegate_top_up=bool(row["delegate_top_up"]),
+        top_up_slices=int(row["top_up_slices"]),
+        closed=bool(row["closed"]),
+        note=row["note"],
+    )
