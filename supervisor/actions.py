@@ -256,8 +256,14 @@ class JobActions:
         early = lookup_since(job) - time.time()
         if early > 0:  # a re-claim: its Slurm job must be submitted after the bound of its look-ups
             await self.pause(early)
+        # The intent is committed (fsync) before sbatch: an attempt without one never reached sbatch,
+        # so Slurm need not be asked whether it has the job; one with it (a crash, an sbatch that
+        # timed out) is looked up first.
+        look_up = job.submit_intent_at is not None
+        if not look_up:
+            self.store.update_job(job.job_id, submit_intent_at=time.time())
         try:
-            slurm_id = await self.slurm.submit(submission, since=since([job]))
+            slurm_id = await self.slurm.submit(submission, since=since([job]), look_up=look_up)
         except JobAlreadySubmitted as exc:
             slurm_id = exc.slurm_job_id
             log.info("job already in Slurm, not submitted again", slurm_job_id=slurm_id)

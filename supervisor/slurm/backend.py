@@ -46,10 +46,13 @@ class QueryResult:
 class SlurmBackend(Protocol):
     """What the daemon asks of Slurm. Every method may raise SlurmError (never anything else)."""
 
-    async def submit(self, submission: JobSubmission, *, since: datetime | None = None) -> int:
+    async def submit(
+        self, submission: JobSubmission, *, since: datetime | None = None, look_up: bool = True
+    ) -> int:
         """Submit once: JobAlreadySubmitted if Slurm has (or had, since `since`) a job with this name.
 
-        Returns the Slurm job id.
+        `look_up=False` skips that check, for a caller that knows no earlier sbatch of this job was
+        begun (the daemon's durable submit intent). Returns the Slurm job id.
         """
         ...
 
@@ -159,13 +162,15 @@ class CommandSlurmBackend:
             raise UnixUserMissing(user)
         self._known_users.add(user)
 
-    async def submit(self, submission: JobSubmission, *, since: datetime | None = None) -> int:
-        """Look the name up, then sbatch. Each failure says its cause: JobRefused (SubmissionRefused,
+    async def submit(
+        self, submission: JobSubmission, *, since: datetime | None = None, look_up: bool = True
+    ) -> int:
+        """Look the name up (with `look_up`), then sbatch. Each failure says its cause: JobRefused (SubmissionRefused,
         UnixUserMissing, InvalidSubmission) only when the job itself is refused; a failed look-up is
         SlurmUnavailable; an sbatch that hung or failed for an unknown cause is not a refusal."""
         script = commands.guard_script(submission.script)
         try:
-            existing = await self._existing_job_id(submission.name, since)
+            existing = await self._existing_job_id(submission.name, since) if look_up else None
         except SlurmUnavailable:
             raise
         except SlurmError as exc:

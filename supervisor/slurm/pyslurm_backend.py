@@ -138,10 +138,14 @@ class PyslurmBackend:
         except Exception as exc:
             raise pyslurm_failure(exc, submitting=submitting) from exc
 
-    async def submit(self, submission: JobSubmission, *, since: datetime | None = None) -> int:
+    async def submit(
+        self, submission: JobSubmission, *, since: datetime | None = None, look_up: bool = True
+    ) -> int:
         script = guard_script(submission.script)
         try:
-            existing = (await self.query([submission.name], since=since)).get(submission.name)
+            existing = (
+                (await self.query([submission.name], since=since)).get(submission.name) if look_up else None
+            )
         except SlurmUnavailable:
             raise
         except SlurmError as exc:

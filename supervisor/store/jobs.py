@@ -35,6 +35,8 @@ class JobRecord:
     updated_at: float
     claimed_at: float | None = None
     lookup_since: float | None = None
+    #: Set, durably, just before this attempt's sbatch; None: no sbatch of this attempt was begun.
+    submit_intent_at: float | None = None
     ours: bool = True
     cancel_requested: bool = False
     extra_minutes: int = 0
@@ -163,10 +165,11 @@ class JobStore(StoreBase):
             "top_up_slices",
             "closed",
             "note",
+            "submit_intent_at",
         }
     )
 
-    def update_job(self, job_id: str, **fields: int | str | bool | None) -> None:
+    def update_job(self, job_id: str, **fields: float | str | bool | None) -> None:
         """Set some of a job's daemon fields (see `_JOB_COLUMNS`); KeyError for an unknown job."""
         unknown = set(fields) - self._JOB_COLUMNS
         if unknown:
@@ -233,6 +236,7 @@ def _job_from_row(row: sqlite3.Row) -> JobRecord:
         updated_at=float(row["updated_at"]),
         claimed_at=None if row["claimed_at"] is None else float(row["claimed_at"]),
         lookup_since=None if row["lookup_since"] is None else float(row["lookup_since"]),
+        submit_intent_at=None if row["submit_intent_at"] is None else float(row["submit_intent_at"]),
         ours=bool(row["ours"]),
         cancel_requested=bool(row["cancel_requested"]),
         extra_minutes=int(row["extra_minutes"]),

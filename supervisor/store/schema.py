@@ -188,6 +188,11 @@ MIGRATIONS: tuple[str, ...] = (
         noted_at     REAL NOT NULL
     );
     """,
+    # 4: when a submission to Slurm was begun: only a job whose submission may have reached sbatch
+    # needs its name looked up in Slurm before it is submitted (again).
+    """
+    ALTER TABLE job ADD COLUMN submit_intent_at REAL;
+    """,
 )
 
 #: SQLite's INTEGER is 64-bit signed; on-chain uint64 durations (a free job's is 2^64-1) are capped.

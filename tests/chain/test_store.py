@@ -80,6 +80,28 @@ def test_a_re_claim_replaces_the_attempt_and_notes_its_slurm_job_together(tmp_pa
     store.close()
 
 
+def test_the_submit_intent_belongs_to_one_attempt(tmp_path: Path) -> None:
+    """Set before sbatch, it survives a reopen (a crash) and a repeated claim event, and a new
+    attempt (a re-claim) starts without one."""
+    store = Store.open(tmp_path / "state.db")
+
+    def claim(block: int) -> bool:
+        return store.record_claim(
+            "0x01", customer="0xc", max_duration_minute=5, definition={}, claimed_block=block
+        )
+
+    assert claim(1)
+    assert store.get_job("0x01").submit_intent_at is None  # type: ignore[union-attr]
+    store.update_job("0x01", submit_intent_at=1234.5)
+    store.close()
+    store = Store.open(tmp_path / "state.db")
+    assert not claim(1)
+    assert store.get_job("0x01").submit_intent_at == 1234.5  # type: ignore[union-attr]
+    assert claim(2)
+    assert store.get_job("0x01").submit_intent_at is None  # type: ignore[union-attr]
+    store.close()
+
+
 def test_cursor_and_checkpoints(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "state.db")
     assert store.get_cursor("main") is None

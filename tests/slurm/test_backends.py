@@ -127,6 +127,27 @@ async def test_job_found_by_name_and_second_submit_detected_before_it_happens(
         await backend.cancel(slurm_id)
 
 
+async def test_a_first_submission_without_look_up_runs_sbatch_alone(
+    backend: CommandSlurmBackend, slurm_cluster: SlurmCluster, job_dir: Callable[[str], Path]
+) -> None:
+    """The daemon's durable submit intent says no earlier sbatch of the attempt was begun: then the
+    name is not looked up (squeue, sacct), and only sbatch runs."""
+    folder = job_dir(slurm_cluster.service_user)
+    name = new_job_name()
+    job = submission(name, slurm_cluster.service_user, folder, "#!/bin/bash\nsleep 60\n")
+    runner = counting(backend)
+    runner.reset()
+    slurm_id = await backend.submit(job, look_up=False)
+    try:
+        assert (runner.count("squeue"), runner.count("sacct"), runner.count("sbatch")) == (0, 0, 1)
+        found = (await backend.query([name])).get(name)
+        assert found is not None and found.slurm_job_id == slurm_id
+        with pytest.raises(JobAlreadySubmitted):
+            await backend.submit(job)  # with the look-up (the intent was there): found, not sent again
+    finally:
+        await backend.cancel(slurm_id)
+
+
 async def test_completed_failed_and_cancelled_map_to_chain_statuses_also_from_accounting(
     backend: CommandSlurmBackend, slurm_cluster: SlurmCluster, job_dir: Callable[[str], Path]
 ) -> None:
