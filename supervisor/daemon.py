@@ -109,6 +109,7 @@ class Daemon:
         self._wake = asyncio.Event()
         self._claim_wake = asyncio.Event()
         self._claim_lock = asyncio.Lock()
+        self._claimer_running = False
         self._last_query: QueryResult | None = None
         self._claiming = True
         self._store: Store | None = None
@@ -415,7 +416,8 @@ class Daemon:
         chain = await self._chain_views(jobs)
         if chain is None:
             return
-        await self._claim_round(jobs, query)
+        if not self._claimer_running:  # driven step by step (no lanes): the cycle claims itself
+            await self._claim_round(jobs, query)
         actions = self._actions
         assert actions is not None
         if query is not None:
@@ -579,6 +581,7 @@ class Daemon:
         """The claimer lane: woken by meta-scheduling hints, or every period; one cheap queue check
         (`hasNextClaimableJob`) before anything else, so hints for other providers cost little."""
         period = self.config.policy.slurm_poll_seconds
+        self._claimer_running = True
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._claim_wake.wait(), period)
@@ -605,12 +608,7 @@ class Daemon:
         held = sum(
             1
             for job in jobs
-            if is_held(
-                ours=job.ours,
-                status=job.status,
-                submitted=job.slurm_job_id is not None,
-                presence=self._presence(job, query),
-            )
+            if is_held(ours=job.ours, status=job.status, presence=self._presence(job, query))
         )
         # Claims queued or sent, and claims mined whose ClaimJobEvent the follower has not read yet:
         # neither is held yet, and both take room.

@@ -154,10 +154,13 @@ def decide(situation: JobSituation) -> list[Action]:
     return _end_report(situation)
 
 
-def is_held(*, ours: bool, status: JobStatus, submitted: bool, presence: SlurmPresence) -> bool:
-    """A job claimed and not yet running: SCHEDULED and ours, not in Slurm yet or still queued there.
-    Held jobs count against `max_queued_jobs`."""
-    return ours and status == JobStatus.SCHEDULED and (not submitted or presence == SlurmPresence.WAITING)
+def is_held(*, ours: bool, status: JobStatus, presence: SlurmPresence) -> bool:
+    """A job claimed and not yet running: SCHEDULED and ours, and Slurm has not been seen running or
+    ending it. Held jobs count against `max_queued_jobs`; a job whose Slurm state is unknown or older
+    than its submission counts, so that a look-up that is not fresh never lets the claimer take more."""
+    return (
+        ours and status == JobStatus.SCHEDULED and presence not in (SlurmPresence.ACTIVE, SlurmPresence.FINAL)
+    )
 
 
 def claims_to_send(*, held: int, in_flight: int, limit: int) -> int:

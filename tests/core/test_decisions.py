@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -27,6 +28,7 @@ from supervisor.core.decisions import (
     Submit,
     claims_to_send,
     decide,
+    is_held,
     needs_delegated_top_up,
     wanted_time_limit,
 )
@@ -481,6 +483,27 @@ def test_claims_keep_held_jobs_within_the_limit(held: int, in_flight: int, limit
         assert sent == 0
     else:
         assert held + in_flight + sent == limit
+
+
+@pytest.mark.parametrize("presence", list(SlurmPresence))
+@pytest.mark.parametrize("status", list(S))
+@pytest.mark.parametrize("ours", [True, False])
+def test_held_jobs_are_ours_scheduled_and_not_seen_running(
+    ours: bool, status: JobStatus, presence: SlurmPresence
+) -> None:
+    """Queued in Slurm, not submitted yet, or of a state a stale or failed look-up cannot tell: held;
+    once Slurm runs or ended it, the job no longer waits for room."""
+    expected = (
+        ours
+        and status == S.SCHEDULED
+        and presence
+        in (
+            SlurmPresence.WAITING,
+            SlurmPresence.ABSENT,
+            SlurmPresence.UNKNOWN,
+        )
+    )
+    assert is_held(ours=ours, status=status, presence=presence) == expected
 
 
 def test_claims_examples() -> None:
