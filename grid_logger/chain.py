@@ -80,12 +80,14 @@ class JobCache:
         self._jobs: OrderedDict[bytes, tuple[float, Job]] = OrderedDict()
         self._pending: dict[bytes, asyncio.Future[Job]] = {}
 
-    async def get(self, job_id: bytes) -> Job:
+    async def get(self, job_id: bytes, *, max_age: float | None = None) -> Job:
+        """The job as read at most `ttl_seconds` ago (or `max_age`, when shorter)."""
+        ttl = self._ttl if max_age is None else min(self._ttl, max_age)
         cached = self._jobs.get(job_id)
-        if cached is not None and self._clock() - cached[0] < self._ttl:
+        if cached is not None and self._clock() - cached[0] < ttl:
             return cached[1]
         pending = self._pending.get(job_id)
-        if pending is not None:
+        if pending is not None and max_age is None:
             return await asyncio.shield(pending)
         future: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
         self._pending[job_id] = future

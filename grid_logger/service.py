@@ -59,6 +59,9 @@ READ_BATCH_BYTES = 128 * 1024
 IDLE_LOGS = 256
 #: Write tokens whose signer is remembered (a writer opens one stream per batch).
 WRITE_AUTH_ENTRIES = 10_000
+#: A write token that does not match the job as cached is checked against the chain again, at most
+#: this often per job (a job read by its reader before its claim has no provider yet).
+FRESH_READ_S = 0.5
 FSYNC_INTERVAL_SECONDS = 1.0
 TRUNCATED_NOTICE = b"grid-logger: this log reached its size limit; later lines were not kept"
 
@@ -258,9 +261,9 @@ class ReadGate:
         return self.signer(request.address, text, request.timestamp, request.signed_hash)
 
 
-async def job_or_refusal(jobs: JobCache, job_id: bytes) -> Job:
+async def job_or_refusal(jobs: JobCache, job_id: bytes, *, max_age: float | None = None) -> Job:
     try:
-        return await jobs.get(job_id)
+        return await jobs.get(job_id, max_age=max_age)
     except JobNotFound:
         raise Refusal(grpc.StatusCode.NOT_FOUND, f"no job 0x{job_id.hex()} on chain") from None
     except ChainUnavailable as error:
@@ -283,6 +286,19 @@ class WriteGate:
         self._grace = grace_seconds
         self._clock = clock
         self._signers: OrderedDict[tuple[str, str, str], str] = OrderedDict()
+        self._read_again_at: OrderedDict[str, float] = OrderedDict()
+
+    def _may_read_again(self, name: str) -> bool:
+        """Whether a mismatching token may make the job be read from the chain again now (bounded:
+        bad tokens cannot turn into a read per stream)."""
+        now = self._clock()
+        if now - self._read_again_at.get(name, float("-inf")) < FRESH_READ_S:
+            return False
+        self._read_again_at[name] = now
+        self._read_again_at.move_to_end(name)
+        while len(self._read_again_at) > WRITE_AUTH_ENTRIES:
+            self._read_again_at.popitem(last=False)
+        return True
 
     async def authorize(self, token: str, name: str, user: str) -> None:
         """Checked for every Write stream; only the signature recovery is remembered, the job is
@@ -297,6 +313,10 @@ class WriteGate:
                 signing.recover(signing.write_token_text(self._meta_scheduler, name, user), signature) or ""
             )
         job = await job_or_refusal(self._jobs, bytes.fromhex(name[2:]))
+        if signer != job.provider.lower() and self._may_read_again(name):
+            # The job may have been read before its claim (a reader that came first): read it again,
+            # at most every FRESH_READ_S per job, before refusing.
+            job = await job_or_refusal(self._jobs, bytes.fromhex(name[2:]), max_age=0.0)
         if signer != job.provider.lower():
             raise Refusal(
                 grpc.StatusCode.UNAUTHENTICATED,

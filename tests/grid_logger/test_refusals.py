@@ -13,7 +13,7 @@ import pytest
 from grid_logger import signing
 from grid_logger.reader import read_request
 from grid_protocol.proto import log_pb2, log_pb2_grpc
-from tests.fixtures.contracts import Grid, anvil_account
+from tests.fixtures.contracts import CREDIT, Grid, anvil_account
 from tests.grid_logger.helpers import (
     BIN,
     Job,
@@ -275,3 +275,33 @@ def test_the_writer_refuses_to_start_without_its_settings(tmp_path: Path) -> Non
     )
     assert result.returncode == 2
     assert "GRID_LOGGER_URL is not set" in result.stderr
+
+
+def test_a_token_is_checked_against_the_chain_again_when_the_job_was_read_before_its_claim(
+    grid: Grid, tmp_path: Path
+) -> None:
+    """The customer's reader often comes first, while the job is still pending (no provider yet);
+    the job runs within the service's job cache: its writer's token must still be taken."""
+    service = LoggerProcess(
+        tmp_path / "logger",
+        grid.anvil.http_url,
+        grid.deployment.meta_scheduler,
+        extra_env={"GRID_LOGGER_JOB_CACHE_SECONDS": "60"},
+    ).start()
+    try:
+        provider, customer = grid.providers[0], grid.customers[2]
+        if not grid.provider_manager.functions.isValidForScheduling(provider.address).call():
+            grid.register_provider(provider)
+        job = Job(grid, grid.request_job(customer, 200 * CREDIT), customer, provider)
+        with grpc.insecure_channel(service.target) as channel:
+            api = log_pb2_grpc.LoggerAPIStub(channel)  # type: ignore[no-untyped-call]
+            early = read_request(customer.address, job.name, job.sign)
+            assert read_status(api, early)[0] == grpc.StatusCode.OK  # cached: pending, no provider
+            grid.schedule(job.job_id, provider)
+            grid.claim(provider)
+            user = customer.address.lower()
+            assert write_status(api, job.token(), job.name, user) == (grpc.StatusCode.OK, "")
+            other = job.token(grid.providers[1])
+            assert write_status(api, other, job.name, user)[0] == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        service.stop()
