@@ -109,7 +109,6 @@ class Daemon:
         self._wake = asyncio.Event()
         self._claim_wake = asyncio.Event()
         self._claim_lock = asyncio.Lock()
-        self._claimer_running = False
         self._last_query: QueryResult | None = None
         self._claiming = True
         self._store: Store | None = None
@@ -416,8 +415,9 @@ class Daemon:
         chain = await self._chain_views(jobs)
         if chain is None:
             return
-        if not self._claimer_running:  # driven step by step (no lanes): the cycle claims itself
-            await self._claim_round(jobs, query)
+        # The claimer lane answers hints at once; the cycle claims too (one cheap look when there is
+        # nothing to take), which also keeps the watchdog honest: a chain that hangs holds the cycle.
+        await self._claim_round(jobs, query)
         actions = self._actions
         assert actions is not None
         if query is not None:
@@ -578,13 +578,11 @@ class Daemon:
     # -- claiming -----------------------------------------------------------------------------
 
     async def _claim_loop(self) -> None:
-        """The claimer lane: woken by meta-scheduling hints, or every period; one cheap queue check
-        (`hasNextClaimableJob`) before anything else, so hints for other providers cost little."""
-        period = self.config.policy.slurm_poll_seconds
-        self._claimer_running = True
+        """The claimer lane: woken by meta-scheduling hints (the work cycle claims on its period as
+        well); one cheap queue check (`hasNextClaimableJob`) before anything else, so hints for other
+        providers cost little."""
         while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._claim_wake.wait(), period)
+            await self._claim_wake.wait()
             self._claim_wake.clear()
             if self._last_query is not None:  # Slurm answered at the last look: it can take jobs
                 await self._claim_round(self.store.open_jobs(), self._last_query)
