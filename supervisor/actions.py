@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -104,8 +103,6 @@ class JobActions:
     signer: Signer
     partition: Partition
     health: Health
-    #: Waits for `seconds` unless the daemon stops first.
-    pause: Callable[[float], Awaitable[None]] = asyncio.sleep
     _prices: ProviderPrices | None = None
 
     @property
@@ -255,7 +252,7 @@ class JobActions:
             return
         early = lookup_since(job) - time.time()
         if early > 0:  # a re-claim: its Slurm job must be submitted after the bound of its look-ups
-            await self.pause(early)
+            await asyncio.sleep(early)
         # The intent is committed (fsync) before sbatch: an attempt without one never reached sbatch,
         # so Slurm need not be asked whether it has the job; one with it (a crash, an sbatch that
         # timed out) is looked up first.

@@ -330,10 +330,6 @@ class Daemon:
         self._settle_until = time.monotonic() + SETTLE_WINDOW_S
         self._wake.set()
 
-    @property
-    def wakeups(self) -> WakeupListener | None:
-        return self._wakeups
-
     def _on_claim_hint(self) -> None:
         """A job was meta-scheduled somewhere: the claimer looks at this provider's queue now."""
         self._claim_wake.set()
