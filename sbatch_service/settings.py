@@ -66,8 +66,8 @@ class Settings(BaseSettings):
     # the bound) and each client address gets a token bucket of `challenge_burst` requests, refilled
     # at `challenge_rate_per_second`.
     challenge_max_outstanding: int = Field(default=10_000, ge=1)
-    challenge_rate_per_second: float = Field(default=10.0, gt=0)
-    challenge_burst: int = Field(default=50, ge=1)
+    challenge_rate_per_second: float = Field(default=200.0, gt=0)
+    challenge_burst: int = Field(default=1000, ge=1)
     challenge_rate_max_peers: int = Field(default=10_000, ge=1)
     # gRPC over TLS with this certificate and key (PEM); with a client CA, mutual TLS: supervisors
     # must present a certificate from it.

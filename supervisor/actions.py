@@ -104,6 +104,8 @@ class JobActions:
     partition: Partition
     health: Health
     _prices: ProviderPrices | None = None
+    #: Jobs whose delegated spending was read since the daemon started (each once, then periodically).
+    _delegation_read: set[str] = field(default_factory=set)
 
     @property
     def provider(self) -> str:
@@ -198,12 +200,10 @@ class JobActions:
         if reason is not None:
             self.refuse(job, reason)
             return
-        chain_job = await self.contracts.get_job(job.job_id)
-        if chain_job.delegate_spending_authority != job.delegate_top_up:
-            self.store.update_job(job.job_id, delegate_top_up=chain_job.delegate_spending_authority)
-        key = chain_job.definition.batch_location_hash
+        # The claim event carried the definition and the customer: no read of the job on chain here.
+        key = str(definition.get("batchLocationHash", ""))
         try:
-            fetched = await self.sbatch.fetch(job.job_id, chain_job.customer, key)
+            fetched = await self.sbatch.fetch(job.job_id, customer, key)
         except ScriptRefused as exc:
             self.fail(job, f"batch script unusable: {exc}")
             return
@@ -226,7 +226,7 @@ class JobActions:
             user = self.config.slurm.users.user_for(customer)
             log_environment = job_log_environment(
                 job.job_id,
-                chain_job.customer,
+                customer,
                 fetched.grid_logger_url,
                 self.config.logger,
                 self.signer,
@@ -326,16 +326,25 @@ class JobActions:
 
     # -- delegated top-ups --------------------------------------------------------------------
 
-    async def refresh_delegation(self, jobs: list[JobRecord]) -> None:
-        """Customers may grant or withdraw delegated spending at any time: re-read it now and then."""
+    async def refresh_delegation(self, jobs: list[JobRecord], *, unread_only: bool = False) -> None:
+        """Customers may grant or withdraw delegated spending at any time: re-read it now and then
+        (`unread_only`: only the running jobs not read yet, as soon as they run). Nothing reads it when
+        the policy makes no automatic top-ups: only those use it."""
+        if not self.config.policy.auto_top_up:
+            return
+        if not unread_only:
+            self._delegation_read.intersection_update(job.job_id for job in jobs)
         for job in jobs:
             if job.status != JobStatus.RUNNING or not job.ours:
+                continue
+            if unread_only and job.job_id in self._delegation_read:
                 continue
             try:
                 chain_job = await self.contracts.get_job(job.job_id)
             except Exception as exc:
                 log.warning("reading the job failed, will retry", job_id=job.job_id, error=describe(exc))
                 return
+            self._delegation_read.add(job.job_id)
             if chain_job.delegate_spending_authority != job.delegate_top_up:
                 self.store.update_job(job.job_id, delegate_top_up=chain_job.delegate_spending_authority)
 

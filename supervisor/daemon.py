@@ -41,6 +41,7 @@ from supervisor.core.decisions import (
     SlurmPresence,
     SlurmView,
     Submit,
+    claimable_now,
     claims_to_send,
     decide,
     is_held,
@@ -59,6 +60,7 @@ from supervisor.slurm.job_folders import CleanupPlan, KnownJob, is_job_id
 from supervisor.slurm.models import ObservedJob
 from supervisor.slurm.wakeups import WakeupListener, listen
 from supervisor.store import JobRecord, Store
+from supervisor.submitter import Submitter
 
 log = structlog.get_logger("supervisor")
 T = TypeVar("T")
@@ -110,6 +112,7 @@ class Daemon:
         self._claim_wake = asyncio.Event()
         self._claim_lock = asyncio.Lock()
         self._last_query: QueryResult | None = None
+        self._query_asked_at = 0.0  # time.monotonic() when Slurm was asked for `_last_query`
         self._claiming = True
         self._store: Store | None = None
         self._signer: Signer | None = None
@@ -120,6 +123,7 @@ class Daemon:
         self._sbatch: SbatchClient | None = None
         self._partition: Partition | None = None
         self._actions: JobActions | None = None
+        self._submitter: Submitter | None = None
         self._observed: dict[str, ObservedJob] = {}
         self._last_reconcile = 0.0
         self._last_prune = 0.0
@@ -166,6 +170,7 @@ class Daemon:
                 "follower": self._follower_loop,
                 "work": self._work_loop,
                 "claimer": self._claim_loop,
+                "submitter": self._submitter_loop,
                 "register": self._register_when_possible,
             }
             self._tasks = [
@@ -255,7 +260,7 @@ class Daemon:
             w3,
             self.store,
             contracts.follower_sources(self.provider, tracked=self._tracked),
-            JobEventHandler(self._on_claim_hint, self._wake.set),
+            JobEventHandler(self._on_claim_hint, self._wake.set, self._on_claimed),
             FollowerSettings(
                 start_block=cfg.chain.start_block,
                 confirmations=cfg.chain.confirmations,
@@ -282,6 +287,7 @@ class Daemon:
             self._partition,
             self.health,
         )
+        self._submitter = Submitter(self.store, self._actions, lambda: self._last_query is not None)
         return True
 
     async def shutdown(self) -> None:
@@ -333,6 +339,15 @@ class Daemon:
     def _on_claim_hint(self) -> None:
         """A job was meta-scheduled somewhere: the claimer looks at this provider's queue now."""
         self._claim_wake.set()
+
+    def _on_claimed(self, job_id: str) -> None:
+        """A claim was recorded: the submitter lane takes it now."""
+        if self._submitter is not None and self._claiming:
+            self._submitter.claimed(job_id)
+
+    async def _submitter_loop(self) -> None:
+        assert self._submitter is not None
+        await self._submitter.run()
 
     async def _follower_loop(self) -> None:
         assert self._follower is not None
@@ -434,6 +449,8 @@ class Daemon:
         if time.monotonic() - self._last_reconcile > self.config.policy.reconcile_interval_seconds:
             await actions.refresh_delegation(jobs)
             self._last_reconcile = time.monotonic()
+        else:
+            await actions.refresh_delegation(jobs, unread_only=True)
         if time.monotonic() - self._last_prune > PRUNE_INTERVAL_S:
             await self.remove_old_job_folders()  # before the store forgets which jobs ended
             self._prune()
@@ -472,6 +489,7 @@ class Daemon:
 
     async def _query_slurm(self, jobs: list[JobRecord]) -> QueryResult | None:
         assert self._slurm is not None
+        asked_at = time.monotonic()
         try:
             if jobs:
                 result = await self._query_in_groups(jobs)
@@ -493,7 +511,7 @@ class Daemon:
         self.health.slurm_ok = True
         self.health.problems.pop("slurm", None)
         self._observed = dict(result.jobs)
-        self._last_query = result
+        self._last_query, self._query_asked_at = result, asked_at
         if time.monotonic() < self._settle_until and any(
             seen.state in SETTLING_STATES for seen in result.jobs.values()
         ):
@@ -608,7 +626,8 @@ class Daemon:
         # neither is held yet, and both take room.
         stream = self._follower.settings.stream if self._follower is not None else "main"
         cursor = self.store.get_cursor(stream)
-        in_flight = self.store.open_actions(CLAIM_KIND) + self.store.mined_after(
+        unmined = self.store.open_actions(CLAIM_KIND)
+        in_flight = unmined + self.store.mined_after(
             CLAIM_KIND, cursor.block_number if cursor is not None else -1
         )
         wanted = claims_to_send(held=held, in_flight=in_flight, limit=self.config.policy.max_queued_jobs)
@@ -616,7 +635,8 @@ class Daemon:
             return
         if not await self._contracts.has_next_claimable_job(self.provider):
             return
-        wanted = await self._contracts.claimable_jobs(self.provider, wanted)
+        queued = await self._contracts.claimable_jobs(self.provider, wanted + unmined)
+        wanted = min(wanted, claimable_now(queued_on_chain=queued, claims_unmined=unmined))
         if wanted == 0:
             return
         for _ in range(wanted):
@@ -644,6 +664,10 @@ class Daemon:
         if query is None:
             return SlurmPresence.UNKNOWN
         seen = query.get(job.job_id)
+        if seen is None and not (
+            self._submitter is None or self._submitter.settled_before(job.job_id, self._query_asked_at)
+        ):
+            return SlurmPresence.UNKNOWN  # submitted while Slurm was being asked: not in its answer yet
         if seen is None:
             return SlurmPresence.ABSENT if query.not_found_is_certain else SlurmPresence.UNKNOWN
         if seen.state in WAITING_STATES:
@@ -689,7 +713,10 @@ class Daemon:
         seen = self._observed.get(job.job_id)
         for action in decide(situation):
             if isinstance(action, Submit):
-                await actions.submit(job)
+                assert self._submitter is not None
+                async with self._submitter.guard(job.job_id) as current:
+                    if current is not None:  # else the submitter lane has it, or has done it
+                        await actions.submit(current)
             elif isinstance(action, Report):
                 if action.status.is_cold:
                     crash_point("end_decided")

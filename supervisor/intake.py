@@ -28,14 +28,19 @@ class JobEventHandler:
 
     `on_claim_hint` is told of every job meta-scheduled on the grid (the claimer then checks this
     provider's queue), `on_job_changed` of every change to a job this provider holds (the work lane
-    then acts on it at once rather than at its next period).
+    then acts on it at once rather than at its next period), `on_claimed` of each claim recorded (the
+    submitter lane submits it).
     """
 
     def __init__(
-        self, on_claim_hint: Callable[[], None], on_job_changed: Callable[[], None] = lambda: None
+        self,
+        on_claim_hint: Callable[[], None],
+        on_job_changed: Callable[[], None] = lambda: None,
+        on_claimed: Callable[[str], None] = lambda job_id: None,
     ) -> None:
         self._on_claim_hint = on_claim_hint
         self._on_job_changed = on_job_changed
+        self._on_claimed = on_claimed
 
     def order_key(self, event: ChainEvent) -> str | None:
         """A job's events are handled in chain order (a parked claim holds back its top-ups)."""
@@ -64,6 +69,7 @@ class JobEventHandler:
                     claimed_block=event.block_number,
                     lookup_margin_s=SINCE_MARGIN_S,
                 ):
+                    self._on_claimed(job_id)
                     log.info(
                         "job claimed",
                         customer=args["customerAddr"],

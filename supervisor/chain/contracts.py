@@ -23,7 +23,7 @@ from grid_protocol.pricing import ProviderPrices
 from supervisor.chain.abi import LENIENT_CODEC, canonical_type, plain_value, signature_of
 from supervisor.chain.events import ChainEvent
 from supervisor.chain.follower import EventSource
-from supervisor.chain.rpc import read
+from supervisor.chain.rpc import batch_request, read, rpc_error_data, rpc_error_message
 
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 
@@ -284,18 +284,10 @@ class ProtocolContracts:
                 )
                 for j in chunk
             ]
-            answers = await read(lambda r=requests: self.w3.provider.make_batch_request(r))  # type: ignore[misc]
-            if not isinstance(answers, list) or len(answers) != len(chunk):
-                raise ValueError(f"the node answered a batch of {len(chunk)} calls with {answers!r:.200}")
-            ordered = (
-                sorted(answers, key=lambda a: int(a.get("id") or 0))
-                if all("id" in a for a in answers)
-                else answers
-            )
-            for job_id, answer in zip(chunk, ordered, strict=True):
+            answers = await batch_request(self.w3, requests)
+            for job_id, answer in zip(chunk, answers, strict=True):
                 if "error" in answer:
-                    error = answer["error"]
-                    views[job_id] = JobReadError(str(error.get("message", error)), error.get("data"))
+                    views[job_id] = JobReadError(rpc_error_message(answer), rpc_error_data(answer))
                     continue
                 raw = bytes.fromhex(str(answer["result"])[2:])
                 decoded = LENIENT_CODEC.decode(types, raw)

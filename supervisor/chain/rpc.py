@@ -109,3 +109,37 @@ async def check_chain_id(w3: AsyncWeb3[Any], expected: int | None) -> int:
             f"the RPC serves chain id {chain_id}, but chain id {expected} is configured"
         )
     return chain_id
+
+
+#: Calls per JSON-RPC batch request: well under what public nodes accept (often 100 to 1,000).
+BATCH_LIMIT = 100
+
+
+async def batch_request(w3: AsyncWeb3[Any], requests: list[tuple[str, list[Any]]]) -> list[dict[str, Any]]:
+    """Raw JSON-RPC calls sent as batches of BATCH_LIMIT, the answers in the order asked (each a dict
+    with `result` or `error`). The whole read is retried on a transient failure; an answer that does
+    not match the request (count or ids) is one, as a node's garbage is."""
+    answers: list[dict[str, Any]] = []
+    for start in range(0, len(requests), BATCH_LIMIT):
+        chunk = requests[start : start + BATCH_LIMIT]
+        got = await read(lambda c=chunk: w3.provider.make_batch_request(c))  # type: ignore[misc]
+        if not isinstance(got, list) or len(got) != len(chunk) or not all(isinstance(a, dict) for a in got):
+            raise BadResponseFormat(f"the node answered a batch of {len(chunk)} calls with {got!r:.200}")
+        if all("id" in a for a in got):
+            got = sorted(got, key=lambda a: int(a.get("id") or 0))
+        answers.extend(got)
+    return answers
+
+
+def rpc_error_message(answer: dict[str, Any]) -> str:
+    error = answer.get("error")
+    return str(error.get("message", error)) if isinstance(error, dict) else str(error)
+
+
+def rpc_error_data(answer: dict[str, Any]) -> str | None:
+    """The revert data of an error answer (`error.data`, or `error.data.data` as some nodes nest it)."""
+    error = answer.get("error")
+    data = error.get("data") if isinstance(error, dict) else None
+    if isinstance(data, dict):
+        data = data.get("data")
+    return data if isinstance(data, str) and data.startswith("0x") else None

@@ -25,11 +25,20 @@ import structlog
 from eth_typing import ChecksumAddress, HexStr
 from hexbytes import HexBytes
 from web3 import AsyncWeb3, Web3
-from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
+from web3.exceptions import BadResponseFormat, ContractLogicError, TransactionNotFound, Web3RPCError
 
 from supervisor.chain.errors import DecodedRevert, ErrorDecoder, revert_data_of
 from supervisor.chain.keys import Signer
-from supervisor.chain.rpc import check_chain_id, describe, is_transient, read
+from supervisor.chain.rpc import (
+    batch_request,
+    check_chain_id,
+    describe,
+    is_transient,
+    read,
+    rpc_error_data,
+    rpc_error_message,
+)
+from supervisor.redaction import redact_text
 from supervisor.retry import Backoff, Failure, KeepAlive
 from supervisor.store import OutboxAction, OutboxState, Store, TxAttempt
 
@@ -120,10 +129,6 @@ FEE_REFUSALS = (
     "fee cap less than",
     "max fee per gas less than",
 )
-
-
-def _rpc_message(exc: BaseException) -> str:
-    return str(getattr(exc, "message", None) or exc).lower()
 
 
 class TransactionSender:
@@ -319,7 +324,7 @@ class TransactionSender:
         if self._resync_nonce or self._next_nonce is None:
             await self._resync()
         fees = await self._current_fees()
-        estimates = await asyncio.gather(*(self._estimate(a) for a in batch), return_exceptions=True)
+        estimates = await self._estimate_all(batch)
         signed: list[tuple[OutboxAction, TxAttempt]] = []
         failed = 0
         for action, estimate in zip(batch, estimates, strict=True):
@@ -357,8 +362,8 @@ class TransactionSender:
         broadcast: list[str] = []
         refused: list[tuple[OutboxAction, TxAttempt, str]] = []
         try:
-            for action, attempt in signed:
-                result = await self._broadcast(action, attempt, mark=False)
+            results = await self._broadcast_all(signed)
+            for (action, attempt), result in zip(signed, results, strict=True):
                 if result != "unreachable":
                     broadcast.append(attempt.tx_hash)
                 if result == "refused":
@@ -374,21 +379,35 @@ class TransactionSender:
             self._wake_watcher.set()
         return bool(signed) or failed > 0
 
-    async def _estimate(self, action: OutboxAction) -> int:
-        params: dict[str, Any] = {
+    async def _estimate_all(self, batch: Sequence[OutboxAction]) -> list[int | BaseException]:
+        """The gas of each action, pre-flighted in JSON-RPC batches: a number, a PreflightRevert (the
+        chain refuses it now), or another failure (it stays queued for a later batch)."""
+        requests = [("eth_estimateGas", [self._call_params(action)]) for action in batch]
+        try:
+            answers = await batch_request(self._w3, requests)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            return [exc for _ in batch]
+        estimates: list[int | BaseException] = []
+        for answer in answers:
+            if "error" not in answer:
+                estimates.append(int(str(answer.get("result")), 16))
+                continue
+            message, data = rpc_error_message(answer), rpc_error_data(answer)
+            if data is not None or "revert" in message.lower():
+                estimates.append(PreflightRevert(self._decoder.decode(data)))
+            else:
+                estimates.append(RuntimeError(f"gas estimate refused: {message[:200]}"))
+        return estimates
+
+    def _call_params(self, action: OutboxAction) -> dict[str, str]:
+        return {
             "from": self._signer.address,
             "to": action.to_address,
-            "value": action.value,
-            "data": HexBytes(action.data),
+            "value": hex(action.value),
+            "data": "0x" + bytes(action.data).hex(),
         }
-        try:
-            return int(await read(lambda: self._w3.eth.estimate_gas(params)))  # type: ignore[arg-type]
-        except ContractLogicError as exc:
-            raise PreflightRevert(self._decoder.decode(revert_data_of(exc))) from None
-        except Web3RPCError as exc:
-            if "revert" in _rpc_message(exc):
-                raise PreflightRevert(self._decoder.decode(revert_data_of(exc))) from None
-            raise
 
     async def _current_fees(self) -> FeeBid:
         block = await read(lambda: self._w3.eth.get_block("latest"))
@@ -448,31 +467,51 @@ class TransactionSender:
             self._store.mark_broadcast(attempt.tx_hash)
         return result
 
+    async def _broadcast_all(self, signed: Sequence[tuple[OutboxAction, TxAttempt]]) -> list[str]:
+        """Send a batch's saved bytes in nonce order in JSON-RPC batches, each answer read as
+        `_try_broadcast` reads one: "ok", "fee_too_low", "refused" or "unreachable"."""
+        if not signed:
+            return []
+        requests = [("eth_sendRawTransaction", ["0x" + attempt.raw.hex()]) for _, attempt in signed]
+        try:
+            answers = await batch_request(self._w3, requests)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("broadcast failed, will resend", transactions=len(signed), error=describe(exc))
+            self.last_error = describe(exc)
+            return ["unreachable" for _ in signed]
+        return [
+            "ok" if "error" not in answer else self._refusal(action, attempt, rpc_error_message(answer))
+            for (action, attempt), answer in zip(signed, answers, strict=True)
+        ]
+
+    def _refusal(self, action: OutboxAction, attempt: TxAttempt, text: str) -> str:
+        """What a node's error answer to a broadcast means for the attempt."""
+        message = text.lower()
+        error = redact_text(text.strip())[:300]
+        if any(m in message for m in ("already known", "known transaction", "already imported")):
+            return "ok"
+        if "nonce too low" in message or "nonce is too low" in message:
+            # Mined already (ours) or taken by another transaction: the watcher tells which.
+            log.info("node says nonce too low, checking receipts", action=action.id, nonce=attempt.nonce)
+            self._wake_watcher.set()
+            return "ok"
+        if any(m in message for m in FEE_REFUSALS):
+            log.warning("node refuses the fee", action=action.id, nonce=attempt.nonce, error=error)
+            return "fee_too_low"
+        self.last_error = error
+        if any(m in message for m in WAIT_REFUSALS):
+            log.warning("broadcast refused for now", action=action.id, nonce=attempt.nonce, error=error)
+            return "unreachable"
+        log.error("broadcast refused", action=action.id, nonce=attempt.nonce, error=error)
+        return "refused"
+
     async def _try_broadcast(self, action: OutboxAction, attempt: TxAttempt) -> str:
         try:
             await self._w3.eth.send_raw_transaction(HexBytes(attempt.raw))
         except Web3RPCError as exc:
-            message = _rpc_message(exc)
-            if any(m in message for m in ("already known", "known transaction", "already imported")):
-                return "ok"
-            if "nonce too low" in message or "nonce is too low" in message:
-                # Mined already (ours) or taken by another transaction: the watcher tells which.
-                log.info("node says nonce too low, checking receipts", action=action.id, nonce=attempt.nonce)
-                self._wake_watcher.set()
-                return "ok"
-            if any(m in message for m in FEE_REFUSALS):
-                log.warning(
-                    "node refuses the fee", action=action.id, nonce=attempt.nonce, error=describe(exc)
-                )
-                return "fee_too_low"
-            self.last_error = describe(exc)
-            if any(m in message for m in WAIT_REFUSALS):
-                log.warning(
-                    "broadcast refused for now", action=action.id, nonce=attempt.nonce, error=describe(exc)
-                )
-                return "unreachable"
-            log.error("broadcast refused", action=action.id, nonce=attempt.nonce, error=describe(exc))
-            return "refused"
+            return self._refusal(action, attempt, describe(exc))
         except Exception as exc:
             if not is_transient(exc):
                 raise
@@ -520,21 +559,39 @@ class TransactionSender:
             await self._unstick(action, last, is_head=action.nonce == mined_count)
 
     async def _find_mined(
-        self, action: OutboxAction
-    ) -> tuple[TxAttempt, int, int, DecodedRevert | None] | None:
-        """The mined attempt of an action whose nonce is used: (attempt, block, status, revert)."""
-        for attempt in reversed(self._store.attempts(action.id)):
-            receipt = await self._receipt(attempt.tx_hash)
-            if receipt is None:
-                continue
-            status, block_number = int(receipt["status"]), int(receipt["blockNumber"])
-            revert = None if status == 1 else await self._replay_revert(action, block_number)
-            return attempt, block_number, status, revert
-        return None
+        self, actions: Sequence[OutboxAction]
+    ) -> list[tuple[TxAttempt, int, int, DecodedRevert | None] | None]:
+        """The mined attempt of each action whose nonce is used, (attempt, block, status, revert), or
+        None: the receipts of all their attempts asked for in JSON-RPC batches."""
+        asked = [
+            (action, attempt) for action in actions for attempt in reversed(self._store.attempts(action.id))
+        ]
+        answers = await batch_request(
+            self._w3, [("eth_getTransactionReceipt", [attempt.tx_hash]) for _, attempt in asked]
+        )
+        receipts: dict[str, dict[str, Any]] = {}
+        for (_, attempt), answer in zip(asked, answers, strict=True):
+            if "error" in answer:
+                raise BadResponseFormat(f"receipt of {attempt.tx_hash}: {rpc_error_message(answer)[:200]}")
+            if isinstance(answer.get("result"), dict):
+                receipts[attempt.tx_hash] = answer["result"]
+        found: list[tuple[TxAttempt, int, int, DecodedRevert | None] | None] = []
+        for action in actions:
+            mined = None
+            for attempt in reversed(self._store.attempts(action.id)):
+                receipt = receipts.get(attempt.tx_hash)
+                if receipt is None:
+                    continue
+                status, block_number = int(str(receipt["status"]), 16), int(str(receipt["blockNumber"]), 16)
+                revert = None if status == 1 else await self._replay_revert(action, block_number)
+                mined = (attempt, block_number, status, revert)
+                break
+            found.append(mined)
+        return found
 
     async def _settle(self, actions: Sequence[OutboxAction]) -> None:
         """Record the receipts of actions whose nonces are used on chain, in one local transaction."""
-        found = await asyncio.gather(*(self._find_mined(a) for a in actions))
+        found = await self._find_mined(actions)
         with self._store.transaction():
             for action, mined in zip(actions, found, strict=True):
                 if mined is None:
@@ -579,12 +636,6 @@ class TransactionSender:
                 self._resolve(action.id)
         if self._resync_nonce:
             self._wake_dispatcher.set()
-
-    async def _receipt(self, tx_hash: str) -> Any:
-        try:
-            return await read(lambda: self._w3.eth.get_transaction_receipt(HexStr(tx_hash)))
-        except TransactionNotFound:
-            return None
 
     async def _replay_revert(self, action: OutboxAction, block_number: int) -> DecodedRevert:
         params: dict[str, Any] = {

@@ -168,6 +168,12 @@ def claims_to_send(*, held: int, in_flight: int, limit: int) -> int:
     return max(0, limit - held - in_flight)
 
 
+def claimable_now(*, queued_on_chain: int, claims_unmined: int) -> int:
+    """Jobs in the provider's queue that no claim of ours already sent or queued will take: each
+    unmined claim pops one entry when it is mined, so a claim beyond this number would revert."""
+    return max(0, queued_on_chain - claims_unmined)
+
+
 def needs_delegated_top_up(*, remaining_minutes: int, slice_minutes: int) -> bool:
     """The contract accepts a delegated top-up once the remaining time is down to one slice."""
     return remaining_minutes <= slice_minutes

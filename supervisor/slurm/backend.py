@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pwd
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,10 +20,10 @@ from supervisor.slurm.errors import (
     SlurmUnavailable,
     UnixUserMissing,
 )
-from supervisor.slurm.folders import JobFolders
+from supervisor.slurm.folders import JobFolders, ensure_local_folder
 from supervisor.slurm.job_folders import FolderEntry
 from supervisor.slurm.models import JobSubmission, ObservedJob, PartitionHardware, SlurmHealth
-from supervisor.slurm.runner import CommandResult, CommandRunner
+from supervisor.slurm.runner import CommandResult, CommandRunner, current_user
 from supervisor.slurm.settings import SlurmSettings
 
 
@@ -127,6 +128,9 @@ class CommandSlurmBackend:
     runner: CommandRunner
     settings: SlurmSettings
     submit_as_job_user: bool = True
+    #: The daemon is root on the login node itself (local backend): it submits with `sbatch --uid`
+    #: and makes job folders in-process instead of running each command through `runuser`.
+    root_on_login_node: bool = False
     _known_users: set[str] = field(default_factory=set)
     _accounting: bool | None = None
     _unknown_states: set[tuple[int, str]] = field(default_factory=set)
@@ -181,10 +185,31 @@ class CommandSlurmBackend:
             raise JobAlreadySubmitted(submission.name, existing)
         await self._check_user(submission.unix_user)
         login = self._submit_user(submission.unix_user)
+        if self.root_on_login_node and login is not None and login != current_user():
+            return await self._submit_as_root(submission, script, login)
         if submission.private_workdir:
             await self._folders().ensure(submission.workdir, submission.unix_user, login)
         argv = commands.sbatch_argv(submission, self.settings.partition, self.settings.extra_sbatch_args)
         result = await self._run(argv, user=login, stdin=script)
+        return parsing.parse_sbatch(result.stdout)
+
+    async def _submit_as_root(self, submission: JobSubmission, script: str, user: str) -> int:
+        """One process per job: the folder made in-process, sbatch run as root for the user, with the
+        environment the job would have had from `runuser` (the user's HOME, USER and LOGNAME)."""
+        try:
+            entry = pwd.getpwnam(user)
+        except KeyError:
+            raise UnixUserMissing(user) from None
+        if submission.private_workdir:
+            ensure_local_folder(submission.workdir, user)
+        argv = commands.sbatch_argv(
+            submission,
+            self.settings.partition,
+            self.settings.extra_sbatch_args,
+            as_ids=(entry.pw_uid, entry.pw_gid),
+        )
+        identity = {"HOME": entry.pw_dir, "USER": user, "LOGNAME": user}
+        result = await self._run(argv, stdin=script, env=identity)
         return parsing.parse_sbatch(result.stdout)
 
     def _folders(self) -> JobFolders:

@@ -44,9 +44,20 @@ def guard_script(script: str) -> str:
     return shebang + "true\n" + "".join(lines[1:])
 
 
-def sbatch_argv(submission: JobSubmission, partition: str, extra_args: Iterable[str] = ()) -> list[str]:
-    """sbatch with the job's resources; the operator's extras come first so the job's own flags win."""
+def sbatch_argv(
+    submission: JobSubmission,
+    partition: str,
+    extra_args: Iterable[str] = (),
+    *,
+    as_ids: tuple[int, int] | None = None,
+) -> list[str]:
+    """sbatch with the job's resources; the operator's extras come first so the job's own flags win.
+
+    `as_ids` (uid, gid): root submits the job as that user itself (`--uid`/`--gid`, root only), so no
+    `runuser` process is needed per job."""
     argv = ["sbatch", "--parsable", *extra_args]
+    if as_ids is not None:
+        argv += [f"--uid={as_ids[0]}", f"--gid={as_ids[1]}"]
     argv += [
         f"--job-name={submission.name}",
         f"--partition={partition}",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from supervisor.slurm.backend import CommandSlurmBackend, SlurmBackend
 from supervisor.slurm.runner import LocalRunner
 from supervisor.slurm.settings import SlurmSettings
@@ -13,7 +15,9 @@ def create_backend(settings: SlurmSettings) -> SlurmBackend:
     if settings.backend == "local":
         conf = str(settings.slurm_conf) if settings.slurm_conf else None
         return CommandSlurmBackend(
-            LocalRunner(slurm_conf=conf, command_prefix=settings.command_prefix), settings
+            LocalRunner(slurm_conf=conf, command_prefix=settings.command_prefix),
+            settings,
+            root_on_login_node=settings.submit_as_root and os.geteuid() == 0 and not settings.command_prefix,
         )
     if settings.backend == "ssh":
         assert settings.ssh is not None  # guaranteed by SlurmSettings' validation

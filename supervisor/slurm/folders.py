@@ -1,4 +1,5 @@
-"""Making, listing and removing job folders through a runner, as the job's user (local or SSH).
+"""Making, listing and removing job folders through a runner, as the job's user (local or SSH), or
+in-process by a daemon that is root on the login node.
 
 The rules (paths, what is safe, what the retention removes) are in `job_folders`; this module only
 runs the commands, so the folders are handled by the same mechanism that runs sbatch as that user.
@@ -6,6 +7,8 @@ runs the commands, so the folders are handled by the same mechanism that runs sb
 
 from __future__ import annotations
 
+import os
+import pwd
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -14,8 +17,8 @@ from typing import Protocol
 import structlog
 
 from supervisor.slurm import job_folders
-from supervisor.slurm.errors import JobsRootUnusable, SlurmCommandFailed, SlurmError
-from supervisor.slurm.job_folders import CleanupPlan, FolderEntry, KnownJob
+from supervisor.slurm.errors import JobsRootUnusable, SlurmCommandFailed, SlurmError, UnixUserMissing
+from supervisor.slurm.job_folders import FOLDER_MODE, CleanupPlan, FolderEntry, KnownJob
 from supervisor.slurm.runner import CommandResult, CommandRunner
 
 log = structlog.get_logger("supervisor.slurm")
@@ -71,6 +74,56 @@ class JobFolders:
         result = await self._run(argv, login)
         if result.returncode != 0:
             raise SlurmCommandFailed(argv, result.returncode, result.stderr)
+
+
+def ensure_local_folder(folder: str, owner: str) -> None:
+    """Make the job folder in-process, as root on this machine, and hand it to its owner; or find it
+    from an earlier attempt. The same checks as `JobFolders.ensure`, without a process per step.
+
+    The folder is opened without following a symlink before it is handed over, so a name planted in
+    jobs_root can never make root change another file; anything there already must be a directory
+    of the job's user.
+    """
+    path = PurePosixPath(folder)
+    try:
+        entry = pwd.getpwnam(owner)
+    except KeyError:
+        raise UnixUserMissing(owner) from None
+    try:
+        os.mkdir(path, FOLDER_MODE)
+        made = True
+    except FileExistsError:
+        made = False
+    except OSError as exc:
+        raise JobsRootUnusable(f"cannot make the job folder {folder}: {exc.strerror}") from None
+    try:
+        if made:
+            _hand_over(path, entry.pw_uid, entry.pw_gid)
+        parent, state = os.stat(path.parent), os.lstat(path)
+    except OSError as exc:
+        raise JobsRootUnusable(f"cannot check the job folder {folder}: {exc.strerror}") from None
+    if job_folders.state_needs_chmod(parent.st_mode, state.st_mode, _user_name(state.st_uid), path, owner):
+        try:
+            _hand_over(path, None, None)
+        except OSError as exc:
+            raise JobsRootUnusable(f"cannot make {folder} private: {exc.strerror}") from None
+
+
+def _hand_over(path: PurePosixPath, uid: int | None, gid: int | None) -> None:
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        if uid is not None and gid is not None:
+            os.fchown(descriptor, uid, gid)
+        os.fchmod(descriptor, FOLDER_MODE)
+    finally:
+        os.close(descriptor)
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 class FolderBackend(Protocol):

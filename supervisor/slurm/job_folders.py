@@ -3,7 +3,8 @@ and remove them, what those commands answered, and which folders the retention r
 
 Each job runs in `jobs_root/<job id>`, mode 0700 and owned by the job's UNIX user, with its output
 inside, so other UNIX users cannot read it. The folder is made by the job's user itself (through the
-runner that runs sbatch as that user), so its owner is right without the daemon being root.
+runner that runs sbatch as that user), so its owner is right without the daemon being root; a daemon
+that is root on the login node makes it in-process and hands it to the user (`folders.LocalJobFolder`).
 """
 
 from __future__ import annotations
@@ -94,6 +95,12 @@ def folder_needs_chmod(stat_stdout: str, folder: PurePosixPath, user: str) -> bo
     if len(lines) != 2:
         raise JobsRootUnusable(f"cannot read the state of {folder}: stat printed {stat_stdout!r:.200}")
     (parent_mode, _), (mode, owner) = (_mode_and_owner(line, folder) for line in lines)
+    return state_needs_chmod(parent_mode, mode, owner, folder, user)
+
+
+def state_needs_chmod(parent_mode: int, mode: int, owner: str, folder: PurePosixPath, user: str) -> bool:
+    """The rules of `folder_needs_chmod` on raw modes (the parent's followed, the folder's not) and
+    the folder owner's name, however they were read."""
     if not stat.S_ISDIR(parent_mode):
         raise JobsRootUnusable(f"{folder.parent} is not a directory")
     if parent_mode & 0o022 and not parent_mode & stat.S_ISVTX:

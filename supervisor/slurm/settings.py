@@ -109,6 +109,10 @@ class SlurmSettings(_Strict):
     command_prefix: tuple[str, ...] = ()
     ssh: SshSettings | None = None
     users: JobUserSettings = JobUserSettings()
+    #: A daemon that is root on the login node (local backend, no command prefix) submits another
+    #: user's job with `sbatch --uid/--gid` and makes its folder in-process: one process per job
+    #: instead of three through `runuser`. False keeps `runuser` (a site whose sbatch refuses --uid).
+    submit_as_root: bool = True
     #: `host:port` (UDP) where slurmctld's hook tells the daemon a job started or ended
     #: (scripts/slurmctld-wakeup.sh); unset: Slurm is only polled.
     wakeup_listen: str | None = Field(default=None, pattern=r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):\d{1,5}$")

@@ -26,6 +26,7 @@ from supervisor.core.decisions import (
     SlurmPresence,
     SlurmView,
     Submit,
+    claimable_now,
     claims_to_send,
     decide,
     is_held,
@@ -504,6 +505,15 @@ def test_held_jobs_are_ours_scheduled_and_not_seen_running(
         )
     )
     assert is_held(ours=ours, status=status, presence=presence) == expected
+
+
+def test_claims_already_under_way_leave_their_queue_entries_alone() -> None:
+    """Each unmined claim pops one entry of the provider's queue when it is mined: counting those
+    entries again would send claims that revert NoJob()."""
+    assert claimable_now(queued_on_chain=200, claims_unmined=200) == 0
+    assert claimable_now(queued_on_chain=200, claims_unmined=150) == 50
+    assert claimable_now(queued_on_chain=5, claims_unmined=0) == 5
+    assert claimable_now(queued_on_chain=3, claims_unmined=7) == 0  # mined meanwhile: never negative
 
 
 def test_claims_examples() -> None:

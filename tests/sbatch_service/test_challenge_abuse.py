@@ -21,6 +21,7 @@ from grid_protocol.proto.sbatch_client import AsyncAuthAPI, AsyncSBatchAPI, asyn
 from sbatch_service.auth import NonceBook, PeerRateLimiter, sign_challenge
 from sbatch_service.chain import JobReader
 from sbatch_service.grpc_api import ScriptGate, peer_address, start_grpc_server
+from sbatch_service.settings import Settings
 from sbatch_service.storage import ChallengeStore, ScriptStore, script_key
 from supervisor.chain.keys import Signer
 from supervisor.sbatch.client import SbatchClient
@@ -29,6 +30,9 @@ from tests.fixtures.sbatch import SbatchProcess, start_sbatch_service
 from tests.sbatch_service.flood import Flood, flood_challenges
 
 FLOOD = 10_000
+#: The service's default token bucket per address.
+BURST = int(Settings.model_fields["challenge_burst"].default)
+RATE = float(Settings.model_fields["challenge_rate_per_second"].default)
 #: The service's resident memory may grow this much under a flood (allocator and gRPC buffers).
 RSS_GROWTH_BOUND_KIB = 16 * 1024
 SCRIPT = "#!/bin/bash\ntrue\necho 'abuse'\n"
@@ -334,7 +338,7 @@ async def flood_with_a_fetch(grid: Grid, service: Service) -> tuple[Flood, Flood
     fetch from [::1]; returns both floods and the flood's count when the fetch was answered."""
     pid = service.process.process.pid
     port = service.process.grpc_port
-    warm = await flood_challenges(f"127.0.0.1:{port}", Flood(500), pid=pid)
+    warm = await flood_challenges(f"127.0.0.1:{port}", Flood(BURST + 500), pid=pid)
     assert not warm.other_errors
     flood = Flood(FLOOD)
     _, (_, fetched_at) = await asyncio.gather(
@@ -355,8 +359,8 @@ async def test_a_flood_of_challenges_is_refused_and_memory_stays_flat(grid: Grid
     assert flood.finished and not flood.other_errors
     assert fetched_at < FLOOD, "the fetch was answered while the flood went on"
     assert flood.issued + flood.refused == FLOOD
-    assert warm.issued <= 50 + 10 * warm.seconds + 1, warm  # the burst, then the rate
-    assert flood.issued <= 10 * flood.seconds + 10, flood  # the warm-up emptied the bucket
+    assert warm.issued <= BURST + RATE * warm.seconds + 1, warm  # the burst, then the rate
+    assert flood.issued <= RATE * flood.seconds + 10, flood  # the warm-up emptied the bucket
     assert outstanding == warm.issued + flood.issued  # the fetch used its own challenge
     assert flood.rss_growth_kib < RSS_GROWTH_BOUND_KIB, flood
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import shutil
 import time
@@ -45,6 +46,13 @@ def settings_for(cluster: SlurmCluster, kind: str, **overrides: object) -> Slurm
 
 
 def make_backend(cluster: SlurmCluster, kind: str, **overrides: object) -> CommandSlurmBackend:
+    """`kind` "local", "ssh", or "local-root": the local backend of a daemon that is root on the
+    login node (sbatch --uid, folders made in-process)."""
+    as_root = kind == "local-root"
+    if as_root:
+        if os.geteuid() != 0 or cluster.command_prefix:
+            pytest.skip("submitting as root needs a root daemon and Slurm's commands in this root")
+        kind = "local"
     settings = settings_for(cluster, kind, **overrides)
     if kind == "local":
         inner: LocalRunner | SshRunner = LocalRunner(
@@ -54,7 +62,7 @@ def make_backend(cluster: SlurmCluster, kind: str, **overrides: object) -> Comma
     else:
         assert settings.ssh is not None
         inner = SshRunner(settings.ssh)
-    return CommandSlurmBackend(CountingRunner(inner), settings)
+    return CommandSlurmBackend(CountingRunner(inner), settings, root_on_login_node=as_root)
 
 
 def counting(backend: CommandSlurmBackend) -> CountingRunner:

@@ -13,7 +13,7 @@ import shutil
 import stat
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -32,7 +32,7 @@ from supervisor.slurm.job_folders import (
     plan_cleanup,
 )
 from tests.fixtures.slurm import SlurmCluster
-from tests.slurm.conftest import SCRATCH, counting, new_job_name, wait_for_job
+from tests.slurm.conftest import SCRATCH, counting, make_backend, new_job_name, wait_for_job
 
 DAY = 86400.0
 JOB_A = "0x" + "a" * 64
@@ -144,6 +144,18 @@ def test_only_folders_of_jobs_ended_past_the_retention_are_removed() -> None:
 
 
 # -- on the cluster -------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["local", "local-root", "ssh"])
+async def backend(
+    request: pytest.FixtureRequest, slurm_cluster: SlurmCluster
+) -> AsyncIterator[CommandSlurmBackend]:
+    """The folders made by the job's user (runuser, SSH login) and in-process by a root daemon."""
+    instance = make_backend(slurm_cluster, request.param)
+    try:
+        yield instance
+    finally:
+        await instance.close()
 
 
 @pytest.fixture
@@ -271,9 +283,11 @@ async def test_an_unusable_jobs_root_makes_the_job_wait_not_refused(
     runner = counting(backend)
     open_to_all = jobs_root(0o777)  # others could rename the job's folder away
     missing = jobs_root() / "not-made"
-    closed = jobs_root(0o755)  # the job user cannot write there
+    unusable = [(open_to_all, "sticky"), (missing, "No such file")]
+    if not backend.root_on_login_node:  # root makes folders where the job user may not
+        unusable.append((jobs_root(0o755), "Permission denied"))
     runner.reset()
-    for root, why in ((open_to_all, "sticky"), (missing, "No such file"), (closed, "Permission denied")):
+    for root, why in unusable:
         with pytest.raises(JobsRootUnusable, match=why) as waiting:
             await backend.submit(private_job(new_job_name(), user, root, "#!/bin/bash\ntrue\n"))
         assert not waiting.value.refuses_job
@@ -316,3 +330,29 @@ async def test_retention_removes_an_ended_jobs_folder_as_its_user_and_keeps_the_
         assert again.remove == () and (root / running).exists()
     finally:
         await backend.cancel(running_id)
+
+
+async def test_a_root_daemon_submits_with_one_process_and_the_users_identity(
+    slurm_cluster: SlurmCluster, jobs_root: Callable[..., Path]
+) -> None:
+    """sbatch --uid as root: no runuser, no mkdir or stat process; the job runs as its user, with
+    that user's HOME, USER and LOGNAME, in a private folder of its own."""
+    backend = make_backend(slurm_cluster, "local-root")
+    try:
+        root, user = jobs_root(), slurm_cluster.wallet_users[0]
+        await backend.submit(private_job(new_job_name(), user, root, "#!/bin/bash\ntrue\n"))  # user known
+        runner = counting(backend)
+        runner.reset()
+        name = new_job_name()
+        script = '#!/bin/bash\necho "$(id -un) $HOME $USER $LOGNAME $(pwd)"\n'
+        await backend.submit(private_job(name, user, root, script), look_up=False)  # a fresh claim
+        assert [call[0] for call in runner.calls] == ["sbatch"]
+        entry = pwd.getpwnam(user)
+        assert f"--uid={entry.pw_uid}" in runner.calls[0] and f"--gid={entry.pw_gid}" in runner.calls[0]
+        done = await wait_for_job(backend, name, lambda j: j.is_final, timeout=60)
+        assert done.state == "COMPLETED"
+        assert_private(root / name, user)
+        output = (root / name / f"{name}.out").read_text().strip()
+        assert output == f"{user} {entry.pw_dir} {user} {user} {root / name}"
+    finally:
+        await backend.close()
