@@ -563,14 +563,13 @@ class TransactionSender:
     ) -> list[tuple[TxAttempt, int, int, DecodedRevert | None] | None]:
         """The mined attempt of each action whose nonce is used, (attempt, block, status, revert), or
         None: the receipts of all their attempts asked for in JSON-RPC batches."""
-        asked = [
-            (action, attempt) for action in actions for attempt in reversed(self._store.attempts(action.id))
-        ]
+        attempts = {action.id: list(reversed(self._store.attempts(action.id))) for action in actions}
+        asked = [attempt for action in actions for attempt in attempts[action.id]]
         answers = await batch_request(
-            self._w3, [("eth_getTransactionReceipt", [attempt.tx_hash]) for _, attempt in asked]
+            self._w3, [("eth_getTransactionReceipt", [attempt.tx_hash]) for attempt in asked]
         )
         receipts: dict[str, dict[str, Any]] = {}
-        for (_, attempt), answer in zip(asked, answers, strict=True):
+        for attempt, answer in zip(asked, answers, strict=True):
             if "error" in answer:
                 raise BadResponseFormat(f"receipt of {attempt.tx_hash}: {rpc_error_message(answer)[:200]}")
             if isinstance(answer.get("result"), dict):
@@ -578,7 +577,7 @@ class TransactionSender:
         found: list[tuple[TxAttempt, int, int, DecodedRevert | None] | None] = []
         for action in actions:
             mined = None
-            for attempt in reversed(self._store.attempts(action.id)):
+            for attempt in attempts[action.id]:
                 receipt = receipts.get(attempt.tx_hash)
                 if receipt is None:
                     continue

@@ -201,7 +201,7 @@ class CommandSlurmBackend:
         except KeyError:
             raise UnixUserMissing(user) from None
         if submission.private_workdir:
-            ensure_local_folder(submission.workdir, user)
+            ensure_local_folder(submission.workdir, entry)
         argv = commands.sbatch_argv(
             submission,
             self.settings.partition,

@@ -17,7 +17,7 @@ from typing import Protocol
 import structlog
 
 from supervisor.slurm import job_folders
-from supervisor.slurm.errors import JobsRootUnusable, SlurmCommandFailed, SlurmError, UnixUserMissing
+from supervisor.slurm.errors import JobsRootUnusable, SlurmCommandFailed, SlurmError
 from supervisor.slurm.job_folders import FOLDER_MODE, CleanupPlan, FolderEntry, KnownJob
 from supervisor.slurm.runner import CommandResult, CommandRunner
 
@@ -76,7 +76,7 @@ class JobFolders:
             raise SlurmCommandFailed(argv, result.returncode, result.stderr)
 
 
-def ensure_local_folder(folder: str, owner: str) -> None:
+def ensure_local_folder(folder: str, owner: pwd.struct_passwd) -> None:
     """Make the job folder in-process, as root on this machine, and hand it to its owner; or find it
     from an earlier attempt. The same checks as `JobFolders.ensure`, without a process per step.
 
@@ -86,10 +86,6 @@ def ensure_local_folder(folder: str, owner: str) -> None:
     """
     path = PurePosixPath(folder)
     try:
-        entry = pwd.getpwnam(owner)
-    except KeyError:
-        raise UnixUserMissing(owner) from None
-    try:
         os.mkdir(path, FOLDER_MODE)
         made = True
     except FileExistsError:
@@ -98,11 +94,13 @@ def ensure_local_folder(folder: str, owner: str) -> None:
         raise JobsRootUnusable(f"cannot make the job folder {folder}: {exc.strerror}") from None
     try:
         if made:
-            _hand_over(path, entry.pw_uid, entry.pw_gid)
+            _hand_over(path, owner.pw_uid, owner.pw_gid)
         parent, state = os.stat(path.parent), os.lstat(path)
     except OSError as exc:
         raise JobsRootUnusable(f"cannot check the job folder {folder}: {exc.strerror}") from None
-    if job_folders.state_needs_chmod(parent.st_mode, state.st_mode, _user_name(state.st_uid), path, owner):
+    if job_folders.state_needs_chmod(
+        parent.st_mode, state.st_mode, _user_name(state.st_uid), path, owner.pw_name
+    ):
         try:
             _hand_over(path, None, None)
         except OSError as exc:

@@ -13,7 +13,7 @@ import shutil
 import stat
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -146,16 +146,8 @@ def test_only_folders_of_jobs_ended_past_the_retention_are_removed() -> None:
 # -- on the cluster -------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["local", "local-root", "ssh"])
-async def backend(
-    request: pytest.FixtureRequest, slurm_cluster: SlurmCluster
-) -> AsyncIterator[CommandSlurmBackend]:
-    """The folders made by the job's user (runuser, SSH login) and in-process by a root daemon."""
-    instance = make_backend(slurm_cluster, request.param)
-    try:
-        yield instance
-    finally:
-        await instance.close()
+#: The folders made by the job's user (runuser, SSH login) and in-process by a root daemon.
+EVERY_WAY = pytest.mark.parametrize("backend", ["local", "local-root", "ssh"], indirect=True)
 
 
 @pytest.fixture
@@ -209,6 +201,7 @@ def slurm_paths(slurm_job_id: int) -> tuple[str, str]:
     return fields["WorkDir"], fields["StdOut"]
 
 
+@EVERY_WAY
 async def test_each_customer_runs_in_a_private_folder_the_other_cannot_read(
     backend: CommandSlurmBackend, slurm_cluster: SlurmCluster, jobs_root: Callable[..., Path]
 ) -> None:
@@ -238,6 +231,7 @@ async def test_each_customer_runs_in_a_private_folder_the_other_cannot_read(
         assert as_user(reader, "ls", str(other_folder)).returncode != 0
 
 
+@EVERY_WAY
 async def test_a_submission_after_a_crash_finds_its_folder_and_makes_it_private(
     backend: CommandSlurmBackend, slurm_cluster: SlurmCluster, jobs_root: Callable[..., Path]
 ) -> None:
@@ -257,6 +251,7 @@ async def test_a_submission_after_a_crash_finds_its_folder_and_makes_it_private(
     assert_private(root / name, user)
 
 
+@EVERY_WAY
 async def test_a_folder_taken_by_another_user_refuses_the_job_before_sbatch(
     backend: CommandSlurmBackend, slurm_cluster: SlurmCluster, jobs_root: Callable[..., Path]
 ) -> None:
@@ -276,6 +271,7 @@ async def test_a_folder_taken_by_another_user_refuses_the_job_before_sbatch(
     assert os.listdir(root / squatted) == []
 
 
+@EVERY_WAY
 async def test_an_unusable_jobs_root_makes_the_job_wait_not_refused(
     backend: CommandSlurmBackend, slurm_cluster: SlurmCluster, jobs_root: Callable[..., Path]
 ) -> None:
@@ -295,6 +291,7 @@ async def test_an_unusable_jobs_root_makes_the_job_wait_not_refused(
     assert not missing.exists()  # a missing jobs_root is never made on the fly
 
 
+@EVERY_WAY
 async def test_retention_removes_an_ended_jobs_folder_as_its_user_and_keeps_the_rest(
     backend: CommandSlurmBackend, slurm_cluster: SlurmCluster, jobs_root: Callable[..., Path]
 ) -> None:
