@@ -30,7 +30,7 @@ from supervisor.actions import Health, JobActions, Partition, reclaimed, since
 from supervisor.chain.contracts import JobReadError, ProtocolContracts
 from supervisor.chain.follower import FollowerSettings, LogFollower
 from supervisor.chain.keys import Signer, load_signer
-from supervisor.chain.rpc import check_chain_id, connect_http, describe, is_transient
+from supervisor.chain.rpc import BATCH_LIMIT, check_chain_id, connect_http, describe, is_transient
 from supervisor.chain.sender import SenderSettings, TransactionSender
 from supervisor.config import SupervisorConfig
 from supervisor.core.decisions import (
@@ -45,6 +45,7 @@ from supervisor.core.decisions import (
     claims_to_send,
     decide,
     is_held,
+    reconcile_slice,
 )
 from supervisor.core.slurm_states import ACTIVE_STATES, WAITING_STATES, UnknownSlurmState
 from supervisor.faults import crash_point
@@ -69,6 +70,8 @@ CLAIM_KIND = "claim_next_job"
 #: Jobs acted on at once in a cycle (script fetches, submissions, cancellations run side by side).
 JOB_CONCURRENCY = 8
 DRAIN_TIMEOUT_S = 30.0
+#: Open jobs read on chain per reconcile pass: one JSON-RPC batch.
+RECONCILE_SLICE = BATCH_LIMIT
 #: Seconds between two passes of the state file's retention.
 PRUNE_INTERVAL_S = 3600.0
 #: After a wake-up from Slurm, jobs still in a state between two (their prolog or epilog runs) are
@@ -129,6 +132,7 @@ class Daemon:
         self._last_prune = 0.0
         self._folders_said: set[str] = set()
         self._last_chain_read = 0.0
+        self._chain_read_at: dict[str, float] = {}  # job id -> monotonic time the reconciler read it
         self._tasks: list[asyncio.Task[Any]] = []
         self._lane_error: LaneCrashed | None = None
         self._wakeups: WakeupListener | None = None
@@ -524,7 +528,12 @@ class Daemon:
         regular = [job for job in jobs if not reclaimed(job)]
         results = []
         if regular:
-            results.append(await self._slurm.query([job.job_id for job in regular], since=since(regular)))
+            slurm_ids = {job.job_id: job.slurm_job_id for job in regular if job.slurm_job_id is not None}
+            results.append(
+                await self._slurm.query(
+                    [job.job_id for job in regular], since=since(regular), slurm_ids=slurm_ids
+                )
+            )
         for job in jobs:
             if reclaimed(job):
                 results.append(await self._slurm.query([job.job_id], since=since([job])))
@@ -544,13 +553,18 @@ class Daemon:
     async def _chain_views(self, jobs: list[JobRecord]) -> dict[str, tuple[JobStatus, bool]] | None:
         """(status, ours) of every open job, as the follower keeps them from the chain's events.
 
-        Every `reconcile_interval_seconds` the chain is read for all of them, in JSON-RPC batches, and
-        the store repaired where it differs; None when that read finds the chain unreachable.
+        Every `reconcile_interval_seconds` the reconciler reads a slice of them on chain (one JSON-RPC
+        batch, the jobs read longest ago) and repairs the store where it differs, so the calls per pass
+        stay bounded however many jobs are open; None when that read finds the chain unreachable.
         """
         if time.monotonic() - self._last_chain_read >= self.config.policy.reconcile_interval_seconds:
-            if not await self._read_chain_statuses(jobs):
+            open_ids = {job.job_id for job in jobs}
+            self._chain_read_at = {k: v for k, v in self._chain_read_at.items() if k in open_ids}
+            due = set(reconcile_slice([job.job_id for job in jobs], self._chain_read_at, RECONCILE_SLICE))
+            if not await self._read_chain_statuses([job for job in jobs if job.job_id in due]):
                 return None
             self._last_chain_read = time.monotonic()
+            self._chain_read_at.update(dict.fromkeys(due, self._last_chain_read))
             jobs = self.store.open_jobs()
         return {job.job_id: (job.status, job.ours) for job in jobs}
 

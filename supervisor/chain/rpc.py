@@ -38,13 +38,19 @@ class ChainIdMismatchError(RuntimeError):
 
 
 def connect_http(url: str, *, timeout_s: float = DEFAULT_RPC_TIMEOUT_S) -> AsyncWeb3[AsyncHTTPProvider]:
-    """An AsyncWeb3 over HTTP with a per-request timeout; retries are ours (tenacity), not web3's."""
+    """An AsyncWeb3 over HTTP with a per-request timeout; retries are ours (tenacity), not web3's.
+
+    web3's validation middleware is left out: it asks the node for its chain id before every call and
+    gas estimate. The chain id is checked once when the daemon starts (`check_chain_id`), and every
+    transaction is signed for the configured chain, which a node of another chain refuses.
+    """
     provider = AsyncHTTPProvider(
         url,
         request_kwargs={"timeout": aiohttp.ClientTimeout(total=timeout_s)},
         exception_retry_configuration=None,
     )
     w3 = AsyncWeb3(provider)
+    w3.middleware_onion.remove("validation")
     w3.codec = LENIENT_CODEC
     return w3
 

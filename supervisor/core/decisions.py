@@ -8,6 +8,7 @@ twice from the same views never doubles an effect.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -187,3 +188,13 @@ MAX_TIME_LIMIT_MINUTES = 10 * 365 * 24 * 60
 def wanted_time_limit(*, max_duration_minute: int, extra_minutes: int) -> int:
     """The Slurm time limit a job is owed: the claim's minutes plus every top-up, capped."""
     return max(1, min(max_duration_minute + extra_minutes, MAX_TIME_LIMIT_MINUTES))
+
+
+def reconcile_slice(job_ids: Sequence[str], last_read: Mapping[str, float], size: int) -> list[str]:
+    """The open jobs the reconciler reads on chain next: the `size` read longest ago, never-read first.
+
+    The follower keeps statuses from events; the reconciler only repairs, so it reads a bounded slice
+    per pass (one JSON-RPC batch) whatever the number of jobs, and goes round all of them in turn.
+    """
+    never = float("-inf")
+    return sorted(job_ids, key=lambda job_id: last_read.get(job_id, never))[:size]

@@ -57,11 +57,18 @@ class SlurmBackend(Protocol):
         """
         ...
 
-    async def query(self, names: Collection[str], *, since: datetime | None = None) -> QueryResult:
-        """Many jobs by name in one go: a fixed number of Slurm calls whatever the number of names.
+    async def query(
+        self,
+        names: Collection[str],
+        *,
+        since: datetime | None = None,
+        slurm_ids: Mapping[str, int] | None = None,
+    ) -> QueryResult:
+        """Many jobs by name in one go: a few Slurm calls whatever the number of names.
 
         With `since`, jobs submitted before it are ignored: job ids repeat across deployments (a test
         chain, a second grid), so an older Slurm job of the same name belongs to another job.
+        `slurm_ids` gives the Slurm job id of the names that have one: Slurm is asked for those by id.
         """
         ...
 
@@ -247,33 +254,89 @@ class CommandSlurmBackend:
             )
         return None
 
-    async def query(self, names: Collection[str], *, since: datetime | None = None) -> QueryResult:
+    async def query(
+        self,
+        names: Collection[str],
+        *,
+        since: datetime | None = None,
+        slurm_ids: Mapping[str, int] | None = None,
+    ) -> QueryResult:
         wanted = frozenset(names)
         if not wanted:
             return QueryResult({}, frozenset(), True, self._accounting is not False)
-        live = await self._run(commands.squeue_argv())
-        found = parsing.parse_squeue_json(
-            live.stdout, wanted, now=datetime.now(tz=UTC), submitted_after=since
+        now = datetime.now(tz=UTC)
+        listed = parsing.parse_squeue(
+            await self._live_lines(wanted, slurm_ids or {}), wanted, now=now, submitted_after=since
         )
-        missing = wanted - {job.name for job in found}
+        found = [job for job in listed if not job.is_final]
+        # The lines hold no exit code: a job they show ended is read again, from accounting first.
+        ended = {job.slurm_job_id: job for job in listed if job.is_final}
+        missing = wanted - {job.name for job in listed}
         accounting_answered = False
-        if missing and self._accounting is not False:
+        if (missing or ended) and self._accounting is not False:
             try:
-                found += [
-                    job for job in await self._accounting_records(missing, since) if _not_before(job, since)
-                ]
+                asked = missing | {job.name for job in ended.values()}
+                for record in await self._accounting_records(asked, since):
+                    if not _not_before(record, since):
+                        continue
+                    if record.slurm_job_id in ended:
+                        if record.is_final:  # else its end is not in accounting yet
+                            found.append(record)
+                            del ended[record.slurm_job_id]
+                    elif record.name in missing:
+                        found.append(record)
                 accounting_answered = self._accounting is True
             except SlurmUnavailable:
                 accounting_answered = False
+        if ended:
+            found += await self._ended_from_json(ended, now, since)
         jobs = parsing.latest_by_name(found)
         log_unknown_states(jobs.values(), self._unknown_states)
         not_found = wanted - jobs.keys()
         return QueryResult(
             jobs=jobs,
             not_found=not_found,
-            not_found_is_certain=not not_found or accounting_answered,
+            # A job seen ended whose exit code nothing could tell yet is looked at again next time.
+            not_found_is_certain=not not_found or (accounting_answered and not ended),
             accounting_available=self._accounting is not False,
         )
+
+    async def _live_lines(self, wanted: frozenset[str], slurm_ids: Mapping[str, int]) -> str:
+        """squeue's lines for the wanted jobs: by Slurm id where it is known, else by name."""
+        ids = {slurm_ids[name] for name in wanted if name in slurm_ids}
+        by_name = sorted(wanted - slurm_ids.keys())
+        lines = []
+        if ids:
+            try:
+                lines.append(
+                    (
+                        await self._run(commands.squeue_argv(slurm_ids=ids), env=commands.TIME_FORMAT_ENV)
+                    ).stdout
+                )
+            except SlurmCommandFailed as exc:
+                # squeue refuses one id it does not know (several unknown ones just print nothing).
+                if not (len(ids) == 1 and "invalid job id" in exc.stderr.lower()):
+                    raise
+        for start in range(0, len(by_name), commands.NAMES_PER_CALL):
+            chunk = by_name[start : start + commands.NAMES_PER_CALL]
+            lines.append(
+                (await self._run(commands.squeue_argv(names=chunk), env=commands.TIME_FORMAT_ENV)).stdout
+            )
+        return "\n".join(lines)
+
+    async def _ended_from_json(
+        self, ended: dict[int, ObservedJob], now: datetime, since: datetime | None
+    ) -> list[ObservedJob]:
+        """Ended jobs whose exit code accounting cannot tell (disabled, unreachable, or not written
+        yet): read from squeue's JSON, which holds it. Those it no longer holds stay in `ended`."""
+        answer = await self._run(commands.squeue_json_argv())
+        names = {job.name for job in ended.values()}
+        found = []
+        for job in parsing.parse_squeue_json(answer.stdout, names, now=now, submitted_after=since):
+            if job.slurm_job_id in ended and job.is_final:
+                found.append(job)
+                del ended[job.slurm_job_id]
+        return found
 
     async def _accounting_records(self, names: Collection[str], since: datetime | None) -> list[ObservedJob]:
         argv = commands.sacct_argv(names, self.settings.accounting_lookback_days, since=since)

@@ -24,6 +24,23 @@ SACCT_FIELDS = (
     "TimelimitRaw",
     "User",
 )
+# squeue fields, in the order parse_squeue reads them, each ended by FIELD_SEPARATOR but the name:
+# last, so that whatever a name holds it cannot shift another field.
+SQUEUE_FIELDS = (
+    "JobID",
+    "State",
+    "SubmitTime",
+    "StartTime",
+    "EndTime",
+    "TimeLimit",
+    "Reason",
+    "UserName",
+    "Name",
+)
+#: ASCII's unit separator: no Slurm state, time, reason or user name holds it.
+FIELD_SEPARATOR = "\x1f"
+#: Names per `squeue --name` call: a command line (one argument over SSH) stays far below 128 KiB.
+NAMES_PER_CALL = 500
 # sacct prints times in this format when SLURM_TIME_FORMAT is set to it: seconds since the epoch.
 TIME_FORMAT_ENV = {"SLURM_TIME_FORMAT": "%s"}
 
@@ -75,8 +92,28 @@ def sbatch_argv(
     return argv
 
 
-def squeue_argv(data_parser: str | None = None) -> list[str]:
-    """All jobs the controller knows, in one JSON answer.
+def squeue_argv(*, slurm_ids: Iterable[int] = (), names: Iterable[str] = ()) -> list[str]:
+    """The live jobs with these Slurm ids, or else with these names, one line of SQUEUE_FIELDS each
+    (run with TIME_FORMAT_ENV: times in seconds).
+
+    Slurm filters, so the answer holds only the jobs asked for: another user's job cannot add lines
+    to it (a name with a line break in it could, in an answer listing every job), and its size
+    follows this daemon's jobs, not the cluster's.
+    """
+    ids, wanted = sorted(set(slurm_ids)), sorted(set(names))
+    if bool(ids) == bool(wanted):
+        raise ValueError("squeue_argv takes Slurm ids or names, one of the two")
+    if any("," in name for name in wanted):
+        raise ValueError("a job name with a comma cannot be looked up with --name")
+    layout = ",".join(f"{field}:{FIELD_SEPARATOR}" for field in SQUEUE_FIELDS[:-1])
+    argv = ["squeue", "--noheader", "--all", "--states=all", f"--Format={layout},{SQUEUE_FIELDS[-1]}:0"]
+    argv.append(f"--jobs={','.join(map(str, ids))}" if ids else f"--name={','.join(wanted)}")
+    return argv
+
+
+def squeue_json_argv(data_parser: str | None = None) -> list[str]:
+    """All jobs the controller knows, in one JSON answer: read only for what the lines lack (the
+    exit code of a job that ended while accounting cannot tell it).
 
     22.05 ignores filters with --json and prints every job; from 23.02 the default filter hides
     finished ones, so all partitions and states are asked for explicitly. `data_parser` picks one of

@@ -16,7 +16,7 @@ from supervisor.core.slurm_states import (
     split_wait_status,
     state_from_flags,
 )
-from supervisor.slurm.commands import SACCT_FIELDS
+from supervisor.slurm.commands import FIELD_SEPARATOR, SACCT_FIELDS, SQUEUE_FIELDS
 from supervisor.slurm.errors import (
     SlurmCommandFailed,
     SlurmError,
@@ -297,18 +297,10 @@ def parse_squeue_json(
         state = _job_state(record, "squeue")
         start = _time(record, "start_time", "squeue")
         end = _time(record, "end_time", "squeue")
-        final = state in FINAL_STATES
-        if start is None or state == "PENDING":
-            elapsed = 0
-            end = None if state == "PENDING" else end
-        elif final and end is not None:
-            elapsed = max(0, int((end - start).total_seconds()))
-        else:
-            elapsed = max(0, int((now - start).total_seconds()))
-            end = None
+        elapsed, end = _elapsed(state, start, end, now)
         exit_code: int | None = None
         signal: int | None = None
-        if final:
+        if state in FINAL_STATES:
             exit_code, signal = _exit_status(record, "squeue")
         limit = _number(record, "time_limit", "squeue")
         reason = record.get("state_reason")
@@ -330,6 +322,102 @@ def parse_squeue_json(
             )
         )
     return observed
+
+
+def _elapsed(
+    state: str, start: datetime | None, end: datetime | None, now: datetime
+) -> tuple[int, datetime | None]:
+    """(seconds the job ran, its end) from what the live view says: a pending job's start and end are
+    Slurm's forecasts, and a running job's end is its time limit, not an end."""
+    if start is None or state == "PENDING":
+        return 0, (None if state == "PENDING" else end)
+    if state in FINAL_STATES and end is not None:
+        return max(0, int((end - start).total_seconds())), end
+    return max(0, int((now - start).total_seconds())), None
+
+
+_UNLIMITED_TIMES = {"UNLIMITED", "NOT_SET", "INVALID", "PARTITION_LIMIT", "N/A", "NONE", ""}
+
+
+def _time_limit_minutes(text: str, line: str) -> int | None:
+    """A time limit as squeue prints it (`[days-][hours:]minutes:seconds`) in whole minutes, rounded
+    up; None for no limit of its own."""
+    if text.upper() in _UNLIMITED_TIMES:
+        return None
+    days_text, _, clock = text.rpartition("-")
+    parts = clock.split(":")
+    if not (days_text == "" or _is_number(days_text)) or len(parts) > 3 or not all(map(_is_number, parts)):
+        raise SlurmOutputError(
+            f"squeue: time limit {text!r} is not [days-][hours:]minutes:seconds in {line!r}"
+        )
+    numbers = [int(part) for part in parts]
+    if len(numbers) == 1:
+        numbers.append(0)  # a bare number counts minutes
+    seconds = numbers.pop()
+    minutes = numbers.pop()
+    hours = numbers.pop() if numbers else 0
+    return (int(days_text or 0) * 24 + hours) * 60 + minutes + (1 if seconds else 0)
+
+
+def parse_squeue(
+    text: str,
+    names: Collection[str] | None = None,
+    *,
+    now: datetime,
+    submitted_after: datetime | None = None,
+) -> list[ObservedJob]:
+    """Lines of `squeue --noheader --Format=<SQUEUE_FIELDS>` (commands.squeue_argv) with
+    SLURM_TIME_FORMAT=%s; only those named in `names` when given, and only those submitted at or
+    after `submitted_after` when given. The lines carry no exit code: a job they show ended has
+    `exit_code` None, to be completed from accounting."""
+    observed = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        fields = line.split(FIELD_SEPARATOR, len(SQUEUE_FIELDS) - 1)
+        if len(fields) != len(SQUEUE_FIELDS):
+            raise SlurmOutputError(
+                f"squeue: expected {len(SQUEUE_FIELDS)} fields ({','.join(SQUEUE_FIELDS)}), got "
+                f"{len(fields)} in line {line[:200]!r}"
+            )
+        job_id, state_text, submit_text, start_text, end_text, limit, reason, user, name = fields
+        if names is not None and name not in names:
+            continue
+        if not _is_number(job_id):
+            raise SlurmOutputError(f"squeue: job id {job_id!r} is not a number in line {line[:200]!r}")
+        submitted = _squeue_time(submit_text, line)
+        if submitted_after is not None and submitted is not None and submitted < submitted_after:
+            continue
+        state = _state(state_text)
+        start = _squeue_time(start_text, line)
+        elapsed, end = _elapsed(state, start, _squeue_time(end_text, line), now)
+        observed.append(
+            ObservedJob(
+                slurm_job_id=int(job_id),
+                name=name,
+                state=state,
+                exit_code=None,
+                signal=None,
+                elapsed_seconds=elapsed,
+                start_time=start,
+                end_time=end,
+                reason=None if reason in {"", "None"} else reason,
+                time_limit_minutes=_time_limit_minutes(limit, line[:200]),
+                user=user or None,
+                from_accounting=False,
+            )
+        )
+    return observed
+
+
+def _squeue_time(value: str, line: str) -> datetime | None:
+    if value in {"N/A", "Unknown", "None", ""}:
+        return None
+    if not _is_number(value):
+        raise SlurmOutputError(
+            f"squeue: time {value!r} is not seconds since the epoch in line {line[:200]!r}"
+        )
+    return _epoch(int(value))
 
 
 def _sacct_time(value: str, line: str) -> datetime | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -175,7 +175,15 @@ class PyslurmBackend:
 
         return int(await self._call(submit, submitting=True))
 
-    async def query(self, names: Collection[str], *, since: datetime | None = None) -> QueryResult:
+    async def query(
+        self,
+        names: Collection[str],
+        *,
+        since: datetime | None = None,
+        slurm_ids: Mapping[str, int] | None = None,
+    ) -> QueryResult:
+        """One load of every job, matched by name (`slurm_ids` is not needed: the API answers in
+        structures, not lines)."""
         wanted = frozenset(names)
         live = await self._call(self._pyslurm.Jobs.load)
 

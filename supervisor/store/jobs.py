@@ -8,6 +8,7 @@ Slurm job in `orphan_slurm_job` so that it gets cancelled.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sqlite3
@@ -29,7 +30,9 @@ class JobRecord:
     slurm_job_id: int | None
     last_reported_status: JobStatus | None
     max_duration_minute: int | None
-    definition: dict[str, Any] | None
+    #: The job definition as the ClaimJobEvent carried it, kept as JSON: most reads of a record never
+    #: look at it (see `definition`), and parsing it for every open job in every cycle costs the most.
+    definition_json: str | None
     claimed_block: int | None
     created_at: float
     updated_at: float
@@ -44,6 +47,14 @@ class JobRecord:
     top_up_slices: int = 0
     closed: bool = False
     note: str | None = None
+
+    @functools.cached_property
+    def definition(self) -> dict[str, Any] | None:
+        """The job definition (parsed on first use)."""
+        parsed: dict[str, Any] | None = (
+            None if self.definition_json is None else json.loads(self.definition_json)
+        )
+        return parsed
 
 
 class JobStore(StoreBase):
@@ -230,7 +241,7 @@ def _job_from_row(row: sqlite3.Row) -> JobRecord:
         if row["last_reported_status"] is None
         else JobStatus(int(row["last_reported_status"])),
         max_duration_minute=row["max_duration_minute"],
-        definition=None if row["definition_json"] is None else json.loads(row["definition_json"]),
+        definition_json=row["definition_json"],
         claimed_block=row["claimed_block"],
         created_at=float(row["created_at"]),
         updated_at=float(row["updated_at"]),

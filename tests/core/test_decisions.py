@@ -31,6 +31,7 @@ from supervisor.core.decisions import (
     decide,
     is_held,
     needs_delegated_top_up,
+    reconcile_slice,
     wanted_time_limit,
 )
 from supervisor.core.slurm_states import FINAL_STATES, chain_outcome
@@ -514,6 +515,26 @@ def test_claims_already_under_way_leave_their_queue_entries_alone() -> None:
     assert claimable_now(queued_on_chain=200, claims_unmined=150) == 50
     assert claimable_now(queued_on_chain=5, claims_unmined=0) == 5
     assert claimable_now(queued_on_chain=3, claims_unmined=7) == 0  # mined meanwhile: never negative
+
+
+def test_the_reconciler_goes_round_every_job_a_bounded_slice_at_a_time() -> None:
+    """Never-read jobs first, then those read longest ago; a pass reads at most `size` of them, and
+    passes in turn reach every job."""
+    jobs = [f"job-{n}" for n in range(7)]
+    last_read: dict[str, float] = {"job-0": 5.0, "job-1": 1.0, "job-2": 3.0}
+    assert reconcile_slice(jobs, last_read, 3) == ["job-3", "job-4", "job-5"]
+    seen: set[str] = set()
+    clock = 10.0
+    for _ in range(3):
+        chosen = reconcile_slice(jobs, last_read, 3)
+        assert len(chosen) <= 3
+        seen |= set(chosen)
+        for job_id in chosen:
+            clock += 1
+            last_read[job_id] = clock
+    assert seen == set(jobs)
+    assert reconcile_slice(jobs[:2], last_read, 3) == ["job-1", "job-0"]
+    assert reconcile_slice([], last_read, 3) == []
 
 
 def test_claims_examples() -> None:

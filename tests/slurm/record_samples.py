@@ -18,7 +18,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from supervisor.slurm.commands import SACCT_FIELDS, TIME_FORMAT_ENV, squeue_argv
+from supervisor.slurm.commands import SACCT_FIELDS, TIME_FORMAT_ENV, squeue_json_argv
 from tests.fixtures.slurm import SlurmCluster, ensure_cluster_up
 
 DATA = Path(__file__).parent / "data"
@@ -84,7 +84,7 @@ def capture_squeue(cluster: SlurmCluster, version: str) -> tuple[str, list[int]]
         while time.monotonic() < deadline:
             if cancelled_running(cluster, ids["cancelled"]):
                 run(cluster, ["scancel", str(ids["cancelled"])])
-            answer = run(cluster, squeue_argv(version or None)).stdout
+            answer = run(cluster, squeue_json_argv(version or None)).stdout
             seen = states(answer)
             if all(seen.get(ids[kind], "").split(",")[0] == state for kind, state in WANTED_STATES.items()):
                 return answer, list(ids.values())
@@ -164,7 +164,7 @@ def record_outage(cluster: SlurmCluster, out: Path, messages: dict[str, str]) ->
     if stopped.returncode != 0:
         raise RuntimeError(stopped.stderr)
     try:
-        down = run(cluster, squeue_argv())
+        down = run(cluster, squeue_json_argv())
         (out / "squeue_controller_down.json").write_text(down.stdout)
         messages["squeue_json_controller_down_status"] = str(down.returncode)
         messages["squeue_json_controller_down"] = down.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from supervisor.slurm import (
     JobUserSettings,
     UnixUserMissing,
 )
+from supervisor.slurm.commands import FIELD_SEPARATOR, TIME_FORMAT_ENV, squeue_argv
 from tests.fixtures.slurm import SlurmCluster
 from tests.slurm.conftest import counting, new_job_name, wait_for_job
 
@@ -255,3 +257,36 @@ async def test_per_wallet_user_runs_the_job(
     done = await wait_for_job(backend, name, lambda j: j.is_final, timeout=60)
     assert done.slurm_job_id == slurm_id and done.state == "COMPLETED" and done.user == user
     assert (folder / "out.txt").read_text().strip() == user
+
+
+async def test_another_users_job_name_cannot_forge_a_line_for_one_of_ours(
+    backend: CommandSlurmBackend, slurm_cluster: SlurmCluster, job_dir: Callable[[str], Path]
+) -> None:
+    """A job name may hold a line break: listed beside every other job, another user's job named
+    `x<newline><a line saying our job completed>` would read as ours. Slurm is asked for our jobs only
+    (by id, or by exact name), so the forged line never reaches the parser."""
+    user = slurm_cluster.service_user
+    name = new_job_name()
+    slurm_id = await backend.submit(submission(name, user, job_dir(user), "#!/bin/bash\nsleep 120\n"))
+    forged = FIELD_SEPARATOR.join([str(slurm_id), "COMPLETED", "1", "1", "2", "5", "None", user, name])
+    other = slurm_cluster.wallet_users[1]
+    foreign = subprocess.run(
+        ["runuser", "-u", other, "--", "sbatch", "--parsable", "--hold", f"--job-name=x\n{forged}",
+         f"--chdir={job_dir(other)}", "--output=/dev/null", "--mem-per-cpu=100", "--wrap=true",
+         f"--partition={slurm_cluster.partition}"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    foreign_id = foreign.stdout.strip().split(";")[0]
+    try:
+        every_job = squeue_argv(names=[name])[:-1]  # the same lines, for every job on the cluster
+        listing = subprocess.run(
+            every_job, capture_output=True, text=True, env={**os.environ, **TIME_FORMAT_ENV}, check=True
+        ).stdout
+        assert forged in listing.splitlines()  # the forgery is real: unfiltered, it reads as a line
+        for slurm_ids in ({}, {name: slurm_id}):
+            seen = (await backend.query([name], slurm_ids=slurm_ids)).get(name)
+            assert seen is not None and seen.slurm_job_id == slurm_id
+            assert seen.state in {"PENDING", "RUNNING"} and seen.user == user
+    finally:
+        await backend.cancel(slurm_id)
+        subprocess.run(["scancel", foreign_id], check=False)

@@ -21,6 +21,7 @@ from supervisor.slurm import (
     SlurmUnavailable,
     SubmissionRefused,
 )
+from supervisor.slurm.commands import FIELD_SEPARATOR, SQUEUE_FIELDS, squeue_argv
 from supervisor.slurm.parsing import (
     command_failure,
     latest_by_name,
@@ -29,6 +30,7 @@ from supervisor.slurm.parsing import (
     parse_sacct,
     parse_sbatch,
     parse_sinfo_json,
+    parse_squeue,
     parse_squeue_json,
     says_accounting_disabled,
     says_unavailable,
@@ -378,3 +380,85 @@ def test_slurms_messages_are_classified_by_cause(stderr: str, kind: type[Excepti
     failure = command_failure(["sbatch"], 1, stderr)
     assert type(failure) is kind
     assert failure.refuses_job == (kind is SubmissionRefused)
+
+
+def squeue_line(*fields: str) -> str:
+    return FIELD_SEPARATOR.join(fields)
+
+
+def test_squeue_lines_give_states_times_limits_and_leave_exit_codes_to_accounting() -> None:
+    started, submitted = int(NOW.timestamp()) - 90, int(NOW.timestamp()) - 100
+    lines = "\n".join(
+        [
+            squeue_line("11", "PENDING", str(submitted), str(submitted + 3600), str(submitted + 7200),
+                        "1:00", "Priority", "grid-svc", "0xpending"),
+            squeue_line("12", "RUNNING", str(submitted), str(started), str(started + 3600),
+                        "1-02:03:00", "None", "grid-svc", "0xrunning"),
+            squeue_line("13", "FAILED", str(submitted), str(started), str(started + 30),
+                        "UNLIMITED", "NonZeroExitCode", "grid-svc", "0xfailed"),
+            squeue_line("14", "CANCELLED", str(submitted), "N/A", "Unknown", "0:30", "None", "", "0xcancelled"),
+            "",
+        ]
+    )  # fmt: skip
+    jobs = {job.name: job for job in parse_squeue(lines, now=NOW)}
+    pending, running, failed, cancelled = (
+        jobs[n] for n in ("0xpending", "0xrunning", "0xfailed", "0xcancelled")
+    )
+    assert (pending.slurm_job_id, pending.state, pending.elapsed_seconds, pending.end_time) == (
+        11,
+        "PENDING",
+        0,
+        None,
+    )
+    assert pending.time_limit_minutes == 1 and pending.reason == "Priority" and pending.user == "grid-svc"
+    assert pending.chain_outcome().status == JobStatus.SCHEDULED
+    assert (running.state, running.elapsed_seconds, running.end_time) == ("RUNNING", 90, None)
+    assert running.time_limit_minutes == (24 + 2) * 60 + 3 and running.reason is None
+    assert (failed.state, failed.elapsed_seconds, failed.exit_code, failed.is_final) == (
+        "FAILED",
+        30,
+        None,
+        True,
+    )
+    assert failed.time_limit_minutes is None and failed.end_time is not None
+    assert (cancelled.start_time, cancelled.end_time, cancelled.user) == (None, None, None)
+    assert cancelled.time_limit_minutes == 1  # 30 seconds round up to a minute
+    assert all(not job.from_accounting for job in jobs.values())
+    assert [job.name for job in parse_squeue(lines, {"0xrunning"}, now=NOW)] == ["0xrunning"]
+    later = datetime.fromtimestamp(submitted + 1, tz=UTC)
+    assert parse_squeue(lines, now=NOW, submitted_after=later) == []
+
+
+def test_a_squeue_name_may_hold_the_separator_without_shifting_a_field() -> None:
+    name = f"odd{FIELD_SEPARATOR}RUNNING{FIELD_SEPARATOR}name"
+    line = squeue_line("7", "PENDING", "1796235795", "N/A", "N/A", "5", "None", "someone", name)
+    (job,) = parse_squeue(line, now=NOW)
+    assert (job.name, job.state, job.time_limit_minutes) == (name, "PENDING", 5)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (squeue_line("7", "RUNNING", "1796235795"), "expected 9 fields"),
+        (squeue_line("x7", "RUNNING", "1", "1", "1", "5", "None", "u", "n"), "job id 'x7' is not a number"),
+        (squeue_line("7", "RUNNING", "1", "soon", "1", "5", "None", "u", "n"), "time 'soon' is not seconds"),
+        (squeue_line("7", "RUNNING", "1", "1", "1", "5:xx", "None", "u", "n"), "time limit '5:xx'"),
+        (squeue_line("7", "RUNNING", "1", "1", "1", "1:2:3:4", "None", "u", "n"), "time limit '1:2:3:4'"),
+    ],
+)
+def test_malformed_squeue_lines_are_refused_naming_what_is_wrong(line: str, message: str) -> None:
+    with pytest.raises(SlurmOutputError, match=message):
+        parse_squeue(line, now=NOW)
+
+
+def test_squeue_is_asked_for_the_jobs_wanted_only() -> None:
+    by_id = squeue_argv(slurm_ids=[12, 3, 12])
+    assert by_id[-1] == "--jobs=3,12" and by_id[:4] == ["squeue", "--noheader", "--all", "--states=all"]
+    assert f"--Format={':'.join([SQUEUE_FIELDS[0], FIELD_SEPARATOR])}" in by_id[4]
+    assert by_id[4].endswith(",Name:0")
+    assert squeue_argv(names=["0xb", "0xa"])[-1] == "--name=0xa,0xb"
+    for wrong in ({}, {"slurm_ids": [1], "names": ["0xa"]}):
+        with pytest.raises(ValueError, match="one of the two"):
+            squeue_argv(**wrong)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="comma"):
+        squeue_argv(names=["a,b"])
