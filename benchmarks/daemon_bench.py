@@ -847,7 +847,7 @@ def part_tracked(bench: Bench, count: int, base: int, window: float) -> Table:
         "calls: JSON-RPC requests to the supervisor's rpc_url through a counting proxy (a batch counts "
         "its elements; WebSocket messages count too); cycles: grid_supervisor_work_cycles",
         "CPU: utime+stime of the daemon over the window (its Slurm commands, waited-for children, apart)",
-        "the daemon reads every open job on chain each reconcile_interval_seconds "
+        "the reconciler reads at most 100 open jobs on chain each reconcile_interval_seconds "
         f"({PolicySettings.model_fields['reconcile_interval_seconds'].default:g} s, its default): "
         "keep --window a multiple of it so both windows hold as many of those reads",
     ]
