@@ -27,7 +27,7 @@ import structlog
 
 from grid_protocol.jobs import JobStatus
 from supervisor.actions import Health, JobActions, Partition, reclaimed, since
-from supervisor.chain.contracts import JobReadError, ProtocolContracts
+from supervisor.chain.contracts import JobReadError, ProtocolContracts, ProviderQueues
 from supervisor.chain.follower import FollowerSettings, LogFollower
 from supervisor.chain.keys import Signer, load_signer
 from supervisor.chain.rpc import BATCH_LIMIT, check_chain_id, connect_http, describe, is_transient
@@ -607,8 +607,8 @@ class Daemon:
 
     async def _claim_loop(self) -> None:
         """The claimer lane: woken by meta-scheduling hints (the work cycle claims on its period as
-        well); one cheap queue check (`hasNextClaimableJob`) before anything else, so hints for other
-        providers cost little."""
+        well); one cheap look at the provider's queues (one JSON-RPC batch) before anything else, so
+        hints for other providers cost little."""
         while not self._stop.is_set():
             await self._claim_wake.wait()
             self._claim_wake.clear()
@@ -620,17 +620,19 @@ class Daemon:
         (the work lane and the claimer both claim), so two rounds never count the same room twice."""
         if not self._claiming:
             return
+        assert self._contracts is not None
         async with self._claim_lock:
             try:
-                await self._claim(jobs, query)
-                await self._claim_queues()
+                queues = await self._contracts.provider_queues(self.provider)
+                await self._claim(jobs, query, queues.claimable)
+                self._claim_queues(queues)
             except Exception as exc:  # the reports of the work lane must not wait for a failed claim
                 log.warning("claiming failed, will retry", error=describe(exc))
 
-    async def _claim(self, jobs: list[JobRecord], query: QueryResult | None) -> None:
+    async def _claim(self, jobs: list[JobRecord], query: QueryResult | None, queued: bool) -> None:
         assert self._contracts is not None and self._sender is not None
-        if query is None:
-            return  # without Slurm, do not take more jobs
+        if query is None or not queued:
+            return  # without Slurm, do not take more jobs; with an empty queue, there are none
         held = sum(
             1
             for job in jobs
@@ -647,10 +649,8 @@ class Daemon:
         wanted = claims_to_send(held=held, in_flight=in_flight, limit=self.config.policy.max_queued_jobs)
         if wanted == 0:
             return
-        if not await self._contracts.has_next_claimable_job(self.provider):
-            return
-        queued = await self._contracts.claimable_jobs(self.provider, wanted + unmined)
-        wanted = min(wanted, claimable_now(queued_on_chain=queued, claims_unmined=unmined))
+        on_chain = await self._contracts.claimable_jobs(self.provider, wanted + unmined)
+        wanted = min(wanted, claimable_now(queued_on_chain=on_chain, claims_unmined=unmined))
         if wanted == 0:
             return
         for _ in range(wanted):
@@ -659,17 +659,13 @@ class Daemon:
         if self._follower is not None:
             self._follower.wake()
 
-    async def _claim_queues(self) -> None:
+    def _claim_queues(self, queues: ProviderQueues) -> None:
         """Cancellation and top-up requests wait in queues of their own: claim them when there are some."""
         contracts, sender = self._contracts, self._sender
         assert contracts is not None and sender is not None
-        if not self.store.open_actions("claim_next_cancelling_job") and await contracts.has_cancelling_job(
-            self.provider
-        ):
+        if queues.cancelling and not self.store.open_actions("claim_next_cancelling_job"):
             sender.submit_call(contracts.claim_next_cancelling_job())
-        if not self.store.open_actions("claim_next_top_up_job") and await contracts.has_top_up_job(
-            self.provider
-        ):
+        if queues.top_up and not self.store.open_actions("claim_next_top_up_job"):
             sender.submit_call(contracts.claim_next_top_up_job())
 
     # -- one job ------------------------------------------------------------------------------

@@ -72,6 +72,15 @@ class JobReadError:
     data: Any = None
 
 
+@dataclass(frozen=True)
+class ProviderQueues:
+    """Which of a provider's queues hold a job now."""
+
+    claimable: bool
+    cancelling: bool
+    top_up: bool
+
+
 class DeploymentError(RuntimeError):
     """The address given is not a usable deployment of the protocol."""
 
@@ -299,14 +308,24 @@ class ProtocolContracts:
                 views[job_id] = (JobStatus(int(status)), Web3.to_checksum_address(provider))
         return views
 
-    async def has_next_claimable_job(self, provider: str) -> bool:
-        return bool(await self._call(self.provider_job_queues, "hasNextClaimableJob", provider))
-
-    async def has_cancelling_job(self, provider: str) -> bool:
-        return bool(await self._call(self.provider_job_queues, "hasCancellingJob", provider))
-
-    async def has_top_up_job(self, provider: str) -> bool:
-        return bool(await self._call(self.provider_job_queues, "hasTopUpJob", provider))
+    async def provider_queues(self, provider: str) -> ProviderQueues:
+        """Whether each of the provider's three queues holds a job, in one JSON-RPC batch: the
+        question every work cycle asks."""
+        queues = self.provider_job_queues
+        functions = ("hasNextClaimableJob", "hasCancellingJob", "hasTopUpJob")
+        requests = [
+            ("eth_call", [{"to": queues.address, "data": queues.encode_abi(name, args=[provider])}, "latest"])
+            for name in functions
+        ]
+        answers = await batch_request(self.w3, requests)
+        flags = []
+        for name, answer in zip(functions, answers, strict=True):
+            if "error" in answer:
+                raise RuntimeError(f"ProviderJobQueues.{name} was refused: {rpc_error_message(answer)}")
+            (flag,) = LENIENT_CODEC.decode(["bool"], bytes.fromhex(str(answer.get("result"))[2:]))
+            flags.append(bool(flag))
+        claimable, cancelling, top_up = flags
+        return ProviderQueues(claimable=claimable, cancelling=cancelling, top_up=top_up)
 
     async def is_valid_for_scheduling(self, provider: str) -> bool:
         return bool(await self._call(self.provider_manager, "isValidForScheduling", provider))

@@ -323,8 +323,8 @@ class TransactionSender:
             return False
         if self._resync_nonce or self._next_nonce is None:
             await self._resync()
-        fees = await self._current_fees()
-        estimates = await self._estimate_all(batch)
+        # Side by side: the fee bid does not depend on the estimates, and each is a round trip.
+        fees, estimates = await asyncio.gather(self._current_fees(), self._estimate_all(batch))
         signed: list[tuple[OutboxAction, TxAttempt]] = []
         failed = 0
         for action, estimate in zip(batch, estimates, strict=True):
@@ -410,14 +410,24 @@ class TransactionSender:
         }
 
     async def _current_fees(self) -> FeeBid:
-        block = await read(lambda: self._w3.eth.get_block("latest"))
+        """The bid for a batch: the latest block and the node's priority fee are asked side by side
+        (a node without EIP-1559 refuses the second; its answer is then not used)."""
+        block, tip = await asyncio.gather(
+            read(lambda: self._w3.eth.get_block("latest")),
+            read(lambda: self._w3.eth.max_priority_fee),
+            return_exceptions=True,
+        )
+        if isinstance(block, BaseException):
+            raise block
         base_fee = block.get("baseFeePerGas")
         cap = self.settings.max_fee_per_gas_cap
         if base_fee is not None:
-            try:
-                priority = int(await read(lambda: self._w3.eth.max_priority_fee))
-            except Web3RPCError:
+            if isinstance(tip, Web3RPCError):
                 priority = self.settings.default_priority_fee
+            elif isinstance(tip, BaseException):
+                raise tip
+            else:
+                priority = int(tip)
             max_fee = 2 * int(base_fee) + priority
             if cap is not None:
                 max_fee, priority = min(max_fee, cap), min(priority, cap)

@@ -265,9 +265,7 @@ class CommandSlurmBackend:
         if not wanted:
             return QueryResult({}, frozenset(), True, self._accounting is not False)
         now = datetime.now(tz=UTC)
-        listed = parsing.parse_squeue(
-            await self._live_lines(wanted, slurm_ids or {}), wanted, now=now, submitted_after=since
-        )
+        listed = await self._live(wanted, slurm_ids or {}, now, since)
         found = [job for job in listed if not job.is_final]
         # The lines hold no exit code: a job they show ended is read again, from accounting first.
         ended = {job.slurm_job_id: job for job in listed if job.is_final}
@@ -301,28 +299,22 @@ class CommandSlurmBackend:
             accounting_available=self._accounting is not False,
         )
 
-    async def _live_lines(self, wanted: frozenset[str], slurm_ids: Mapping[str, int]) -> str:
-        """squeue's lines for the wanted jobs: by Slurm id where it is known, else by name."""
-        ids = {slurm_ids[name] for name in wanted if name in slurm_ids}
+    async def _live(
+        self, wanted: frozenset[str], slurm_ids: Mapping[str, int], now: datetime, since: datetime | None
+    ) -> list[ObservedJob]:
+        """The wanted jobs Slurm's controller has: matched by Slurm id in the listing of every job
+        where the id is known, else asked for by name."""
+        by_id = {slurm_ids[name]: name for name in wanted if name in slurm_ids}
         by_name = sorted(wanted - slurm_ids.keys())
-        lines = []
-        if ids:
-            try:
-                lines.append(
-                    (
-                        await self._run(commands.squeue_argv(slurm_ids=ids), env=commands.TIME_FORMAT_ENV)
-                    ).stdout
-                )
-            except SlurmCommandFailed as exc:
-                # squeue refuses one id it does not know (several unknown ones just print nothing).
-                if not (len(ids) == 1 and "invalid job id" in exc.stderr.lower()):
-                    raise
+        listed: list[ObservedJob] = []
+        if by_id:
+            answer = await self._run(commands.squeue_argv(), env=commands.TIME_FORMAT_ENV)
+            listed += parsing.parse_squeue(answer.stdout, now=now, slurm_ids=by_id, submitted_after=since)
         for start in range(0, len(by_name), commands.NAMES_PER_CALL):
             chunk = by_name[start : start + commands.NAMES_PER_CALL]
-            lines.append(
-                (await self._run(commands.squeue_argv(names=chunk), env=commands.TIME_FORMAT_ENV)).stdout
-            )
-        return "\n".join(lines)
+            answer = await self._run(commands.squeue_argv(names=chunk), env=commands.TIME_FORMAT_ENV)
+            listed += parsing.parse_squeue(answer.stdout, now=now, names=set(chunk), submitted_after=since)
+        return listed
 
     async def _ended_from_json(
         self, ended: dict[int, ObservedJob], now: datetime, since: datetime | None

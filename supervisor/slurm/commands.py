@@ -24,8 +24,9 @@ SACCT_FIELDS = (
     "TimelimitRaw",
     "User",
 )
-# squeue fields, in the order parse_squeue reads them, each ended by FIELD_SEPARATOR but the name:
-# last, so that whatever a name holds it cannot shift another field.
+# squeue fields, in the order parse_squeue reads them, each ended by FIELD_SEPARATOR but the last:
+# the reason (free text where Slurm writes a description) and the name, so that whatever they hold
+# cannot shift another field. The listing of every job leaves the name out (see squeue_argv).
 SQUEUE_FIELDS = (
     "JobID",
     "State",
@@ -33,8 +34,8 @@ SQUEUE_FIELDS = (
     "StartTime",
     "EndTime",
     "TimeLimit",
-    "Reason",
     "UserName",
+    "Reason",
     "Name",
 )
 #: ASCII's unit separator: no Slurm state, time, reason or user name holds it.
@@ -92,22 +93,24 @@ def sbatch_argv(
     return argv
 
 
-def squeue_argv(*, slurm_ids: Iterable[int] = (), names: Iterable[str] = ()) -> list[str]:
-    """The live jobs with these Slurm ids, or else with these names, one line of SQUEUE_FIELDS each
-    (run with TIME_FORMAT_ENV: times in seconds).
+def squeue_argv(*, names: Iterable[str] = ()) -> list[str]:
+    """One line of SQUEUE_FIELDS per live job (run with TIME_FORMAT_ENV: times in seconds).
 
-    Slurm filters, so the answer holds only the jobs asked for: another user's job cannot add lines
-    to it (a name with a line break in it could, in an answer listing every job), and its size
-    follows this daemon's jobs, not the cluster's.
+    Without `names`: every job the controller knows, without the name field, for the jobs whose Slurm
+    id is known. Another user chooses a job's name, and a name may hold a line break: in a listing
+    with names, `x<newline><a line saying one of ours completed>` would read as ours. No field left
+    holds text another user writes, so the listing can be matched on ids. With `names`: only the jobs
+    of those exact names (Slurm filters), the name last. Asking Slurm for a list of ids instead costs
+    it time in the square of the list's length; the whole listing is cheap.
     """
-    ids, wanted = sorted(set(slurm_ids)), sorted(set(names))
-    if bool(ids) == bool(wanted):
-        raise ValueError("squeue_argv takes Slurm ids or names, one of the two")
+    wanted = sorted(set(names))
     if any("," in name for name in wanted):
         raise ValueError("a job name with a comma cannot be looked up with --name")
-    layout = ",".join(f"{field}:{FIELD_SEPARATOR}" for field in SQUEUE_FIELDS[:-1])
-    argv = ["squeue", "--noheader", "--all", "--states=all", f"--Format={layout},{SQUEUE_FIELDS[-1]}:0"]
-    argv.append(f"--jobs={','.join(map(str, ids))}" if ids else f"--name={','.join(wanted)}")
+    fields = SQUEUE_FIELDS if wanted else SQUEUE_FIELDS[:-1]
+    layout = ",".join(f"{field}:{FIELD_SEPARATOR}" for field in fields[:-1]) + f",{fields[-1]}:0"
+    argv = ["squeue", "--noheader", "--all", "--states=all", f"--Format={layout}"]
+    if wanted:
+        argv.append(f"--name={','.join(wanted)}")
     return argv
 
 

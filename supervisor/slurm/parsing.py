@@ -361,28 +361,40 @@ def _time_limit_minutes(text: str, line: str) -> int | None:
 
 def parse_squeue(
     text: str,
-    names: Collection[str] | None = None,
     *,
     now: datetime,
+    names: Collection[str] | None = None,
+    slurm_ids: Mapping[int, str] | None = None,
     submitted_after: datetime | None = None,
 ) -> list[ObservedJob]:
-    """Lines of `squeue --noheader --Format=<SQUEUE_FIELDS>` (commands.squeue_argv) with
-    SLURM_TIME_FORMAT=%s; only those named in `names` when given, and only those submitted at or
-    after `submitted_after` when given. The lines carry no exit code: a job they show ended has
-    `exit_code` None, to be completed from accounting."""
+    """Lines of `squeue --noheader --Format=...` (commands.squeue_argv) with SLURM_TIME_FORMAT=%s.
+
+    With `slurm_ids` (Slurm id -> job name): the listing without names, only the lines of those ids,
+    named from it; any other line is another job's and is not read further. Else lines with the name
+    last, only those of `names` when given. Only jobs submitted at or after `submitted_after` are kept
+    when given. The lines carry no exit code: a job they show ended has `exit_code` None.
+    """
+    count = len(SQUEUE_FIELDS) - (0 if slurm_ids is None else 1)
     observed = []
     for line in text.splitlines():
         if not line.strip():
             continue
-        fields = line.split(FIELD_SEPARATOR, len(SQUEUE_FIELDS) - 1)
-        if len(fields) != len(SQUEUE_FIELDS):
+        fields = line.split(FIELD_SEPARATOR, count - 1)
+        if slurm_ids is not None:
+            head = fields[0]
+            if not _is_number(head) or int(head) not in slurm_ids:
+                continue
+            name = slurm_ids[int(head)]
+        if len(fields) != count:
             raise SlurmOutputError(
-                f"squeue: expected {len(SQUEUE_FIELDS)} fields ({','.join(SQUEUE_FIELDS)}), got "
+                f"squeue: expected {count} fields ({','.join(SQUEUE_FIELDS[:count])}), got "
                 f"{len(fields)} in line {line[:200]!r}"
             )
-        job_id, state_text, submit_text, start_text, end_text, limit, reason, user, name = fields
-        if names is not None and name not in names:
-            continue
+        job_id, state_text, submit_text, start_text, end_text, limit, user, reason = fields[:8]
+        if slurm_ids is None:
+            name = fields[8]
+            if names is not None and name not in names:
+                continue
         if not _is_number(job_id):
             raise SlurmOutputError(f"squeue: job id {job_id!r} is not a number in line {line[:200]!r}")
         submitted = _squeue_time(submit_text, line)

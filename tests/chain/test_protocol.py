@@ -4,20 +4,26 @@ custom error decoded from a real revert."""
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from web3 import Web3
 from web3.exceptions import ContractLogicError
+from web3.types import Wei
 
 from grid_protocol.jobs import JobDefinition, JobStatus
 from supervisor.chain.contracts import (
     DeploymentError,
     JobReadError,
     ProtocolContracts,
+    ProviderQueues,
     code_has_function,
     job_id_hex,
 )
@@ -188,7 +194,9 @@ async def test_a_job_claimed_followed_and_reported(provider_side: tuple[Any, ...
     await eventually(lambda: "JobTransitionEvent" in handler.names(), what="the meta-scheduling hint")
     hint = handler.seen[0]
     assert hint.args["_jobId"] == jid and hint.args["_to"] == JobStatus.META_SCHEDULED
-    assert await contracts.has_next_claimable_job(provider.address)
+    assert await contracts.provider_queues(provider.address) == ProviderQueues(
+        claimable=True, cancelling=False, top_up=False
+    )
 
     claim = await asyncio.wait_for(sender.wait(sender.submit_call(contracts.claim_next_job())), 30)
     assert claim.success
@@ -274,3 +282,55 @@ async def test_job_views_read_many_jobs_in_batches_and_isolate_a_refusal(
         assert views[key] == (JobStatus.PENDING, ZERO)
     refusal = views[ghost]
     assert isinstance(refusal, JobReadError) and "0x71c8f460" in str(refusal.data)  # InvalidJob()
+
+
+class MethodRecorder:
+    """An HTTP proxy in front of anvil that records the JSON-RPC methods asked through it."""
+
+    def __init__(self, target: str) -> None:
+        self.methods: list[str] = []
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                sent = json.loads(body)
+                recorder.methods += [call["method"] for call in (sent if isinstance(sent, list) else [sent])]
+                request = urllib.request.Request(target, body, {"Content-Type": "application/json"})
+                with urllib.request.urlopen(request, timeout=10) as answer:
+                    reply = answer.read()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+async def test_reads_and_gas_estimates_cost_one_request_each(grid: Grid) -> None:
+    """The chain id is checked once at start: no call or estimate asks the node for it again."""
+    recorder = MethodRecorder(grid.anvil.http_url)
+    w3 = connect_http(recorder.url)
+    try:
+        contracts = await ProtocolContracts.discover(w3, grid.deployment.meta_scheduler)
+        recorder.methods.clear()
+        provider = grid.providers[0].address
+        for _ in range(3):
+            await contracts.provider_prices(provider)
+        gas = await w3.eth.estimate_gas({"from": provider, "to": grid.customers[0].address, "value": Wei(1)})
+        assert gas == 21000
+        assert recorder.methods == ["eth_call", "eth_call", "eth_call", "eth_estimateGas"]
+    finally:
+        await w3.provider.disconnect()
+        recorder.close()

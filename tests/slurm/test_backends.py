@@ -262,13 +262,13 @@ async def test_per_wallet_user_runs_the_job(
 async def test_another_users_job_name_cannot_forge_a_line_for_one_of_ours(
     backend: CommandSlurmBackend, slurm_cluster: SlurmCluster, job_dir: Callable[[str], Path]
 ) -> None:
-    """A job name may hold a line break: listed beside every other job, another user's job named
-    `x<newline><a line saying our job completed>` would read as ours. Slurm is asked for our jobs only
-    (by id, or by exact name), so the forged line never reaches the parser."""
+    """A job name may hold a line break: in a listing of every job with names, another user's job
+    named `x<newline><a line saying our job completed>` would read as ours. The listing of every job
+    leaves names out and is matched on ids; a look-up by name asks Slurm for that exact name."""
     user = slurm_cluster.service_user
     name = new_job_name()
     slurm_id = await backend.submit(submission(name, user, job_dir(user), "#!/bin/bash\nsleep 120\n"))
-    forged = FIELD_SEPARATOR.join([str(slurm_id), "COMPLETED", "1", "1", "2", "5", "None", user, name])
+    forged = FIELD_SEPARATOR.join([str(slurm_id), "COMPLETED", "1", "1", "2", "5", user, "None", name])
     other = slurm_cluster.wallet_users[1]
     foreign = subprocess.run(
         ["runuser", "-u", other, "--", "sbatch", "--parsable", "--hold", f"--job-name=x\n{forged}",
@@ -278,7 +278,7 @@ async def test_another_users_job_name_cannot_forge_a_line_for_one_of_ours(
     )  # fmt: skip
     foreign_id = foreign.stdout.strip().split(";")[0]
     try:
-        every_job = squeue_argv(names=[name])[:-1]  # the same lines, for every job on the cluster
+        every_job = squeue_argv(names=[name])[:-1]  # lines with names, for every job on the cluster
         listing = subprocess.run(
             every_job, capture_output=True, text=True, env={**os.environ, **TIME_FORMAT_ENV}, check=True
         ).stdout

@@ -391,12 +391,12 @@ def test_squeue_lines_give_states_times_limits_and_leave_exit_codes_to_accountin
     lines = "\n".join(
         [
             squeue_line("11", "PENDING", str(submitted), str(submitted + 3600), str(submitted + 7200),
-                        "1:00", "Priority", "grid-svc", "0xpending"),
+                        "1:00", "grid-svc", "Priority", "0xpending"),
             squeue_line("12", "RUNNING", str(submitted), str(started), str(started + 3600),
-                        "1-02:03:00", "None", "grid-svc", "0xrunning"),
+                        "1-02:03:00", "grid-svc", "None", "0xrunning"),
             squeue_line("13", "FAILED", str(submitted), str(started), str(started + 30),
-                        "UNLIMITED", "NonZeroExitCode", "grid-svc", "0xfailed"),
-            squeue_line("14", "CANCELLED", str(submitted), "N/A", "Unknown", "0:30", "None", "", "0xcancelled"),
+                        "UNLIMITED", "grid-svc", "NonZeroExitCode", "0xfailed"),
+            squeue_line("14", "CANCELLED", str(submitted), "N/A", "Unknown", "0:30", "", "None", "0xcancelled"),
             "",
         ]
     )  # fmt: skip
@@ -424,14 +424,29 @@ def test_squeue_lines_give_states_times_limits_and_leave_exit_codes_to_accountin
     assert (cancelled.start_time, cancelled.end_time, cancelled.user) == (None, None, None)
     assert cancelled.time_limit_minutes == 1  # 30 seconds round up to a minute
     assert all(not job.from_accounting for job in jobs.values())
-    assert [job.name for job in parse_squeue(lines, {"0xrunning"}, now=NOW)] == ["0xrunning"]
+    assert [job.name for job in parse_squeue(lines, now=NOW, names={"0xrunning"})] == ["0xrunning"]
     later = datetime.fromtimestamp(submitted + 1, tz=UTC)
     assert parse_squeue(lines, now=NOW, submitted_after=later) == []
 
 
+def test_the_listing_without_names_is_matched_on_ids_and_other_lines_are_not_read() -> None:
+    ours = squeue_line("21", "RUNNING", "1796235795", "1796235796", "1796239396", "5:00", "grid-svc", "None")
+    lines = "\n".join(
+        [
+            squeue_line("20", "PENDING", "1", "1", "1", "5:00", "someone", "Held by a name\nwith a break"),
+            "with a break",  # the rest of another job's line: not ours, so never read
+            ours,
+        ]
+    )
+    (job,) = parse_squeue(lines, now=NOW, slurm_ids={21: "0xours", 22: "0xgone"})
+    assert (job.slurm_job_id, job.name, job.state, job.time_limit_minutes) == (21, "0xours", "RUNNING", 5)
+    with pytest.raises(SlurmOutputError, match="expected 8 fields"):
+        parse_squeue(squeue_line("21", "RUNNING", "1"), now=NOW, slurm_ids={21: "0xours"})
+
+
 def test_a_squeue_name_may_hold_the_separator_without_shifting_a_field() -> None:
     name = f"odd{FIELD_SEPARATOR}RUNNING{FIELD_SEPARATOR}name"
-    line = squeue_line("7", "PENDING", "1796235795", "N/A", "N/A", "5", "None", "someone", name)
+    line = squeue_line("7", "PENDING", "1796235795", "N/A", "N/A", "5", "someone", "None", name)
     (job,) = parse_squeue(line, now=NOW)
     assert (job.name, job.state, job.time_limit_minutes) == (name, "PENDING", 5)
 
@@ -440,10 +455,10 @@ def test_a_squeue_name_may_hold_the_separator_without_shifting_a_field() -> None
     ("line", "message"),
     [
         (squeue_line("7", "RUNNING", "1796235795"), "expected 9 fields"),
-        (squeue_line("x7", "RUNNING", "1", "1", "1", "5", "None", "u", "n"), "job id 'x7' is not a number"),
-        (squeue_line("7", "RUNNING", "1", "soon", "1", "5", "None", "u", "n"), "time 'soon' is not seconds"),
-        (squeue_line("7", "RUNNING", "1", "1", "1", "5:xx", "None", "u", "n"), "time limit '5:xx'"),
-        (squeue_line("7", "RUNNING", "1", "1", "1", "1:2:3:4", "None", "u", "n"), "time limit '1:2:3:4'"),
+        (squeue_line("x7", "RUNNING", "1", "1", "1", "5", "u", "None", "n"), "job id 'x7' is not a number"),
+        (squeue_line("7", "RUNNING", "1", "soon", "1", "5", "u", "None", "n"), "time 'soon' is not seconds"),
+        (squeue_line("7", "RUNNING", "1", "1", "1", "5:xx", "u", "None", "n"), "time limit '5:xx'"),
+        (squeue_line("7", "RUNNING", "1", "1", "1", "1:2:3:4", "u", "None", "n"), "time limit '1:2:3:4'"),
     ],
 )
 def test_malformed_squeue_lines_are_refused_naming_what_is_wrong(line: str, message: str) -> None:
@@ -451,14 +466,12 @@ def test_malformed_squeue_lines_are_refused_naming_what_is_wrong(line: str, mess
         parse_squeue(line, now=NOW)
 
 
-def test_squeue_is_asked_for_the_jobs_wanted_only() -> None:
-    by_id = squeue_argv(slurm_ids=[12, 3, 12])
-    assert by_id[-1] == "--jobs=3,12" and by_id[:4] == ["squeue", "--noheader", "--all", "--states=all"]
-    assert f"--Format={':'.join([SQUEUE_FIELDS[0], FIELD_SEPARATOR])}" in by_id[4]
-    assert by_id[4].endswith(",Name:0")
-    assert squeue_argv(names=["0xb", "0xa"])[-1] == "--name=0xa,0xb"
-    for wrong in ({}, {"slurm_ids": [1], "names": ["0xa"]}):
-        with pytest.raises(ValueError, match="one of the two"):
-            squeue_argv(**wrong)  # type: ignore[arg-type]
+def test_squeue_is_asked_for_every_job_without_names_or_for_exact_names() -> None:
+    listing = squeue_argv()
+    assert listing[:4] == ["squeue", "--noheader", "--all", "--states=all"] and len(listing) == 5
+    layout = listing[4].removeprefix("--Format=").split(",")
+    assert layout == [f"{field}:{FIELD_SEPARATOR}" for field in SQUEUE_FIELDS[:-2]] + ["Reason:0"]
+    named = squeue_argv(names=["0xb", "0xa", "0xb"])
+    assert named[-1] == "--name=0xa,0xb" and named[4].endswith(f"Reason:{FIELD_SEPARATOR},Name:0")
     with pytest.raises(ValueError, match="comma"):
         squeue_argv(names=["a,b"])
