@@ -424,8 +424,7 @@ class Daemon:
         """One pass: claim, then look at every open job and act on what it needs."""
         jobs = self.store.open_jobs()
         query = await self._query_slurm(jobs)
-        if query is not None:
-            self._record_slurm_ids(jobs, query)
+        if query is not None and self._record_slurm_ids(jobs, query):
             jobs = self.store.open_jobs()
         chain = await self._chain_views(jobs)
         if chain is None:
@@ -544,11 +543,15 @@ class Daemon:
             accounting_available=all(result.accounting_available for result in results),
         )
 
-    def _record_slurm_ids(self, jobs: list[JobRecord], query: QueryResult) -> None:
+    def _record_slurm_ids(self, jobs: list[JobRecord], query: QueryResult) -> bool:
+        """Keep the Slurm id of each job Slurm showed; True when one changed."""
+        changed = False
         for job in jobs:
             seen = query.get(job.job_id)
             if seen is not None and job.slurm_job_id != seen.slurm_job_id:
                 self.store.update_job(job.job_id, slurm_job_id=seen.slurm_job_id)
+                changed = True
+        return changed
 
     async def _chain_views(self, jobs: list[JobRecord]) -> dict[str, tuple[JobStatus, bool]] | None:
         """(status, ours) of every open job, as the follower keeps them from the chain's events.

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from grid_protocol.jobs import JobStatus
+from supervisor.core.slurm_states import ACTIVE_STATES, WAITING_STATES
 from supervisor.slurm import (
     CommandSlurmBackend,
     JobAlreadySubmitted,
@@ -286,7 +287,7 @@ async def test_another_users_job_name_cannot_forge_a_line_for_one_of_ours(
         for slurm_ids in ({}, {name: slurm_id}):
             seen = (await backend.query([name], slurm_ids=slurm_ids)).get(name)
             assert seen is not None and seen.slurm_job_id == slurm_id
-            assert seen.state in {"PENDING", "RUNNING"} and seen.user == user
+            assert seen.state in WAITING_STATES | ACTIVE_STATES and seen.user == user  # not the forgery
     finally:
         await backend.cancel(slurm_id)
         subprocess.run(["scancel", foreign_id], check=False)
