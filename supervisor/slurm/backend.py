@@ -68,7 +68,7 @@ class SlurmBackend(Protocol):
 
         With `since`, jobs submitted before it are ignored: job ids repeat across deployments (a test
         chain, a second grid), so an older Slurm job of the same name belongs to another job.
-        `slurm_ids` gives the Slurm job id of the names that have one: Slurm is asked for those by id.
+        `slurm_ids` gives the Slurm job id of the names that have one: those are matched by id.
         """
         ...
 

@@ -24,6 +24,7 @@ class StoreBase:
         self._conn = conn
         self.path = path
         self._in_transaction = False
+        self._commits = 0  # transactions this connection committed: see `version()`
 
     def close(self) -> None:
         self._conn.close()
@@ -48,8 +49,15 @@ class StoreBase:
             raise
         else:
             self._conn.execute("COMMIT")
+            self._commits += 1
         finally:
             self._in_transaction = False
+
+    def version(self) -> tuple[int, int]:
+        """Changes whenever anything was committed, by this connection or another one (SQLite's
+        `data_version` counts only the others): what a reader may key a cache on."""
+        (others,) = self._conn.execute("PRAGMA data_version").fetchone()
+        return self._commits, int(others)
 
     @contextmanager
     def savepoint(self, name: str) -> Iterator[sqlite3.Connection]:

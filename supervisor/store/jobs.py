@@ -203,10 +203,26 @@ class JobStore(StoreBase):
                 (minutes, time.time(), job_id),
             )
 
+    _open_jobs_read: tuple[tuple[int, int], list[JobRecord]] | None = None
+
     def open_jobs(self) -> list[JobRecord]:
-        """Jobs the daemon still acts on (not closed), oldest first."""
+        """Jobs the daemon still acts on (not closed), oldest first.
+
+        Every work cycle asks, with thousands of jobs open and most of them unchanged: the records
+        (immutable) are read again only after something was committed.
+        """
+        version = self.version()
+        if (
+            self._open_jobs_read is not None
+            and self._open_jobs_read[0] == version
+            and not self._in_transaction
+        ):
+            return list(self._open_jobs_read[1])
         rows = self._conn.execute("SELECT * FROM job WHERE closed = 0 ORDER BY created_at, job_id").fetchall()
-        return [_job_from_row(r) for r in rows]
+        records = [_job_from_row(r) for r in rows]
+        if not self._in_transaction:  # what a transaction sees may still be undone
+            self._open_jobs_read = (version, records)
+        return list(records)
 
     def _update_job(self, job_id: str, column: str, value: int) -> None:
         self.update_job(job_id, **{column: value})

@@ -222,3 +222,26 @@ def test_retention_forgets_closed_jobs_and_delivered_writes_but_no_count(tmp_pat
     assert transaction_figures(store) == before
     assert store.job_counts() == counts_before
     store.close()
+
+
+def test_open_jobs_follow_every_commit_of_this_connection_and_of_others(tmp_path: Path) -> None:
+    """The open records are read again only after a commit, whoever made it."""
+    store = Store.open(tmp_path / "state.db")
+    store.record_claim("0x01", customer="0xc", max_duration_minute=5, definition={"a": 1}, claimed_block=1)
+    first = store.open_jobs()
+    assert [job.job_id for job in first] == ["0x01"] and first[0].definition == {"a": 1}
+    assert store.open_jobs() == first
+    store.update_job("0x01", status=int(JobStatus.RUNNING))
+    assert [job.status for job in store.open_jobs()] == [JobStatus.RUNNING]
+    with pytest.raises(RuntimeError), store.transaction():
+        store.update_job("0x01", note="undone")
+        assert store.open_jobs()[0].note == "undone"  # the transaction sees its own write
+        raise RuntimeError("rolled back")
+    assert store.open_jobs()[0].note is None
+    other = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    other.execute("UPDATE job SET note = 'from another process' WHERE job_id = '0x01'")
+    assert store.open_jobs()[0].note == "from another process"
+    other.execute("UPDATE job SET closed = 1")
+    assert store.open_jobs() == []
+    other.close()
+    store.close()
