@@ -90,6 +90,15 @@ class Partition:
         return self.hardware
 
 
+def time_limit_shortfall(job: JobRecord, seen: ObservedJob | None) -> int:
+    """Minutes the Slurm time limit lacks of what was paid for (the claim's duration plus every
+    top-up); 0 when it has them, or when either side is not known."""
+    if seen is None or seen.time_limit_minutes is None or job.max_duration_minute is None:
+        return 0
+    wanted = wanted_time_limit(max_duration_minute=job.max_duration_minute, extra_minutes=job.extra_minutes)
+    return max(0, wanted - seen.time_limit_minutes)
+
+
 @dataclass
 class JobActions:
     """The executors of the decisions, with what they act through."""
@@ -309,14 +318,10 @@ class JobActions:
 
     async def follow_time_limit(self, job: JobRecord, seen: ObservedJob | None) -> None:
         """The Slurm time limit follows the minutes paid for: the claim's duration plus every top-up."""
-        if seen is None or seen.time_limit_minutes is None or job.max_duration_minute is None:
+        extra = time_limit_shortfall(job, seen)
+        if seen is None or seen.time_limit_minutes is None or extra == 0:
             return
-        wanted = wanted_time_limit(
-            max_duration_minute=job.max_duration_minute, extra_minutes=job.extra_minutes
-        )
-        if seen.time_limit_minutes >= wanted:
-            return
-        extra = wanted - seen.time_limit_minutes
+        wanted = seen.time_limit_minutes + extra
         try:
             await self.slurm.extend_time_limit(seen.slurm_job_id, extra)
         except SlurmError as exc:

@@ -26,7 +26,7 @@ from typing import Any, Protocol, TypeVar
 import structlog
 
 from grid_protocol.jobs import JobStatus
-from supervisor.actions import Health, JobActions, Partition, reclaimed, since
+from supervisor.actions import Health, JobActions, Partition, reclaimed, since, time_limit_shortfall
 from supervisor.chain.contracts import JobReadError, ProtocolContracts, ProviderQueues
 from supervisor.chain.follower import FollowerSettings, LogFollower
 from supervisor.chain.keys import Signer, load_signer
@@ -34,6 +34,7 @@ from supervisor.chain.rpc import BATCH_LIMIT, check_chain_id, connect_http, desc
 from supervisor.chain.sender import SenderSettings, TransactionSender
 from supervisor.config import SupervisorConfig
 from supervisor.core.decisions import (
+    Action,
     CancelInSlurm,
     Forget,
     JobSituation,
@@ -128,6 +129,8 @@ class Daemon:
         self._actions: JobActions | None = None
         self._submitter: Submitter | None = None
         self._observed: dict[str, ObservedJob] = {}
+        #: Jobs found quiet at the last cycle, with the inputs they were found quiet with.
+        self._quiet: dict[str, tuple[JobRecord, ObservedJob, tuple[JobStatus, bool]]] = {}
         self._last_reconcile = 0.0
         self._last_prune = 0.0
         self._folders_said: set[str] = set()
@@ -438,17 +441,17 @@ class Daemon:
             await actions.cancel_orphans()
         limit = asyncio.Semaphore(JOB_CONCURRENCY)
 
-        async def act(job: JobRecord) -> None:
+        async def act(job: JobRecord, situation: JobSituation, decided: list[Action]) -> None:
             async with limit:
                 with structlog.contextvars.bound_contextvars(job_id=job.job_id):
                     try:
-                        await self._act(job, chain.get(job.job_id), query)
+                        await self._act(job, situation, decided)
                     except asyncio.CancelledError:
                         raise
                     except Exception as exc:
                         log.exception("acting on the job failed, will retry", error=describe(exc))
 
-        await asyncio.gather(*(act(job) for job in jobs))
+        await asyncio.gather(*(act(*work) for work in self._work_to_do(jobs, chain, query)))
         if time.monotonic() - self._last_reconcile > self.config.policy.reconcile_interval_seconds:
             await actions.refresh_delegation(jobs)
             self._last_reconcile = time.monotonic()
@@ -707,24 +710,55 @@ class Daemon:
             started=seen.start_time is not None or seen.elapsed_seconds > 0,
         )
 
-    async def _act(
-        self, job: JobRecord, chain: tuple[JobStatus, bool] | None, query: QueryResult | None
-    ) -> None:
-        if chain is None:
-            return
-        status, ours = chain
-        situation = JobSituation(
-            chain_status=status,
-            ours=ours and job.ours,
-            cancel_requested=job.cancel_requested,
-            submitted=job.slurm_job_id is not None,
-            reported=job.last_reported_status,
-            slurm=self._slurm_view(job, query),
-        )
+    def _work_to_do(
+        self, jobs: list[JobRecord], chain: dict[str, tuple[JobStatus, bool]], query: QueryResult | None
+    ) -> list[tuple[JobRecord, JobSituation, list[Action]]]:
+        """The jobs this cycle acts on, with their situation and what was decided for them.
+
+        A quiet job (nothing to decide, nothing reported, not running, its time limit as paid for)
+        stays quiet until its record or its Slurm view changes: with thousands of jobs waiting in
+        Slurm, those are looked at again only when they do.
+        """
+        work = []
+        quiet: dict[str, tuple[JobRecord, ObservedJob, tuple[JobStatus, bool]]] = {}
+        for job in jobs:
+            view = chain.get(job.job_id)
+            if view is None:
+                continue
+            seen = None if query is None else query.get(job.job_id)
+            inputs = None if seen is None else (job, seen, view)
+            if inputs is not None and self._quiet.get(job.job_id) == inputs:
+                quiet[job.job_id] = inputs
+                continue
+            status, ours = view
+            situation = JobSituation(
+                chain_status=status,
+                ours=ours and job.ours,
+                cancel_requested=job.cancel_requested,
+                submitted=job.slurm_job_id is not None,
+                reported=job.last_reported_status,
+                slurm=self._slurm_view(job, query),
+            )
+            decided = decide(situation)
+            if (
+                inputs is not None
+                and not decided
+                and job.last_reported_status is None
+                and status != JobStatus.RUNNING
+                and time_limit_shortfall(job, seen) == 0
+            ):
+                quiet[job.job_id] = inputs
+                continue
+            work.append((job, situation, decided))
+        self._quiet = quiet
+        return work
+
+    async def _act(self, job: JobRecord, situation: JobSituation, decided: list[Action]) -> None:
+        status = situation.chain_status
         actions = self._actions
         assert actions is not None
         seen = self._observed.get(job.job_id)
-        for action in decide(situation):
+        for action in decided:
             if isinstance(action, Submit):
                 assert self._submitter is not None
                 async with self._submitter.guard(job.job_id) as current:

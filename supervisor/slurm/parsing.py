@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -212,6 +213,7 @@ def _str(record: Mapping[str, Any], key: str, command: str) -> str:
     return value
 
 
+@functools.lru_cache(maxsize=65536)  # a listing repeats the same seconds: submissions of a burst
 def _epoch(value: int) -> datetime | None:
     if value <= 0 or value in _NO_VALUE:
         return None
@@ -223,6 +225,7 @@ def _time(record: Mapping[str, Any], key: str, command: str) -> datetime | None:
     return None if value is None else _epoch(value)
 
 
+@functools.lru_cache(maxsize=1024)
 def _state(raw: str) -> str:
     """The state's name; one this layer does not know is kept as Slurm wrote it.
 
@@ -342,14 +345,22 @@ _UNLIMITED_TIMES = {"UNLIMITED", "NOT_SET", "INVALID", "PARTITION_LIMIT", "N/A",
 def _time_limit_minutes(text: str, line: str) -> int | None:
     """A time limit as squeue prints it (`[days-][hours:]minutes:seconds`) in whole minutes, rounded
     up; None for no limit of its own."""
+    try:
+        return _clock_minutes(text)
+    except ValueError:
+        raise SlurmOutputError(
+            f"squeue: time limit {text!r} is not [days-][hours:]minutes:seconds in {line!r}"
+        ) from None
+
+
+@functools.lru_cache(maxsize=1024)
+def _clock_minutes(text: str) -> int | None:
     if text.upper() in _UNLIMITED_TIMES:
         return None
     days_text, _, clock = text.rpartition("-")
     parts = clock.split(":")
     if not (days_text == "" or _is_number(days_text)) or len(parts) > 3 or not all(map(_is_number, parts)):
-        raise SlurmOutputError(
-            f"squeue: time limit {text!r} is not [days-][hours:]minutes:seconds in {line!r}"
-        )
+        raise ValueError(text)
     numbers = [int(part) for part in parts]
     if len(numbers) == 1:
         numbers.append(0)  # a bare number counts minutes

@@ -271,3 +271,49 @@ async def test_a_lane_that_crashes_stops_the_daemon_naming_the_lane(
     assert daemon.cycles == 1, "the first cycle ran, then the lane stopped the daemon"
     reopened = Store.open(tmp_path / "lane.sqlite")  # shut down cleanly: the state file opens again
     reopened.close()
+
+
+async def test_a_job_waiting_in_slurm_is_looked_at_again_when_it_is_topped_up(
+    stack: ProviderStack, seam: DaemonSeam
+) -> None:
+    """Cycles pass over a job that waits in Slurm with nothing to do; a top-up changes its record, and
+    the next cycle raises its Slurm time limit to the minutes now paid for."""
+    blocker = stack.block_cpus()
+    try:
+        job_id = stack.request("echo waited", 200)
+        key = "0x" + job_id.hex()
+        slurm_id = await seam.until(
+            "the submission", lambda: (r := seam.store.get_job(key)) is not None and r.slurm_job_id
+        )
+        for _ in range(3):  # quiet cycles: the job waits, nothing is decided for it
+            await seam.step()
+        record = seam.store.get_job(key)
+        assert record is not None and record.extra_minutes == 0
+        assert accounted_limit(int(slurm_id)) == record.max_duration_minute
+        grid = stack.grid
+        grid.send(stack.customer, grid.credit.functions.approve(grid.scheduler.address, 300 * CREDIT))
+        grid.send(stack.customer, grid.scheduler.functions.topUpJob(job_id, 300 * CREDIT))
+        topped = await seam.until(
+            "the top-up recorded",
+            lambda: (r := seam.store.get_job(key)) is not None and r.extra_minutes > 0 and r,
+        )
+        wanted = topped.max_duration_minute + topped.extra_minutes
+        await seam.until("the time limit raised", lambda: accounted_limit(int(slurm_id)) == wanted)
+        assert stack.status(job_id) == S.SCHEDULED
+    finally:
+        stack.scancel(blocker)
+
+
+def accounted_limit(slurm_id: int) -> int:
+    """The Slurm job's time limit in minutes, as the controller holds it now (`[days-]h:m:s`)."""
+    shown = subprocess.run(
+        ["squeue", "-h", "-j", str(slurm_id), "-o", "%l"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout.strip()
+    days, _, clock = shown.rpartition("-")
+    parts = [int(part) for part in clock.split(":")]
+    hours, minutes, seconds = [0] * (3 - len(parts)) + parts
+    return int(days or 0) * 1440 + hours * 60 + minutes + (1 if seconds else 0)
