@@ -2,8 +2,9 @@
 
 1. Submit throughput: jobs per second through `submit` (look-up by name, user check, sbatch). The
    jobs are held (`--hold` from the operator's extra options) so they only exercise the controller.
-2. Query time per cycle for 1, 100 and 1,000 tracked jobs (one `squeue --json`, plus one `sacct`
-   when a name is not in the queue), with the Slurm calls counted.
+2. Query time per cycle for 1, 100 and 1,000 tracked jobs, with the Slurm calls counted: by Slurm id
+   as the daemon asks (one listing of every job, without names), and by name only (one `squeue
+   --name` per 500 names); plus one `sacct` when a name is not in the queue.
 3. SSH: commands over the pooled connection against one new connection per command (the reference
    supervisor's way), in the same run, as a ratio.
 
@@ -107,7 +108,9 @@ def fill_queue(cluster: SlurmCluster, count: int, folder: Path) -> tuple[list[st
     return names, ids
 
 
-async def query_cycles(cluster: SlurmCluster, kind: str, names: list[str], cycles: int) -> str:
+async def query_cycles(
+    cluster: SlurmCluster, kind: str, names: list[str], cycles: int, slurm_ids: dict[str, int] | None = None
+) -> str:
     layer = backend(cluster, kind)
     runner = layer.runner
     assert isinstance(runner, CountingRunner)
@@ -117,7 +120,7 @@ async def query_cycles(cluster: SlurmCluster, kind: str, names: list[str], cycle
         for _ in range(cycles):
             runner.reset()
             begun = time.perf_counter()
-            result = await layer.query(names)
+            result = await layer.query(names, slurm_ids=slurm_ids)
             durations.append(time.perf_counter() - begun)
             calls.add(runner.count())
             assert len(result.jobs) == len(names)
@@ -203,13 +206,16 @@ async def main() -> None:
     try:
         print("Query time per cycle, all jobs live (median of", args.cycles, "cycles):")
         names: list[str] = []
+        known: dict[str, int] = {}
         for size in QUEUE_SIZES:  # the queue holds exactly the tracked jobs
             more, ids = fill_queue(cluster, size - len(names), folder)
             names += more
+            known.update(zip(more, ids, strict=True))
             to_cancel += ids
             for kind in ("local", "ssh"):
-                figure = await query_cycles(cluster, kind, names, args.cycles)
-                print(f"  {size:5} jobs in the queue and tracked, {kind:5}: {figure}")
+                by_id = await query_cycles(cluster, kind, names, args.cycles, known)
+                by_name = await query_cycles(cluster, kind, names, args.cycles)
+                print(f"  {size:5} jobs in the queue and tracked, {kind:5}: by id {by_id}, by name {by_name}")
         cancel(to_cancel)
         to_cancel.clear()
 
