@@ -803,13 +803,20 @@ def measure_idle(daemon: Daemon, proxy: CountingProxy, tracked: int, window: flo
 def part_tracked(bench: Bench, count: int, base: int, window: float) -> Table:
     grid, stack = bench.grid, bench.stack
     limit = min(max(count, base), MAX_QUEUED_LIMIT)
-    table = Table(f"3. tracked jobs: {base}, then {count} jobs `sleep 3000` held by the supervisor, idle")
+    poll_s = bench.args.tracked_poll or 1
+    table = Table(
+        f"3. tracked jobs: {base}, then {count} jobs `sleep 3000` held by the supervisor, idle; "
+        f"slurm_poll_seconds {poll_s:g}"
+    )
     customer = grid.customers[2]
     proxy = CountingProxy(grid.anvil.http_url)
     idles: list[Idle] = []
     intake = ""
     try:
-        with bench.supervisor(rpc_url=proxy.url, max_queued_jobs=limit) as daemon:
+        poll: dict[str, float] = {}
+        if bench.args.tracked_poll is not None:
+            poll["slurm_poll_seconds"] = bench.args.tracked_poll
+        with bench.supervisor(rpc_url=proxy.url, max_queued_jobs=limit, **poll) as daemon:
             key = stack.store_workflow("sleep 3000", cpus=CPUS, mem=MEM_MB, gpus=GPUS)
             wanted: set[str] = set()
             previous = 0
@@ -1033,6 +1040,13 @@ def main() -> int:
     )
     parser.add_argument(
         "--window", type=float, default=60, help="seconds of each idle measurement (default 60)"
+    )
+    parser.add_argument(
+        "--tracked-poll",
+        type=float,
+        default=None,
+        help="the tracked part's slurm_poll_seconds (default: the local grid's, 1 s); with Slurm's "
+        "wake-ups on, the poll is only the fallback",
     )
     parser.add_argument(
         "--no-wakeup",
