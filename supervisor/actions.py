@@ -34,6 +34,7 @@ from supervisor.slurm.backend import SlurmBackend
 from supervisor.slurm.errors import JobAlreadySubmitted, SlurmError, SlurmUnavailable
 from supervisor.slurm.job_folders import job_folder, output_file
 from supervisor.slurm.models import JobSubmission, ObservedJob, PartitionHardware
+from supervisor.slurm.naming import SlurmNamespace
 from supervisor.store import JobRecord, OutboxState, Store
 
 log = structlog.get_logger("supervisor")
@@ -48,6 +49,16 @@ def lookup_since(job: JobRecord) -> float:
     if job.lookup_since is not None:
         return job.lookup_since
     return (job.claimed_at if job.claimed_at is not None else job.created_at) - SINCE_MARGIN_S
+
+
+def slurm_name(job: JobRecord, names: SlurmNamespace) -> str:
+    """The name of the job's Slurm job: the one its submission was begun under; a job submitted
+    before names carried their deployment is known by its bare id."""
+    if job.slurm_name is not None:
+        return job.slurm_name
+    if job.submit_intent_at is not None or job.slurm_job_id is not None:
+        return job.job_id
+    return names.name(job.job_id)
 
 
 def reclaimed(job: JobRecord) -> bool:
@@ -112,6 +123,7 @@ class JobActions:
     signer: Signer
     partition: Partition
     health: Health
+    names: SlurmNamespace
     _prices: ProviderPrices | None = None
     #: Jobs whose delegated spending was read since the daemon started (each once, then periodically).
     _delegation_read: set[str] = field(default_factory=set)
@@ -230,8 +242,9 @@ class JobActions:
         if reason is not None:
             self.refuse(job, reason)
             return
+        name = slurm_name(job, self.names)
         try:
-            folder = job_folder(policy.jobs_root, job.job_id)
+            folder = job_folder(policy.jobs_root, name)
             user = self.config.slurm.users.user_for(customer)
             log_environment = job_log_environment(
                 job.job_id,
@@ -239,10 +252,10 @@ class JobActions:
                 fetched.grid_logger_url,
                 self.config.logger,
                 self.signer,
-                self.config.chain.meta_scheduler,
+                self.contracts.meta_scheduler.address,
             )
             submission = JobSubmission(
-                name=job.job_id,
+                name=name,
                 script=with_job_environment(fetched.script, log_environment),
                 unix_user=user,
                 workdir=str(folder),
@@ -267,7 +280,7 @@ class JobActions:
         # timed out) is looked up first.
         look_up = job.submit_intent_at is not None
         if not look_up:
-            self.store.update_job(job.job_id, submit_intent_at=time.time())
+            self.store.update_job(job.job_id, submit_intent_at=time.time(), slurm_name=name)
         try:
             slurm_id = await self.slurm.submit(submission, since=since([job]), look_up=look_up)
         except JobAlreadySubmitted as exc:

@@ -75,7 +75,7 @@ def run(config: ConfigOption = None, log_level: LogLevelOption = None) -> None:
         except OSError as exc:
             typer.echo(f"supervisor cannot start: {redact_text(str(exc))}", err=True)
             raise typer.Exit(1) from exc
-        listeners.append(MetricsListener(state, settings.sbatch))
+        listeners.append(MetricsListener(state, settings.deployments[0].sbatch))
     try:
         asyncio.run(Daemon(settings, listeners=listeners).run())
     except LaneCrashed as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -180,6 +181,39 @@ class RegistrationSettings(_Section):
         return value
 
 
+class DeploymentSettings(ChainSettings):
+    """One deployment of the grid this supervisor serves (`[[chains]]`); unset parts take the file's
+    top-level `[key]`, `[sbatch]` and `[registration]`."""
+
+    #: Names the deployment in logs, metrics (`chain` label), `/readyz` and `doctor`.
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
+    key: KeySettings | None = None
+    sbatch: SbatchServiceSettings | None = None
+    registration: RegistrationSettings | None = None
+    #: This deployment's state file; unset: `store.path` with the deployment's name before the suffix
+    #: (`state.fuji.sqlite`), or `store.path` itself when the file lists one deployment.
+    store_path: Path | None = None
+    #: This chain's share of `policy.max_queued_jobs`, so a busy chain cannot take all of it.
+    max_queued_jobs: int | None = Field(default=None, ge=1, le=10_000)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One deployment with every part resolved: what one set of chain lanes runs on."""
+
+    name: str
+    chain: ChainSettings
+    key: KeySettings
+    sbatch: SbatchServiceSettings
+    registration: RegistrationSettings | None
+    store_path: Path
+    #: Queued jobs this deployment may hold (its share, at most `policy.max_queued_jobs`).
+    max_queued_jobs: int
+    #: The first deployment also owns the Slurm jobs and folders named by bare job ids, as they were
+    #: named before names carried their deployment.
+    first: bool
+
+
 class StoreSettings(_Section):
     path: Path = Path("/var/lib/grid-supervisor/state.sqlite")
     #: Days a closed job and a delivered chain write (with its signed bytes) are kept, then forgotten.
@@ -212,9 +246,11 @@ class SupervisorConfig(BaseSettings):
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
     )
 
-    chain: ChainSettings
-    key: KeySettings
-    sbatch: SbatchServiceSettings
+    #: One deployment (`[chain]`), or several (`[[chains]]`): one of the two.
+    chain: ChainSettings | None = None
+    chains: tuple[DeploymentSettings, ...] = ()
+    key: KeySettings | None = None
+    sbatch: SbatchServiceSettings | None = None
     slurm: SlurmSettings
     policy: PolicySettings = PolicySettings()
     registration: RegistrationSettings | None = None
@@ -222,6 +258,79 @@ class SupervisorConfig(BaseSettings):
     log: LogSettings = LogSettings()
     metrics: MetricsSettings = MetricsSettings()
     logger: LoggerSettings = LoggerSettings()
+
+    @model_validator(mode="after")
+    def _deployments_complete(self) -> SupervisorConfig:
+        if self.chain is None and not self.chains:
+            raise ValueError("chain: missing (set [chain] for one deployment, or [[chains]] for several)")
+        if self.chain is not None and self.chains:
+            raise ValueError("chain: set [chain] for one deployment or [[chains]] for several, not both")
+        problems = []
+        for where, chain in self._listed():
+            for part in ("key", "sbatch"):
+                if getattr(chain, part, None) is None and getattr(self, part) is None:
+                    problems.append(
+                        f"{part}: missing (set it in the file or in the environment)"
+                        if where == "chain"
+                        else f"{where}.{part}: missing (set [{part}] for every chain, or one in this chain's entry)"
+                    )
+            share = getattr(chain, "max_queued_jobs", None)
+            if share is not None and share > self.policy.max_queued_jobs:
+                problems.append(
+                    f"{where}.max_queued_jobs ({share}) exceeds policy.max_queued_jobs "
+                    f"({self.policy.max_queued_jobs}), the bound over every chain"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        resolved = self.deployments
+        for label, values in (
+            ("name", [d.name for d in resolved]),
+            ("store_path", [str(d.store_path) for d in resolved]),
+            (
+                "chain id and meta_scheduler",
+                [
+                    f"{d.chain.chain_id} {d.chain.meta_scheduler.lower()}"
+                    for d in resolved
+                    if d.chain.chain_id
+                ],
+            ),
+        ):
+            repeated = sorted({value for value in values if values.count(value) > 1})
+            if repeated:
+                problems.append(f"chains: two deployments have the same {label}: {', '.join(repeated)}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def _listed(self) -> list[tuple[str, ChainSettings]]:
+        if self.chain is not None:
+            return [("chain", self.chain)]
+        return [(f"chains.{index}", chain) for index, chain in enumerate(self.chains)]
+
+    @property
+    def deployments(self) -> list[Deployment]:
+        """Every deployment this supervisor serves, in the file's order, each part resolved."""
+        listed = self._listed()
+        resolved = []
+        for index, (where, chain) in enumerate(listed):
+            name, key, sbatch, registration = "main", self.key, self.sbatch, self.registration
+            store_path, share = self.store.path, self.policy.max_queued_jobs
+            if isinstance(chain, DeploymentSettings):
+                name = chain.name
+                key, sbatch = chain.key or key, chain.sbatch or sbatch
+                registration = chain.registration or registration
+                if chain.store_path is not None:
+                    store_path = chain.store_path
+                elif len(listed) > 1:
+                    store_path = store_path.with_name(f"{store_path.stem}.{name}{store_path.suffix}")
+                share = chain.max_queued_jobs or share
+                chain = ChainSettings(**chain.model_dump(include=set(ChainSettings.model_fields)))
+            if key is None or sbatch is None:
+                raise ConfigError(f"{where}: no key or no sbatch service")  # the validator names which
+            resolved.append(
+                Deployment(name, chain, key, sbatch, registration, store_path, share, first=index == 0)
+            )
+        return resolved
 
     @model_validator(mode="after")
     def _folders_outlived_by_their_records(self) -> SupervisorConfig:
@@ -250,6 +359,10 @@ class SupervisorConfig(BaseSettings):
 def _describe(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors():
+        if not error["loc"] and error["type"] == "value_error":
+            # The whole file's checks name their settings themselves, one problem per line.
+            lines.extend(str(error["ctx"]["error"]).split("; "))
+            continue
         where = ".".join(str(part) for part in error["loc"]) or "(top level)"
         message = error["msg"]
         if error["type"] == "missing":

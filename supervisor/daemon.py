@@ -26,13 +26,21 @@ from typing import Any, Protocol, TypeVar
 import structlog
 
 from grid_protocol.jobs import JobStatus
-from supervisor.actions import Health, JobActions, Partition, reclaimed, since, time_limit_shortfall
+from supervisor.actions import (
+    Health,
+    JobActions,
+    Partition,
+    reclaimed,
+    since,
+    slurm_name,
+    time_limit_shortfall,
+)
 from supervisor.chain.contracts import JobReadError, ProtocolContracts, ProviderQueues
 from supervisor.chain.follower import FollowerSettings, LogFollower
 from supervisor.chain.keys import Signer, load_signer
 from supervisor.chain.rpc import BATCH_LIMIT, check_chain_id, connect_http, describe, is_transient
 from supervisor.chain.sender import SenderSettings, TransactionSender
-from supervisor.config import SupervisorConfig
+from supervisor.config import Deployment, SupervisorConfig
 from supervisor.core.decisions import (
     Action,
     CancelInSlurm,
@@ -54,13 +62,13 @@ from supervisor.intake import JobEventHandler
 from supervisor.registration import Registrar
 from supervisor.retry import Backoff, Failure, KeepAlive, sleep_or_wake
 from supervisor.sbatch.client import SbatchClient
+from supervisor.site import Site, open_site
 from supervisor.slurm.backend import QueryResult, SlurmBackend
 from supervisor.slurm.errors import SlurmError
-from supervisor.slurm.factory import create_backend
 from supervisor.slurm.folders import remove_ended_job_folders
-from supervisor.slurm.job_folders import CleanupPlan, KnownJob, is_job_id
+from supervisor.slurm.job_folders import CleanupPlan, KnownJob
 from supervisor.slurm.models import ObservedJob
-from supervisor.slurm.wakeups import WakeupListener, listen
+from supervisor.slurm.naming import SlurmNamespace, is_slurm_name
 from supervisor.store import JobRecord, Store
 from supervisor.submitter import Submitter
 
@@ -105,9 +113,20 @@ class DaemonListener(Protocol):
 class Daemon:
     """One provider's supervisor. `run()` until `stop()` (SIGTERM), then drain and return."""
 
-    def __init__(self, config: SupervisorConfig, listeners: list[DaemonListener] | None = None) -> None:
+    def __init__(
+        self,
+        config: SupervisorConfig,
+        listeners: list[DaemonListener] | None = None,
+        *,
+        deployment: Deployment | None = None,
+    ) -> None:
         self.config = config
+        #: The deployment of the grid these lanes serve (the configuration's first when not given).
+        self.deployment = deployment if deployment is not None else config.deployments[0]
         self.listeners = list(listeners or [])
+        self._site: Site | None = None
+        self._owns_site = True
+        self._names: SlurmNamespace | None = None
         self.health = Health()
         self.ready = False
         self.cycles = 0
@@ -138,8 +157,9 @@ class Daemon:
         self._chain_read_at: dict[str, float] = {}  # job id -> monotonic time the reconciler read it
         self._tasks: list[asyncio.Task[Any]] = []
         self._lane_error: LaneCrashed | None = None
-        self._wakeups: WakeupListener | None = None
         self._settle_until = 0.0
+        #: Whether `run()` answers SIGTERM itself (not when several deployments run under one supervisor).
+        self.handles_signals = True
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -154,10 +174,25 @@ class Daemon:
         self._wake.set()
         self._claim_wake.set()
 
+    def use_site(self, site: Site) -> None:
+        """Run on a cluster's shared parts (`service.Service` does, for several deployments): the
+        service owns them and answers SIGTERM."""
+        self._site, self._owns_site, self.handles_signals = site, False, False
+
+    @property
+    def name(self) -> str:
+        return self.deployment.name
+
     @property
     def store(self) -> Store:
         assert self._store is not None
         return self._store
+
+    @property
+    def names(self) -> SlurmNamespace:
+        """How this deployment's jobs are named in Slurm (known once the chain answered)."""
+        assert self._names is not None
+        return self._names
 
     @property
     def provider(self) -> str:
@@ -167,7 +202,7 @@ class Daemon:
     async def run(self) -> None:
         """Start, run the lanes until `stop()` (or until one crashes: LaneCrashed), then drain."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT) if self.handles_signals else ():
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
         try:
@@ -204,7 +239,9 @@ class Daemon:
                 "a lane of the daemon crashed: stopping", lane=name, error=describe(exc), exc_info=True
             )
             if self._lane_error is None:
-                self._lane_error = LaneCrashed(f"the {name} lane crashed: {describe(exc)}")
+                self._lane_error = LaneCrashed(
+                    f"the {name} lane crashed: {describe(exc)} (chain {self.name})"
+                )
             self.stop()
 
     async def _until_ready(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T | None:
@@ -230,15 +267,19 @@ class Daemon:
         With `start()`, `follower.poll_once()`, `cycle()` and `shutdown()` a caller drives the daemon
         one step at a time (the crash and recovery tests do); False when stopped while waiting.
         """
-        cfg = self.config
-        self._store = Store.open(cfg.store.path)
-        self._signer = load_signer(cfg.key.file, cfg.key.password_file)
-        log.info("supervisor starting", provider=self.provider, store=str(cfg.store.path))
-        w3 = connect_http(cfg.chain.rpc_url)
+        cfg, chain = self.config, self.deployment.chain
+        self._store = Store.open(self.deployment.store_path)
+        self._signer = load_signer(self.deployment.key.file, self.deployment.key.password_file)
+        log.info("supervisor starting", provider=self.provider, store=str(self.deployment.store_path))
+        if self._site is None:
+            self._site = await open_site(self.config)  # serving one deployment alone
+        site = self._site
+        site.room.join(self.name, self.occupied)
+        w3 = connect_http(chain.rpc_url)
 
         async def discover() -> tuple[int, ProtocolContracts]:
-            chain_id = await check_chain_id(w3, cfg.chain.chain_id)
-            return chain_id, await ProtocolContracts.discover(w3, cfg.chain.meta_scheduler)
+            chain_id = await check_chain_id(w3, chain.chain_id)
+            return chain_id, await ProtocolContracts.discover(w3, chain.meta_scheduler)
 
         found = await self._until_ready("the chain (RPC and contracts)", discover)
         if found is None:
@@ -246,13 +287,17 @@ class Daemon:
         chain_id, contracts = found
         self._contracts = contracts
         self.store.bind_deployment(chain_id, contracts.meta_scheduler.address)
+        self._names = SlurmNamespace(
+            chain_id, contracts.meta_scheduler.address, owns_bare_names=self.deployment.first
+        )
+        site.wake_targets.append((self._tracked_slurm_name, self._on_slurm_wakeup))
         self.health.chain_ok = True
         sender_settings = SenderSettings(
-            chain_id=cfg.chain.chain_id,
-            receipt_deadline_s=cfg.chain.receipt_deadline_seconds,
+            chain_id=chain.chain_id,
+            receipt_deadline_s=chain.receipt_deadline_seconds,
             max_fee_per_gas_cap=None
-            if cfg.chain.max_fee_per_gas_gwei is None
-            else int(cfg.chain.max_fee_per_gas_gwei * 10**9),
+            if chain.max_fee_per_gas_gwei is None
+            else int(chain.max_fee_per_gas_gwei * 10**9),
         )
         self._sender = TransactionSender(w3, self._signer, self.store, sender_settings)
         sender = self._sender
@@ -269,20 +314,16 @@ class Daemon:
             contracts.follower_sources(self.provider, tracked=self._tracked),
             JobEventHandler(self._on_claim_hint, self._wake.set, self._on_claimed),
             FollowerSettings(
-                start_block=cfg.chain.start_block,
-                confirmations=cfg.chain.confirmations,
-                poll_interval_s=cfg.chain.poll_interval_seconds,
-                chain_id=cfg.chain.chain_id,
+                start_block=chain.start_block,
+                confirmations=chain.confirmations,
+                poll_interval_s=chain.poll_interval_seconds,
+                chain_id=chain.chain_id,
             ),
-            ws_url=cfg.chain.ws_url,
+            ws_url=chain.ws_url,
         )
-        self._slurm = create_backend(cfg.slurm)
-        self._sbatch = SbatchClient.from_settings(cfg.sbatch, self._signer)
-        if cfg.slurm.wakeup_listen is not None:
-            self._wakeups = await listen(
-                cfg.slurm.wakeup_listen, self._tracked_slurm_name, self._on_slurm_wakeup
-            )
-        self._partition = Partition(self._slurm)
+        self._slurm = site.slurm
+        self._sbatch = SbatchClient.from_settings(self.deployment.sbatch, self._signer)
+        self._partition = site.partition
         self._actions = JobActions(
             cfg,
             self.store,
@@ -293,6 +334,7 @@ class Daemon:
             self._signer,
             self._partition,
             self.health,
+            self.names,
         )
         self._submitter = Submitter(self.store, self._actions, lambda: self._last_query is not None)
         return True
@@ -317,10 +359,8 @@ class Daemon:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self._wakeups is not None:
-            self._wakeups.close()
-        if self._slurm is not None:
-            await self._slurm.close()
+        if self._site is not None and self._owns_site:
+            await self._site.close()
         if self._sbatch is not None:
             await self._sbatch.close()
         if self._store is not None:
@@ -334,8 +374,12 @@ class Daemon:
         return record is not None and not record.closed
 
     def _tracked_slurm_name(self, name: str) -> bool:
-        """Whether a Slurm job name is one of this supervisor's open jobs (its wake-ups count)."""
-        return is_job_id(name) and self._tracked(name)
+        """Whether a Slurm job name is one of this deployment's open jobs (its wake-ups count)."""
+        job_id = self.names.job_id(name)
+        return job_id is not None and self._tracked(job_id)
+
+    def slurm_name(self, job: JobRecord) -> str:
+        return slurm_name(job, self.names)
 
     def _on_slurm_wakeup(self) -> None:
         """Slurm says one of our jobs started or ended: the work lane looks now, and again shortly
@@ -363,7 +407,7 @@ class Daemon:
     # -- registration -------------------------------------------------------------------------
 
     async def _register_when_possible(self) -> None:
-        registration = self.config.registration
+        registration = self.deployment.registration
         assert self._partition is not None
         await self._until_ready("Slurm's partition description", self._partition.describe)
         if registration is None or not registration.enabled or self._stop.is_set():
@@ -472,7 +516,13 @@ class Daemon:
                 user: str | None = users.user_for(record.customer or "")
             except ValueError:
                 user = None
-            known[record.job_id] = KnownJob(user, record.updated_at if record.closed else None)
+            known[self.slurm_name(record)] = KnownJob(user, record.updated_at if record.closed else None)
+        names = self.names
+
+        def mine(entry: str) -> bool:
+            """This deployment's folders; anything else named oddly is the first deployment's to tell."""
+            return names.job_id(entry) is not None or (names.owns_bare_names and not is_slurm_name(entry))
+
         try:
             return await remove_ended_job_folders(
                 self._slurm,
@@ -481,6 +531,7 @@ class Daemon:
                 now=time.time(),
                 retention_seconds=self.config.policy.job_folder_retention_days * 86400,
                 said=self._folders_said,
+                mine=mine,
             )
         except SlurmError as exc:
             log.warning("job folders not cleaned up, will retry", error=str(exc))
@@ -530,15 +581,17 @@ class Daemon:
         regular = [job for job in jobs if not reclaimed(job)]
         results = []
         if regular:
-            slurm_ids = {job.job_id: job.slurm_job_id for job in regular if job.slurm_job_id is not None}
+            slurm_ids = {
+                self.slurm_name(job): job.slurm_job_id for job in regular if job.slurm_job_id is not None
+            }
             results.append(
                 await self._slurm.query(
-                    [job.job_id for job in regular], since=since(regular), slurm_ids=slurm_ids
+                    [self.slurm_name(job) for job in regular], since=since(regular), slurm_ids=slurm_ids
                 )
             )
         for job in jobs:
             if reclaimed(job):
-                results.append(await self._slurm.query([job.job_id], since=since([job])))
+                results.append(await self._slurm.query([self.slurm_name(job)], since=since([job])))
         return QueryResult(
             jobs={name: seen for result in results for name, seen in result.jobs.items()},
             not_found=frozenset().union(*(result.not_found for result in results)),
@@ -550,7 +603,7 @@ class Daemon:
         """Keep the Slurm id of each job Slurm showed; True when one changed."""
         changed = False
         for job in jobs:
-            seen = query.get(job.job_id)
+            seen = query.get(self.slurm_name(job))
             if seen is not None and job.slurm_job_id != seen.slurm_job_id:
                 self.store.update_job(job.job_id, slurm_job_id=seen.slurm_job_id)
                 changed = True
@@ -635,28 +688,54 @@ class Daemon:
             except Exception as exc:  # the reports of the work lane must not wait for a failed claim
                 log.warning("claiming failed, will retry", error=describe(exc))
 
-    async def _claim(self, jobs: list[JobRecord], query: QueryResult | None, queued: bool) -> None:
-        assert self._contracts is not None and self._sender is not None
-        if query is None or not queued:
-            return  # without Slurm, do not take more jobs; with an empty queue, there are none
-        held = sum(
+    def _held(self, jobs: list[JobRecord], query: QueryResult | None) -> int:
+        return sum(
             1
             for job in jobs
             if is_held(ours=job.ours, status=job.status, presence=self._presence(job, query))
         )
-        # Claims queued or sent, and claims mined whose ClaimJobEvent the follower has not read yet:
-        # neither is held yet, and both take room.
+
+    def _claims_in_flight(self) -> tuple[int, int]:
+        """(claims queued or sent, those plus claims mined whose ClaimJobEvent the follower has not
+        read yet): neither is held yet, and both take room."""
         stream = self._follower.settings.stream if self._follower is not None else "main"
         cursor = self.store.get_cursor(stream)
         unmined = self.store.open_actions(CLAIM_KIND)
-        in_flight = unmined + self.store.mined_after(
+        return unmined, unmined + self.store.mined_after(
             CLAIM_KIND, cursor.block_number if cursor is not None else -1
         )
-        wanted = claims_to_send(held=held, in_flight=in_flight, limit=self.config.policy.max_queued_jobs)
+
+    def occupied(self) -> int:
+        """Places of `policy.max_queued_jobs` this deployment takes: jobs held and claims in flight."""
+        if self._store is None:
+            return 0
+        return self._held(self.store.open_jobs(), self._last_query) + self._claims_in_flight()[1]
+
+    def _room(self, held: int) -> int:
+        """Claims this deployment may send now, over every deployment and within its own share."""
+        assert self._site is not None
+        return claims_to_send(
+            held=held,
+            in_flight=self._claims_in_flight()[1],
+            limit=self.config.policy.max_queued_jobs,
+            others=self._site.room.taken_by_others(self.name),
+            share=self.deployment.max_queued_jobs,
+        )
+
+    async def _claim(self, jobs: list[JobRecord], query: QueryResult | None, queued: bool) -> None:
+        assert self._contracts is not None and self._sender is not None
+        if query is None or not queued:
+            return  # without Slurm, do not take more jobs; with an empty queue, there are none
+        held = self._held(jobs, query)
+        wanted = self._room(held)
         if wanted == 0:
             return
+        unmined = self._claims_in_flight()[0]
         on_chain = await self._contracts.claimable_jobs(self.provider, wanted + unmined)
-        wanted = min(wanted, claimable_now(queued_on_chain=on_chain, claims_unmined=unmined))
+        # Counted again after the read: another deployment may have claimed meanwhile. From here to
+        # the last claim queued nothing awaits, so no other claimer runs in between.
+        unmined = self._claims_in_flight()[0]
+        wanted = min(self._room(held), claimable_now(queued_on_chain=on_chain, claims_unmined=unmined))
         if wanted == 0:
             return
         for _ in range(wanted):
@@ -679,7 +758,7 @@ class Daemon:
     def _presence(self, job: JobRecord, query: QueryResult | None) -> SlurmPresence:
         if query is None:
             return SlurmPresence.UNKNOWN
-        seen = query.get(job.job_id)
+        seen = query.get(self.slurm_name(job))
         if seen is None and not (
             self._submitter is None or self._submitter.settled_before(job.job_id, self._query_asked_at)
         ):
@@ -694,7 +773,7 @@ class Daemon:
 
     def _slurm_view(self, job: JobRecord, query: QueryResult | None) -> SlurmView:
         presence = self._presence(job, query)
-        seen = None if query is None else query.get(job.job_id)
+        seen = None if query is None else query.get(self.slurm_name(job))
         if presence != SlurmPresence.FINAL or seen is None:
             return SlurmView(presence, elapsed_seconds=seen.elapsed_seconds if seen else 0)
         try:
@@ -725,7 +804,7 @@ class Daemon:
             view = chain.get(job.job_id)
             if view is None:
                 continue
-            seen = None if query is None else query.get(job.job_id)
+            seen = None if query is None else query.get(self.slurm_name(job))
             inputs = None if seen is None else (job, seen, view)
             if inputs is not None and self._quiet.get(job.job_id) == inputs:
                 quiet[job.job_id] = inputs
@@ -757,7 +836,7 @@ class Daemon:
         status = situation.chain_status
         actions = self._actions
         assert actions is not None
-        seen = self._observed.get(job.job_id)
+        seen = self._observed.get(self.slurm_name(job))
         for action in decided:
             if isinstance(action, Submit):
                 assert self._submitter is not None

@@ -164,9 +164,17 @@ def is_held(*, ours: bool, status: JobStatus, presence: SlurmPresence) -> bool:
     )
 
 
-def claims_to_send(*, held: int, in_flight: int, limit: int) -> int:
-    """How many claimNextJob to send now so that jobs held (claimed, not yet running) stay within the limit."""
-    return max(0, limit - held - in_flight)
+def claims_to_send(
+    *, held: int, in_flight: int, limit: int, others: int = 0, share: int | None = None
+) -> int:
+    """How many claimNextJob to send now so that jobs held (claimed, not yet running) and claims in
+    flight stay within the limit over every deployment served (`others`: what the other deployments
+    hold and have in flight) and within this deployment's `share` of it."""
+    mine = held + in_flight
+    room = limit - others - mine
+    if share is not None:
+        room = min(room, share - mine)
+    return max(0, room)
 
 
 def claimable_now(*, queued_on_chain: int, claims_unmined: int) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import pwd
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Protocol
@@ -140,6 +140,7 @@ async def remove_ended_job_folders(
     now: float,
     retention_seconds: float,
     said: set[str] | None = None,
+    mine: Callable[[str], bool] = lambda name: True,
 ) -> CleanupPlan:
     """Remove the folders of jobs that ended more than the retention ago, each as its job's user.
 
@@ -147,7 +148,7 @@ async def remove_ended_job_folders(
     a removal that fails is logged and tried again at the next pass.
     """
     entries = await backend.job_folder_entries(root)
-    plan = job_folders.plan_cleanup(entries, jobs, now=now, retention_seconds=retention_seconds)
+    plan = job_folders.plan_cleanup(entries, jobs, now=now, retention_seconds=retention_seconds, mine=mine)
     said = said if said is not None else set()
     for name, why in plan.left_alone:
         if name not in said:

@@ -1,7 +1,7 @@
 """Per-job private folders under `policy.jobs_root`: their names, the commands that make, check, list
 and remove them, what those commands answered, and which folders the retention removes. Pure.
 
-Each job runs in `jobs_root/<job id>`, mode 0700 and owned by the job's UNIX user, with its output
+Each job runs in `jobs_root/<its Slurm name>` (see supervisor.slurm.naming), mode 0700 and owned by the job's UNIX user, with its output
 inside, so other UNIX users cannot read it. The folder is made by the job's user itself (through the
 runner that runs sbatch as that user), so its owner is right without the daemon being root; a daemon
 that is root on the login node makes it in-process and hands it to the user (`folders.LocalJobFolder`).
@@ -9,15 +9,14 @@ that is root on the login node makes it in-process and hands it to the user (`fo
 
 from __future__ import annotations
 
-import re
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import PurePath, PurePosixPath
 
 from supervisor.slurm.errors import InvalidSubmission, JobFolderUnsafe, JobsRootUnusable
+from supervisor.slurm.naming import is_slurm_name
 
-JOB_ID_PATTERN = re.compile(r"^0x[0-9a-f]{64}$")
 FOLDER_MODE = 0o700
 #: What `stat -c` prints for each path: the raw mode (hex, file type included) and the owner's name.
 _STAT_FORMAT = "%f %U"
@@ -34,15 +33,11 @@ def check_root(root: str | PurePath) -> PurePosixPath:
     return path
 
 
-def is_job_id(name: str) -> bool:
-    return JOB_ID_PATTERN.fullmatch(name) is not None
-
-
-def job_folder(root: str | PurePath, job_id: str) -> PurePosixPath:
-    """`root/<job id>`; the id must be `0x` + 64 lowercase hex digits, so it holds no `/` or `..`."""
-    if not is_job_id(job_id):
-        raise InvalidSubmission(f"{job_id!r} is not a job id (0x followed by 64 lowercase hex digits)")
-    return check_root(root) / job_id
+def job_folder(root: str | PurePath, slurm_name: str) -> PurePosixPath:
+    """`root/<Slurm name>`; the name is a job id after digits and hex, so it holds no `/` or `..`."""
+    if not is_slurm_name(slurm_name):
+        raise InvalidSubmission(f"{slurm_name!r} is not a job's Slurm name (a job id after its deployment)")
+    return check_root(root) / slurm_name
 
 
 def output_file(folder: PurePosixPath) -> PurePosixPath:
@@ -178,15 +173,21 @@ def plan_cleanup(
     *,
     now: float,
     retention_seconds: float,
+    mine: Callable[[str], bool] = lambda name: True,
 ) -> CleanupPlan:
     """Remove only the folder of a job the store knows ended more than the retention ago, when it is a
-    directory owned by that job's user. Everything else unexpected is left alone, with a reason."""
+    directory owned by that job's user. Everything else unexpected is left alone, with a reason.
+
+    Entries not `mine` belong to another deployment served from the same `jobs_root`: not looked at.
+    """
     remove: list[Removal] = []
     left: list[tuple[str, str]] = []
     kept = 0
     for entry in entries:
+        if not mine(entry.name):
+            continue
         known = jobs.get(entry.name)
-        if not is_job_id(entry.name):
+        if not is_slurm_name(entry.name):
             left.append((entry.name, "not named after a job id"))
         elif not entry.is_directory:
             left.append((entry.name, f"not a directory (type {entry.kind!r})"))

@@ -9,15 +9,19 @@ from pathlib import PurePosixPath
 
 from supervisor.core.slurm_states import FINAL_STATES, ChainOutcome, chain_outcome
 from supervisor.slurm.errors import InvalidSubmission
+from supervisor.slurm.naming import is_slurm_name
 
-JOB_NAME_PATTERN = re.compile(r"^0x[0-9a-f]{64}$")
 UNIX_USER_PATTERN = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 
 def check_job_name(name: str) -> str:
-    """The Slurm job name is the on-chain job id: `0x` and 64 lowercase hex digits."""
-    if not JOB_NAME_PATTERN.fullmatch(name):
-        raise InvalidSubmission(f"job name {name!r} is not a job id (0x followed by 64 lowercase hex digits)")
+    """The Slurm job name is the on-chain job id (`0x` and 64 lowercase hex digits), after its
+    deployment's chain id and MetaScheduler (see supervisor.slurm.naming)."""
+    if not is_slurm_name(name):
+        raise InvalidSubmission(
+            f"job name {name!r} is not a job id (0x followed by 64 lowercase hex digits) "
+            "after its chain id and MetaScheduler"
+        )
     return name
 
 

@@ -48,9 +48,9 @@ class WakeupCounts:
 
 
 class WakeupProtocol(asyncio.DatagramProtocol):
-    """Calls `wake()` for each datagram about a job `wanted(name)` accepts; ignores the rest."""
+    """Calls `wake(name)` for each datagram about a job `wanted(name)` accepts; ignores the rest."""
 
-    def __init__(self, wanted: Callable[[str], bool], wake: Callable[[], None]) -> None:
+    def __init__(self, wanted: Callable[[str], bool], wake: Callable[[str], None]) -> None:
         self._wanted = wanted
         self._wake = wake
         self.counts = WakeupCounts()
@@ -61,7 +61,7 @@ class WakeupProtocol(asyncio.DatagramProtocol):
             self.counts.ignored += 1
             return
         self.counts.woken += 1
-        self._wake()
+        self._wake(parsed[1])
 
     def error_received(self, exc: Exception) -> None:
         log.warning("Slurm wake-up socket error", error=str(exc))
@@ -83,7 +83,7 @@ class WakeupListener:
         self.transport.close()
 
 
-async def listen(address: str, wanted: Callable[[str], bool], wake: Callable[[], None]) -> WakeupListener:
+async def listen(address: str, wanted: Callable[[str], bool], wake: Callable[[str], None]) -> WakeupListener:
     """Bind `host:port` (port 0: any free one, see `address`) and start handing wake-ups over."""
     host, _, port = address.rpartition(":")
     loop = asyncio.get_running_loop()

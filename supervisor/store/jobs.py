@@ -40,6 +40,8 @@ class JobRecord:
     lookup_since: float | None = None
     #: Set, durably, just before this attempt's sbatch; None: no sbatch of this attempt was begun.
     submit_intent_at: float | None = None
+    #: The Slurm name this attempt's submission was begun under (set with `submit_intent_at`).
+    slurm_name: str | None = None
     ours: bool = True
     cancel_requested: bool = False
     extra_minutes: int = 0
@@ -177,6 +179,7 @@ class JobStore(StoreBase):
             "closed",
             "note",
             "submit_intent_at",
+            "slurm_name",
         }
     )
 
@@ -264,6 +267,7 @@ def _job_from_row(row: sqlite3.Row) -> JobRecord:
         claimed_at=None if row["claimed_at"] is None else float(row["claimed_at"]),
         lookup_since=None if row["lookup_since"] is None else float(row["lookup_since"]),
         submit_intent_at=None if row["submit_intent_at"] is None else float(row["submit_intent_at"]),
+        slurm_name=row["slurm_name"],
         ours=bool(row["ours"]),
         cancel_requested=bool(row["cancel_requested"]),
         extra_minutes=int(row["extra_minutes"]),

@@ -193,6 +193,11 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE job ADD COLUMN submit_intent_at REAL;
     """,
+    # 5: the Slurm name a submission was begun under (it carries the deployment); NULL for the jobs
+    # submitted before, which Slurm knows by their bare job id.
+    """
+    ALTER TABLE job ADD COLUMN slurm_name TEXT;
+    """,
 )
 
 #: SQLite's INTEGER is 64-bit signed; on-chain uint64 durations (a free job's is 2^64-1) are capped.

@@ -40,7 +40,7 @@ def test_only_the_hooks_datagrams_are_read(data: bytes, expected: tuple[int, str
 
 def test_datagrams_about_other_jobs_wake_nothing() -> None:
     woken: list[None] = []
-    protocol = WakeupProtocol(lambda name: name == "ours", lambda: woken.append(None))
+    protocol = WakeupProtocol(lambda name: name == "ours", lambda name: woken.append(None))
     for data in (b"1 theirs\n", b"garbage", b"2 ours\n"):
         protocol.datagram_received(data, ("127.0.0.1", 1))
     assert (len(woken), protocol.counts.woken, protocol.counts.ignored) == (1, 1, 2)
@@ -95,7 +95,9 @@ async def test_slurmctld_wakes_the_listener_when_a_job_starts_and_when_it_ends(
 ) -> None:
     name = f"wakeup-{uuid.uuid4().hex[:8]}"
     woken: list[float] = []
-    listener = await listen("127.0.0.1:0", lambda job: job == name, lambda: woken.append(time.monotonic()))
+    listener = await listen(
+        "127.0.0.1:0", lambda job: job == name, lambda name: woken.append(time.monotonic())
+    )
     host, port = listener.address
     try:
         with slurm_cluster.wakeups_to(f"{host}:{port}"):
