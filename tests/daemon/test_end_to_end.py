@@ -65,8 +65,7 @@ def test_finished_job_settles_exactly(provider_stack: ProviderStack, supervisor:
     duration = settle_check(stack, job_id, S.FINISHED, before=before)
     assert duration == 0  # a two-second job, billed as one minute by the contract
     assert [line.split("|")[1] for line in stack.accounted(job_id)] == ["COMPLETED"]
-    name = f"0x{job_id.hex()}"
-    output = (stack.shared / "jobs" / name / f"{name}.out").read_text()
+    output = stack.job_output(job_id).read_text()
     assert "done" in output
 
 
@@ -160,7 +159,7 @@ def test_cancel_before_it_ran_refunds_and_leaves_nothing_in_slurm(
     finally:
         stack.scancel(blocker)
     assert len(stack.accounted(job_id)) == 1
-    assert not (stack.shared / "jobs" / f"0x{job_id.hex()}" / f"0x{job_id.hex()}.out").exists()
+    assert not stack.job_output(job_id).exists()
 
 
 def test_time_limit_out_of_credits_top_up_and_auto_top_up(

@@ -85,18 +85,18 @@ def test_jobs_run_report_and_settle_on_the_release(
         )
         jobs = stack.shared / "jobs"
         release_version = (cluster.root_dir / "etc/debian_version").read_text().strip()
-        output = (jobs / f"0x{finished.hex()}" / f"0x{finished.hex()}.out").read_text()
+        output = stack.job_output(finished).read_text()
         assert f"done on Debian {release_version}" in output  # it ran in the release's root
         assert wait_for(
             "both jobs in the release's accounting",
             lambda: (
-                accounted(cluster, f"0x{finished.hex()}", jobs)
-                and accounted(cluster, f"0x{failed.hex()}", jobs)
+                accounted(cluster, stack.slurm_name(finished), jobs)
+                and accounted(cluster, stack.slurm_name(failed), jobs)
             ),
             60,
         )
-        assert accounted(cluster, f"0x{finished.hex()}", jobs) == [("COMPLETED", "0:0")]
-        assert accounted(cluster, f"0x{failed.hex()}", jobs) == [("FAILED", "3:0")]
+        assert accounted(cluster, stack.slurm_name(finished), jobs) == [("COMPLETED", "0:0")]
+        assert accounted(cluster, stack.slurm_name(failed), jobs) == [("FAILED", "3:0")]
         assert "job submitted to Slurm" in supervisor.text()
         assert supervisor.running()
     finally:

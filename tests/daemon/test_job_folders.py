@@ -78,9 +78,8 @@ async def test_customers_jobs_run_in_private_folders_removed_after_the_retention
     assert {user_a, user_b} == set(stack.cluster.wallet_users)
     ended = request(stack, grid.admin, "echo secret of $(id -un)")
     running = request(stack, grid.oracle, "echo secret of $(id -un); sleep 120")
-    jobs = stack.shared / "jobs"
-    folder_a, folder_b = jobs / ended, jobs / running
-    output_a, output_b = folder_a / f"{ended}.out", folder_b / f"{running}.out"
+    folder_a, folder_b = (stack.job_folder(bytes.fromhex(job[2:])) for job in (ended, running))
+    output_a, output_b = folder_a / f"{folder_a.name}.out", folder_b / f"{folder_b.name}.out"
 
     def settled() -> bool:
         record = seam.store.get_job(ended)

@@ -89,8 +89,7 @@ def parsed(lines: list[str], prefix: str) -> list[tuple[float, str]]:
 
 def job_output(stack: ProviderStack, job_id: bytes) -> str:
     """The job's Slurm output file, in the job's own folder."""
-    name = "0x" + job_id.hex()
-    return (stack.shared / "jobs" / name / f"{name}.out").read_text(errors="replace")
+    return stack.job_output(job_id).read_text(errors="replace")
 
 
 def test_the_customer_reads_the_job_live_every_line_in_order_until_it_ends(

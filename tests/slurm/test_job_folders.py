@@ -46,8 +46,31 @@ JOB_B = "0x" + "b" * 64
     ["0x" + "A" * 64, "0x" + "a" * 63, "..", "0x../" + "a" * 60, "a" * 66, "0x" + "a" * 64 + "/x", ""],
 )
 def test_a_folder_name_is_a_job_id_and_nothing_else(job_id: str) -> None:
-    with pytest.raises(InvalidSubmission, match="not a job id"):
+    with pytest.raises(InvalidSubmission, match="not a job's Slurm name"):
         job_folder("/srv/jobs", job_id)
+    with pytest.raises(InvalidSubmission, match="not a job's Slurm name"):
+        job_folder("/srv/jobs", f"31337-{'ab' * 20}-{job_id}")
+
+
+def test_a_folder_is_named_as_the_slurm_job_with_its_deployment() -> None:
+    name = f"31337-{'ab' * 20}-{JOB_A}"
+    assert job_folder("/srv/jobs", name) == PurePosixPath("/srv/jobs") / name
+    with pytest.raises(InvalidSubmission):
+        job_folder("/srv/jobs", f"31337-{'AB' * 20}-{JOB_A}")
+
+
+def test_the_cleanup_looks_only_at_the_folders_of_its_own_deployment() -> None:
+    """Two deployments share jobs_root: each removes its own ended folders and is silent about the
+    other's, which would otherwise be 'a job this supervisor's store does not know'."""
+    now = 1_000_000_000.0
+    ours, theirs = f"1-{'a' * 40}-{JOB_A}", f"2-{'b' * 40}-{JOB_A}"
+    entries = [FolderEntry(ours, "d", "grid-a"), FolderEntry(theirs, "d", "grid-a")]
+    jobs = {ours: KnownJob("grid-a", now - 8 * DAY)}
+    plan = plan_cleanup(
+        entries, jobs, now=now, retention_seconds=7 * DAY, mine=lambda name: name.startswith("1-")
+    )
+    assert plan.remove == (Removal(ours, "grid-a"),)
+    assert plan.left_alone == ()
 
 
 @pytest.mark.parametrize("root", ["relative/jobs", "/", "/srv/../etc", "/srv/jobs\n"])
