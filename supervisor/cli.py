@@ -55,9 +55,10 @@ def run(config: ConfigOption = None, log_level: LogLevelOption = None) -> None:
     Under systemd (Type=notify) it reports READY once caught up with the chain, feeds the watchdog
     from every live work cycle and says STOPPING when it drains.
     """
-    from supervisor.daemon import Daemon, DaemonListener, LaneCrashed  # heavy imports: only for `run`
+    from supervisor.daemon import DaemonListener, LaneCrashed  # heavy imports: only for `run`
     from supervisor.ops.metrics import MetricsListener, OpsServer, OpsState
     from supervisor.ops.notify import SystemdNotifier
+    from supervisor.service import Service
 
     settings = _config(config)
     level = log_level or settings.log.level
@@ -77,7 +78,7 @@ def run(config: ConfigOption = None, log_level: LogLevelOption = None) -> None:
             raise typer.Exit(1) from exc
         listeners.append(MetricsListener(state, settings.deployments[0].sbatch))
     try:
-        asyncio.run(Daemon(settings, listeners=listeners).run())
+        asyncio.run(Service(settings, listeners=listeners).run())
     except LaneCrashed as exc:
         typer.echo(f"supervisor stopped: {redact_text(str(exc))}", err=True)
         raise typer.Exit(1) from exc

@@ -290,7 +290,7 @@ class Daemon:
         self._names = SlurmNamespace(
             chain_id, contracts.meta_scheduler.address, owns_bare_names=self.deployment.first
         )
-        site.wake_targets.append((self._tracked_slurm_name, self._on_slurm_wakeup))
+        site.enter(self.name, self._names.prefix, self._tracked_slurm_name, self._on_slurm_wakeup)
         self.health.chain_ok = True
         sender_settings = SenderSettings(
             chain_id=chain.chain_id,
@@ -478,7 +478,7 @@ class Daemon:
             return
         # The claimer lane answers hints at once; the cycle claims too (one cheap look when there is
         # nothing to take), which also keeps the watchdog honest: a chain that hangs holds the cycle.
-        await self._claim_round(jobs, query)
+        await self._claim_round(query)
         actions = self._actions
         assert actions is not None
         if query is not None:
@@ -672,9 +672,9 @@ class Daemon:
             await self._claim_wake.wait()
             self._claim_wake.clear()
             if self._last_query is not None:  # Slurm answered at the last look: it can take jobs
-                await self._claim_round(self.store.open_jobs(), self._last_query)
+                await self._claim_round(self._last_query)
 
-    async def _claim_round(self, jobs: list[JobRecord], query: QueryResult | None) -> None:
+    async def _claim_round(self, query: QueryResult | None) -> None:
         """Claims within the policy's bound, then the cancellation and top-up queues; one at a time
         (the work lane and the claimer both claim), so two rounds never count the same room twice."""
         if not self._claiming:
@@ -683,7 +683,7 @@ class Daemon:
         async with self._claim_lock:
             try:
                 queues = await self._contracts.provider_queues(self.provider)
-                await self._claim(jobs, query, queues.claimable)
+                await self._claim(query, queues.claimable)
                 self._claim_queues(queues)
             except Exception as exc:  # the reports of the work lane must not wait for a failed claim
                 log.warning("claiming failed, will retry", error=describe(exc))
@@ -711,23 +711,25 @@ class Daemon:
             return 0
         return self._held(self.store.open_jobs(), self._last_query) + self._claims_in_flight()[1]
 
-    def _room(self, held: int) -> int:
-        """Claims this deployment may send now, over every deployment and within its own share."""
+    def _room(self, query: QueryResult | None) -> tuple[int, int]:
+        """(claims this deployment may send now, over every deployment and within its own share;
+        the jobs it holds). Counted from the store as it is now: a job recorded since the cycle
+        began holds a place."""
         assert self._site is not None
+        held = self._held(self.store.open_jobs(), query)
         return claims_to_send(
             held=held,
             in_flight=self._claims_in_flight()[1],
             limit=self.config.policy.max_queued_jobs,
             others=self._site.room.taken_by_others(self.name),
             share=self.deployment.max_queued_jobs,
-        )
+        ), held
 
-    async def _claim(self, jobs: list[JobRecord], query: QueryResult | None, queued: bool) -> None:
+    async def _claim(self, query: QueryResult | None, queued: bool) -> None:
         assert self._contracts is not None and self._sender is not None
         if query is None or not queued:
             return  # without Slurm, do not take more jobs; with an empty queue, there are none
-        held = self._held(jobs, query)
-        wanted = self._room(held)
+        wanted, _ = self._room(query)
         if wanted == 0:
             return
         unmined = self._claims_in_flight()[0]
@@ -735,7 +737,8 @@ class Daemon:
         # Counted again after the read: another deployment may have claimed meanwhile. From here to
         # the last claim queued nothing awaits, so no other claimer runs in between.
         unmined = self._claims_in_flight()[0]
-        wanted = min(self._room(held), claimable_now(queued_on_chain=on_chain, claims_unmined=unmined))
+        room, held = self._room(query)
+        wanted = min(room, claimable_now(queued_on_chain=on_chain, claims_unmined=unmined))
         if wanted == 0:
             return
         for _ in range(wanted):

@@ -44,6 +44,28 @@ class Site:
     #: Each deployment's wake-up target: (whether a Slurm job name is one it tracks, wake it).
     wake_targets: list[tuple[Callable[[str], bool], Callable[[], None]]] = field(default_factory=list)
 
+    #: Slurm name prefix -> the deployment that named its jobs so.
+    namespaces: dict[str, str] = field(default_factory=dict)
+
+    def enter(
+        self,
+        deployment: str,
+        prefix: str,
+        tracked: Callable[[str], bool],
+        wake: Callable[[], None],
+    ) -> None:
+        """A deployment whose chain answered takes its part; two entries of the configuration that
+        turn out to be the same deployment (same chain id and MetaScheduler) would claim each other's
+        jobs, so the second is refused."""
+        other = self.namespaces.get(prefix)
+        if other is not None and other != deployment:
+            raise ValueError(
+                f"chains {other!r} and {deployment!r} are the same deployment (chain id and MetaScheduler "
+                f"{prefix.rstrip('-')}): list it once"
+            )
+        self.namespaces[prefix] = deployment
+        self.wake_targets.append((tracked, wake))
+
     def tracks(self, slurm_name: str) -> bool:
         return any(tracked(slurm_name) for tracked, _ in self.wake_targets)
 
