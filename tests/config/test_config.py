@@ -128,13 +128,15 @@ def replace_line(text: str, old: str, new: str) -> str:
 
 def test_full_file_is_read_into_every_section(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, FULL))
-    assert config.chain.rpc_url == "https://rpc.example.org"
-    assert config.chain.ws_url == "wss://rpc.example.org/ws"
-    assert config.chain.meta_scheduler == META_SCHEDULER
-    assert (config.chain.chain_id, config.chain.confirmations, config.chain.start_block) == (179188, 2, 1234)
-    assert config.chain.max_fee_per_gas_gwei == Decimal("2.5")
-    assert config.key.password_file == Path("/etc/grid-supervisor/password")
-    assert (config.sbatch.grpc_target, config.sbatch.tls) == ("sbatch.example.org:443", True)
+    (deployment,) = config.deployments
+    chain, key, sbatch = deployment.chain, deployment.key, deployment.sbatch
+    assert chain.rpc_url == "https://rpc.example.org"
+    assert chain.ws_url == "wss://rpc.example.org/ws"
+    assert chain.meta_scheduler == META_SCHEDULER
+    assert (chain.chain_id, chain.confirmations, chain.start_block) == (179188, 2, 1234)
+    assert chain.max_fee_per_gas_gwei == Decimal("2.5")
+    assert key.password_file == Path("/etc/grid-supervisor/password")
+    assert (sbatch.grpc_target, sbatch.tls) == ("sbatch.example.org:443", True)
     assert config.slurm.backend == "ssh" and config.slurm.ssh is not None
     assert (config.slurm.ssh.host, config.slurm.ssh.port) == ("login.example.org", 2222)
     assert config.slurm.extra_sbatch_args == ("--qos=grid", "--account=grid")
@@ -158,7 +160,7 @@ def test_minimal_file_takes_the_defaults(tmp_path: Path) -> None:
     assert config.policy.max_queued_jobs == 4
     assert config.slurm.backend == "local"
     assert config.registration is None
-    assert config.chain.confirmations == 0
+    assert config.deployments[0].chain.confirmations == 0
     assert config.log.level == "info"
 
 
@@ -361,8 +363,8 @@ def test_environment_overrides_a_section_absent_from_the_file(
     config = load_config(write(tmp_path, MINIMAL))
     assert config.policy.max_queued_jobs == 7
     assert config.slurm.partition == "gpu"
-    assert config.chain.rpc_url == "https://other.example.org"
-    assert config.chain.meta_scheduler == META_SCHEDULER
+    assert config.deployments[0].chain.rpc_url == "https://other.example.org"
+    assert config.deployments[0].chain.meta_scheduler == META_SCHEDULER
 
 
 def test_environment_alone_is_a_configuration(monkeypatch: pytest.MonkeyPatch) -> None:

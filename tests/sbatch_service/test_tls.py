@@ -273,7 +273,7 @@ partition = "grid"
         base + f'[sbatch]\ngrpc_target = "h:1"\ntls = true\nca_file = "{pki.ca}"\n'
         f'client_cert_file = "{pki.client_cert}"\nclient_key_file = "{pki.client_key}"\n'
     )
-    tls = load_config(config).sbatch.client_tls
+    tls = load_config(config).deployments[0].sbatch.client_tls
     assert tls is not None and (tls.ca_file, tls.cert_file, tls.key_file) == (
         pki.ca,
         pki.client_cert,

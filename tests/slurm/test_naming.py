@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from grid_protocol.jobs import JobStatus
+from supervisor.actions import slurm_name
 from supervisor.slurm.errors import InvalidSubmission
 from supervisor.slurm.models import check_job_name
 from supervisor.slurm.naming import SlurmNamespace, is_slurm_name
+from supervisor.store import JobRecord
 
 JOB = "0x" + "0" * 63 + "1"
 FUJI = SlurmNamespace(43113, "0x" + "AbCd" * 10)
@@ -50,3 +53,28 @@ def test_anything_else_is_no_name_of_ours(name: str) -> None:
     if not is_slurm_name(name):
         with pytest.raises(InvalidSubmission, match="is not a job id"):
             check_job_name(name)
+
+
+def _record(**fields: object) -> JobRecord:
+    base: dict[str, object] = {
+        "job_id": JOB,
+        "status": JobStatus.SCHEDULED,
+        "customer": None,
+        "slurm_job_id": None,
+        "last_reported_status": None,
+        "max_duration_minute": 5,
+        "definition_json": None,
+        "claimed_block": 1,
+        "created_at": 0.0,
+        "updated_at": 0.0,
+    }
+    return JobRecord(**{**base, **fields})  # type: ignore[arg-type]
+
+
+def test_a_job_keeps_the_name_its_submission_was_begun_under() -> None:
+    """New submissions carry the deployment; a job submitted before the upgrade (an intent or a
+    Slurm id recorded without a name) is still looked up by its bare id."""
+    assert slurm_name(_record(), FUJI) == FUJI.name(JOB)
+    assert slurm_name(_record(submit_intent_at=1.0, slurm_name=FUJI.name(JOB)), LOCAL) == FUJI.name(JOB)
+    assert slurm_name(_record(submit_intent_at=1.0), FUJI) == JOB
+    assert slurm_name(_record(slurm_job_id=42), FUJI) == JOB
