@@ -253,10 +253,6 @@ def meta_schedule_one(grid: Grid, job_id: bytes, provider: str) -> tuple[float, 
         time.sleep(0.001)
 
 
-def job_name(job_id: bytes) -> str:
-    return "0x" + job_id.hex()
-
-
 # -- Slurm helpers ------------------------------------------------------------------------------
 
 
@@ -443,7 +439,7 @@ def part_single(bench: Bench, count: int) -> Table:
                 command = f"date +%s.%N > {first}; sleep 1; date +%s.%N > {last}"
                 key = stack.store_workflow(command, cpus=CPUS, mem=MEM_MB, gpus=GPUS)
                 (job_id,) = request_jobs(stack, customer, [key], LOCKED_CREDITS)
-                name = job_name(job_id)
+                name = stack.slurm_name(job_id)
                 squeue.want(name)
                 time.sleep(random.uniform(0, 0.5))  # no phase lock with the daemon's polling periods
                 sent, meta = meta_schedule_one(grid, job_id, bench.provider)
@@ -567,7 +563,7 @@ def part_burst(bench: Bench, count: int, max_queued: int) -> Table:
     with bench.supervisor(max_queued_jobs=max_queued) as daemon:
         keys = [stack.store_workflow(f"true # {i}", cpus=CPUS, mem=MEM_MB, gpus=GPUS) for i in range(count)]
         job_ids = request_jobs(stack, customer, keys, LOCKED_CREDITS)
-        names = {job_name(j): j for j in job_ids}
+        names = {stack.slurm_name(j): j for j in job_ids}
         print(f"   {count} jobs requested; meta-scheduling them in one block", flush=True)
         others = foreign_jobs()
         squeue = SqueueWatcher(bench.jobs_dir, BURST_SQUEUE_POLL_S)
@@ -825,7 +821,7 @@ def part_tracked(bench: Bench, count: int, base: int, window: float) -> Table:
                 ids = request_jobs(stack, customer, [key] * grow, TRACKED_CREDITS)
                 began = time.monotonic()
                 meta_schedule(grid, bench.provider, ids)
-                wanted |= {job_name(j) for j in ids}
+                wanted |= {stack.slurm_name(j) for j in ids}
                 print(
                     f"   {grow} more jobs meta-scheduled ({len(wanted)} in all); waiting for Slurm",
                     flush=True,
