@@ -250,12 +250,23 @@ def test_sigkill_with_jobs_in_flight_on_both_chains_loses_and_doubles_nothing(ch
 
 
 def queued_in_slurm(chains: TwoChains) -> dict[str, int]:
-    """Jobs of each chain waiting in Slurm, by the chain id their names carry."""
+    """Jobs of each chain waiting in Slurm, by the deployment their names carry; only those in this
+    module's jobs_root count (other grids on the cluster may use the same chain ids and addresses)."""
     listing = subprocess.run(
-        ["squeue", "-h", "-t", "PENDING", "-o", "%j"], capture_output=True, text=True, timeout=30, check=True
-    ).stdout.split()
+        ["squeue", "-h", "-t", "PENDING", "-o", "%j|%Z"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout.splitlines()
+    jobs_root = chains.alpha.shared / "jobs"
+    ours = [
+        name
+        for name, _, workdir in (line.partition("|") for line in listing)
+        if workdir == str(jobs_root / name)
+    ]
     return {
-        name: sum(1 for job in listing if job.startswith(stack.slurm_name(b"").removesuffix("0x")))
+        name: sum(1 for job in ours if job.startswith(stack.slurm_name(b"").removesuffix("0x")))
         for name, stack in (("alpha", chains.alpha), ("beta", chains.beta))
     }
 
