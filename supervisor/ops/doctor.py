@@ -2,6 +2,9 @@
 
 Each check says OK, WARN or FAIL, what it found, and what to do when it is not OK. A check that
 needs an earlier one (the contract needs the RPC) is reported as not checked rather than guessed.
+Each deployment is checked in turn (its key, chain, sbatch service, state file, registration and
+wallet; with several, each check's name ends with the chain's, as in `rpc[fuji]`), then the Slurm
+cluster they share, once.
 Nothing here writes: no transaction, no Slurm job, the state file is not opened.
 """
 
@@ -16,10 +19,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from web3 import AsyncHTTPProvider, AsyncWeb3
+
 from supervisor.chain.contracts import ProtocolContracts
 from supervisor.chain.keys import Signer, load_signer
 from supervisor.chain.rpc import connect_http, describe
-from supervisor.config import ConfigError, SupervisorConfig, load_config
+from supervisor.config import ConfigError, Deployment, SupervisorConfig, load_config
 from supervisor.ops.probes import probe_sbatch
 from supervisor.redaction import redact_text, redact_url
 from supervisor.slurm.backend import CommandSlurmBackend, SlurmBackend
@@ -93,6 +98,25 @@ async def _bounded(attempt: Callable[[], Awaitable[Any]]) -> Any:
         return await attempt()
 
 
+@dataclass(frozen=True)
+class Scope:
+    """One deployment's checks: with several, each name and setting says which chain (`rpc[fuji]`)."""
+
+    deployment: Deployment
+    several: bool
+
+    def label(self, check: str) -> str:
+        return f"{check}[{self.deployment.name}]" if self.several else check
+
+    def setting(self, section: str, key: str) -> str:
+        """Where to set it: `chain.rpc_url`, or `chains[fuji].rpc_url` with several deployments."""
+        if not self.several:
+            return f"{section}.{key}"
+        if section == "chain":
+            return f"chains[{self.deployment.name}].{key}"
+        return f"{section}.{key} (or chains[{self.deployment.name}].{section}.{key})"
+
+
 class Doctor:
     """Runs the checks in order; later checks use what earlier ones found."""
 
@@ -108,21 +132,31 @@ class Doctor:
         config = self._configuration()
         if config is None:
             return self.checks
-        signer = self._key(config)
-        contracts = await self._chain(config, signer)
+        deployments = config.deployments
+        for deployment in deployments:
+            await self._deployment(Scope(deployment, several=len(deployments) > 1))
         await self._slurm(config)
-        await self._sbatch(config)
-        self._state(config)
-        if contracts is None:
-            for name in ("registration", "wallet balance"):
-                self.add(not_checked(name, "the chain"))
-        elif signer is None:
-            for name in ("registration", "wallet balance"):
-                self.add(not_checked(name, "the provider key"))
-        else:
-            await self._registration(config, contracts, signer.address)
-            await self._balance(contracts, signer.address)
         return self.checks
+
+    async def _deployment(self, scope: Scope) -> None:
+        """Every check of one deployment: its key, chain, sbatch service, state file, registration, wallet."""
+        signer = self._key(scope)
+        w3 = connect_http(scope.deployment.chain.rpc_url)
+        try:
+            contracts = await self._chain(scope, w3)
+            await self._sbatch(scope)
+            self._state(scope)
+            if contracts is None:
+                for name in ("registration", "wallet balance"):
+                    self.add(not_checked(scope.label(name), "the chain"))
+            elif signer is None:
+                for name in ("registration", "wallet balance"):
+                    self.add(not_checked(scope.label(name), "the provider key"))
+            else:
+                await self._registration(scope, contracts, signer.address)
+                await self._balance(scope, contracts, signer.address)
+        finally:
+            await w3.provider.disconnect()  # its HTTP session, before the event loop ends
 
     # -- configuration and key ----------------------------------------------------------------
 
@@ -137,60 +171,63 @@ class Doctor:
         self.add(ok("configuration", f"{where} is valid"))
         return config
 
-    def _key(self, config: SupervisorConfig) -> Signer | None:
+    def _key(self, scope: Scope) -> Signer | None:
+        key = scope.deployment.key
+        name = scope.label("provider key")
         try:
-            signer = load_signer(config.key.file, config.key.password_file)
+            signer = load_signer(key.file, key.password_file)
         except (ValueError, OSError) as exc:
             self.add(
                 fail(
-                    "provider key",
+                    name,
                     str(exc),
-                    "key.file must be a keystore (with key.password_file) or a raw hex key, "
-                    "owned by the service user, mode 0600 (chmod 600)",
+                    f"{scope.setting('key', 'file')} must be a keystore (with key.password_file) or a raw "
+                    "hex key, owned by the service user, mode 0600 (chmod 600)",
                 )
             )
             return None
-        self.add(ok("provider key", f"provider address {signer.address}"))
+        self.add(ok(name, f"provider address {signer.address}"))
         return signer
 
     # -- chain --------------------------------------------------------------------------------
 
-    async def _chain(self, config: SupervisorConfig, signer: Signer | None) -> ProtocolContracts | None:
-        chain = config.chain
-        w3 = connect_http(chain.rpc_url)
+    async def _chain(self, scope: Scope, w3: AsyncWeb3[AsyncHTTPProvider]) -> ProtocolContracts | None:
+        chain = scope.deployment.chain
+        rpc_check, contract_check = scope.label("rpc"), scope.label("contract")
+        rpc_url, chain_id_setting = scope.setting("chain", "rpc_url"), scope.setting("chain", "chain_id")
         rpc = redact_url(chain.rpc_url)  # hosted endpoints carry their API key in the URL
         try:
             chain_id = int(await _bounded(lambda: w3.eth.chain_id))
         except Exception as exc:
             self.add(
                 fail(
-                    "rpc",
+                    rpc_check,
                     f"{rpc} does not answer: {describe(exc)}",
-                    "check chain.rpc_url, that the node runs and that this host may reach it",
+                    f"check {rpc_url}, that the node runs and that this host may reach it",
                 )
             )
-            self.add(not_checked("contract", "the rpc"))
+            self.add(not_checked(contract_check, "the rpc"))
             return None
         if chain.chain_id is None:
             self.add(
                 warn(
-                    "rpc",
+                    rpc_check,
                     f"{rpc} serves chain id {chain_id}",
-                    f"set chain.chain_id = {chain_id} so a wrong endpoint is refused",
+                    f"set {chain_id_setting} = {chain_id} so a wrong endpoint is refused",
                 )
             )
         elif chain.chain_id != chain_id:
             self.add(
                 fail(
-                    "rpc",
+                    rpc_check,
                     f"{rpc} serves chain id {chain_id}, not the configured {chain.chain_id}",
-                    "point chain.rpc_url at the grid's chain, or correct chain.chain_id",
+                    f"point {rpc_url} at the grid's chain, or correct {chain_id_setting}",
                 )
             )
-            self.add(not_checked("contract", "the rpc"))
+            self.add(not_checked(contract_check, "the rpc"))
             return None
         else:
-            self.add(ok("rpc", f"{rpc} serves chain id {chain_id}"))
+            self.add(ok(rpc_check, f"{rpc} serves chain id {chain_id}"))
         try:
             contracts: ProtocolContracts = await _bounded(
                 lambda: ProtocolContracts.discover(w3, chain.meta_scheduler)
@@ -198,42 +235,41 @@ class Doctor:
         except Exception as exc:
             self.add(
                 fail(
-                    "contract",
+                    contract_check,
                     f"no usable MetaScheduler at {chain.meta_scheduler}: {describe(exc)}",
-                    "set chain.meta_scheduler to the grid's MetaScheduler address on this chain",
+                    f"set {scope.setting('chain', 'meta_scheduler')} to the grid's MetaScheduler address "
+                    "on this chain",
                 )
             )
             return None
         self.add(
             ok(
-                "contract",
+                contract_check,
                 f"MetaScheduler {chain.meta_scheduler}, ProviderManager {contracts.provider_manager.address}",
             )
         )
         return contracts
 
-    async def _registration(
-        self, config: SupervisorConfig, contracts: ProtocolContracts, address: str
-    ) -> None:
+    async def _registration(self, scope: Scope, contracts: ProtocolContracts, address: str) -> None:
+        name = scope.label("registration")
         try:
             approved = await _bounded(lambda: contracts.provider_record(address))
             waiting = await _bounded(lambda: contracts.provider_record(address, waiting=True))
             valid = await _bounded(lambda: contracts.is_valid_for_scheduling(address))
         except Exception as exc:
-            self.add(
-                fail("registration", f"cannot read it: {describe(exc)}", "check the rpc and the contract")
-            )
+            self.add(fail(name, f"cannot read it: {describe(exc)}", "check the rpc and the contract"))
             return
-        registers = config.registration is not None and config.registration.enabled
+        registration = scope.deployment.registration
+        registers = registration is not None and registration.enabled
         if _recorded(approved.address) and approved.is_banned:
-            self.add(fail("registration", "the provider is banned", "ask the grid's operators why"))
+            self.add(fail(name, "the provider is banned", "ask the grid's operators why"))
         elif valid:
             pending = " (a new offer waits for approval)" if _recorded(waiting.address) else ""
-            self.add(ok("registration", f"approved for scheduling{pending}"))
+            self.add(ok(name, f"approved for scheduling{pending}"))
         elif _recorded(waiting.address):
             self.add(
                 warn(
-                    "registration",
+                    name,
                     "registered, waiting for approval",
                     "ask the grid's operators to approve the provider; jobs come once approved",
                 )
@@ -241,7 +277,7 @@ class Doctor:
         elif registers:
             self.add(
                 warn(
-                    "registration",
+                    name,
                     "not registered yet",
                     "start the daemon: it registers the partition with [registration] prices and labels",
                 )
@@ -249,28 +285,29 @@ class Doctor:
         else:
             self.add(
                 fail(
-                    "registration",
+                    name,
                     "not registered, and registration is disabled in the configuration",
                     "add a [registration] section with prices (and labels) and start the daemon",
                 )
             )
 
-    async def _balance(self, contracts: ProtocolContracts, address: str) -> None:
+    async def _balance(self, scope: Scope, contracts: ProtocolContracts, address: str) -> None:
+        name = scope.label("wallet balance")
         w3 = contracts.w3
         try:
             balance = int(await _bounded(lambda: w3.eth.get_balance(address)))  # type: ignore[arg-type]
             gas_price = int(await _bounded(lambda: w3.eth.gas_price))
         except Exception as exc:
-            self.add(fail("wallet balance", f"cannot read it: {describe(exc)}", "check the rpc"))
+            self.add(fail(name, f"cannot read it: {describe(exc)}", "check the rpc"))
             return
         wanted = gas_price * GAS_PER_TRANSACTION * TRANSACTIONS_AHEAD
         found = f"{native(balance)} (about {native(wanted)} pays {TRANSACTIONS_AHEAD} transactions at today's gas price)"
         if balance == 0:
-            self.add(fail("wallet balance", found, f"send gas money to {address}"))
+            self.add(fail(name, found, f"send gas money to {address}"))
         elif balance < wanted:
-            self.add(warn("wallet balance", found, f"top up {address} soon: reports will stall without gas"))
+            self.add(warn(name, found, f"top up {address} soon: reports will stall without gas"))
         else:
-            self.add(ok("wallet balance", found))
+            self.add(ok(name, found))
 
     # -- Slurm --------------------------------------------------------------------------------
 
@@ -416,40 +453,42 @@ class Doctor:
 
     # -- sbatch service and local state -------------------------------------------------------
 
-    async def _sbatch(self, config: SupervisorConfig) -> None:
-        target = config.sbatch.grpc_target
+    async def _sbatch(self, scope: Scope) -> None:
+        sbatch = scope.deployment.sbatch
+        name = scope.label("sbatch service")
+        target = sbatch.grpc_target
         try:
-            problem = await _bounded(lambda: probe_sbatch(config.sbatch))
+            problem = await _bounded(lambda: probe_sbatch(sbatch))
         except TimeoutError:
             problem = "no answer"
         if problem is None:
-            self.add(ok("sbatch service", f"{target} answers"))
+            self.add(ok(name, f"{target} answers"))
         else:
             self.add(
                 fail(
-                    "sbatch service",
+                    name,
                     f"{target}: {problem}",
-                    "check sbatch.grpc_target (and sbatch.tls) and that the grid's sbatch service is reachable",
+                    f"check {scope.setting('sbatch', 'grpc_target')} (and its tls) and that the grid's "
+                    "sbatch service is reachable",
                 )
             )
 
-    def _state(self, config: SupervisorConfig) -> None:
-        path = config.store.path
+    def _state(self, scope: Scope) -> None:
+        name = scope.label("state file")
+        path = scope.deployment.store_path
         folder = path.parent
         if path.exists() and not os.access(path, os.R_OK | os.W_OK):
-            self.add(
-                fail("state file", f"{path} is not readable and writable", "give it to the service user")
-            )
+            self.add(fail(name, f"{path} is not readable and writable", "give it to the service user"))
         elif not path.exists() and not (folder.is_dir() and os.access(folder, os.W_OK)):
             self.add(
                 fail(
-                    "state file",
+                    name,
                     f"{folder} does not exist or is not writable",
                     "create it for the service user (systemd's StateDirectory does)",
                 )
             )
         else:
-            self.add(ok("state file", f"{path} {'exists' if path.exists() else 'will be created'}"))
+            self.add(ok(name, f"{path} {'exists' if path.exists() else 'will be created'}"))
 
 
 def run_doctor(config_path: Path | None) -> list[Check]:

@@ -4,8 +4,8 @@ The protocol is one datagram of `KEY=value` lines on the AF_UNIX socket named by
 name starting with `@` is in the abstract namespace). Without that variable every call does nothing,
 so the daemon runs the same way outside systemd.
 
-The watchdog is fed from the work loop's `cycle_done` and from nowhere else: when a cycle hangs, the
-pings stop and systemd restarts the service after `WatchdogSec`.
+The watchdog is fed from the work loops' `cycle_done` and from nowhere else: when a cycle of any
+deployment hangs, the pings stop and systemd restarts the service after `WatchdogSec`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import structlog
@@ -83,47 +83,97 @@ def status_line(daemon: Daemon) -> str:
 
 
 class SystemdNotifier:
-    """A daemon listener speaking sd_notify: READY once caught up, WATCHDOG per live cycle, STOPPING."""
+    """A listener of every deployment's daemon speaking sd_notify: READY once each deployment caught up,
+    WATCHDOG while every work loop that has begun keeps cycling, STOPPING once.
+
+    With one deployment the STATUS line is its own; with several it lists each (`alpha: ready, block
+    120; outbox 0 | beta: waiting for the chain (RPC and contracts)`).
+    """
 
     def __init__(
         self,
         environ: Mapping[str, str] | None = None,
         *,
+        deployments: Sequence[str] = ("main",),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         env = os.environ if environ is None else environ
         self.address = notify_address(env)
         self.interval = watchdog_interval(env, os.getpid())
+        self.deployments = tuple(deployments)
         self._clock = clock
         self._last_ping: float | None = None
+        self._daemons: dict[str, Daemon] = {}
+        self._waiting: dict[str, str] = {}  # deployment -> what its start-up waits for now
+        self._ready: set[str] = set()
+        self._begun: set[str] = set()  # deployments whose work loop has cycled (and not stopped)
+        self._cycled: set[str] = set()  # those that cycled since the last ping
+        self._ready_sent = False
+        self._stopping_sent = False
 
     @property
     def enabled(self) -> bool:
         return self.address is not None
 
+    def _names(self) -> list[str]:
+        return [*self.deployments, *(name for name in self._daemons if name not in self.deployments)]
+
+    def status(self) -> str:
+        """The STATUS line: the one deployment's, or each deployment's after its name."""
+
+        def one(name: str) -> str:
+            if name in self._waiting:
+                return f"waiting for {self._waiting[name]}"
+            daemon = self._daemons.get(name)
+            return "starting" if daemon is None else status_line(daemon)
+
+        names = self._names()
+        if len(names) == 1:
+            return one(names[0])
+        return " | ".join(f"{name}: {one(name)}" for name in names)
+
     def ready(self, daemon: Daemon) -> None:
-        send(f"READY=1\nSTATUS={status_line(daemon)}", self.address)
+        self._daemons[daemon.name] = daemon
+        self._waiting.pop(daemon.name, None)
+        self._ready.add(daemon.name)
+        if not self._ready_sent and set(self._names()) <= self._ready:
+            self._ready_sent = True
+            send(f"READY=1\nSTATUS={self.status()}", self.address)
 
     def cycle_done(self, daemon: Daemon) -> None:
+        """Ping only when every begun work loop cycled since the last ping: one stuck loop silences it."""
+        name = daemon.name
+        self._daemons[name] = daemon
+        self._waiting.pop(name, None)
+        self._begun.add(name)
+        self._cycled.add(name)
         if self.address is None:
             return
         lines: list[str] = []
         now = self._clock()
-        if self.interval is not None and (self._last_ping is None or now - self._last_ping >= self.interval):
+        interval = self.interval
+        due = interval is not None and (self._last_ping is None or now - self._last_ping >= interval)
+        if due and self._begun <= self._cycled:
             lines.append("WATCHDOG=1")
             self._last_ping = now
-        if not daemon.ready:
+            self._cycled = set()
+        if not self._ready_sent:
             lines.append(f"EXTEND_TIMEOUT_USEC={int(START_EXTENSION_S * 1_000_000)}")
         if lines:
-            lines.append(f"STATUS={status_line(daemon)}")
+            lines.append(f"STATUS={self.status()}")
             send("\n".join(lines), self.address)
 
     def stopping(self, daemon: Daemon) -> None:
-        send("STOPPING=1\nSTATUS=draining: delivering the outbox before exit", self.address)
+        self._begun.discard(daemon.name)
+        if not self._stopping_sent:
+            self._stopping_sent = True
+            send("STOPPING=1\nSTATUS=draining: delivering the outbox before exit", self.address)
 
     def waiting(self, daemon: Daemon, what: str) -> None:
         """Start-up waits for a dependency: ask systemd for more time, and say what for."""
-        if daemon.ready:
+        self._daemons[daemon.name] = daemon
+        if self._ready_sent or daemon.ready:
             return
+        self._waiting[daemon.name] = what
         extend = int(START_EXTENSION_S * 1_000_000)
-        send(f"EXTEND_TIMEOUT_USEC={extend}\nSTATUS=waiting for {what}", self.address)
+        send(f"EXTEND_TIMEOUT_USEC={extend}\nSTATUS={self.status()}", self.address)

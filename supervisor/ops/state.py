@@ -1,13 +1,15 @@
-"""What the operator endpoints report, taken from the daemon once per work cycle.
+"""What the operator endpoints report, taken from each deployment's daemon once per work cycle.
 
-The snapshot is built on the daemon's event loop (the store is a local SQLite file: cheap to read)
-and read by the HTTP thread. Ages are computed when a scrape or probe arrives, so a work loop that
-stops moving shows as a growing age even though nothing updates the snapshot any more.
+Each deployment (chain) has its own snapshot and its own verdicts; `/healthz` and `/readyz` are ok
+when every deployment is. A snapshot is built on the daemons' event loop (the store is a local SQLite
+file: cheap to read) and read by the HTTP thread. Ages are computed when a scrape or probe arrives,
+so a work loop that stops moving shows as a growing age even though nothing updates its snapshot.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -114,10 +116,49 @@ def take_snapshot(daemon: Daemon, *, wallet_balance_wei: int | None, registered:
 
 @dataclass(frozen=True)
 class Verdict:
-    """A probe's answer: ok or not, and each check with what it found."""
+    """A probe's answer for one deployment: ok or not, and each check with what it found."""
 
     ok: bool
     checks: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Report:
+    """A probe's answer over every deployment: ok only when each is, and which are not."""
+
+    chains: dict[str, Verdict]
+
+    @property
+    def ok(self) -> bool:
+        return all(verdict.ok for verdict in self.chains.values())
+
+    @property
+    def failing(self) -> list[str]:
+        return [name for name, verdict in self.chains.items() if not verdict.ok]
+
+    def as_json(self) -> dict[str, object]:
+        """`{"ok", "failing": [chain...], "checks": {chain: {check: found}}}`: the same shape for one
+        deployment (named "main" for a `[chain]` file) as for several."""
+        return {
+            "ok": self.ok,
+            "failing": self.failing,
+            "checks": {name: verdict.checks for name, verdict in self.chains.items()},
+        }
+
+
+@dataclass(frozen=True)
+class Deployments:
+    """Every deployment's latest state, as `/healthz` and `/readyz` judge it (read at once: each part
+    is replaced whole by its writer)."""
+
+    names: tuple[str, ...]
+    snapshots: Mapping[str, Snapshot]
+    waiting: Mapping[str, str]  # deployment -> what its start-up waits for (before its first cycle)
+    stopping: frozenset[str]
+
+    def each(self) -> list[str]:
+        """The configured deployments in order, then any other that reported."""
+        return [*self.names, *(name for name in self.snapshots if name not in self.names)]
 
 
 def liveness(snapshot: Snapshot | None, *, now: float, started_at: float, stall_seconds: float) -> Verdict:
@@ -150,3 +191,53 @@ def readiness(snapshot: Snapshot | None, *, now: float, started_at: float, stall
         failures = failures or not ok
     checks["sbatch"] = "reachable" if snapshot.sbatch_ok else snapshot.problems.get("sbatch", "unreachable")
     return Verdict(not failures, checks)
+
+
+def _not_begun(deployments: Deployments, name: str) -> Verdict:
+    """A deployment still starting while another's work loop runs: alive (its start-up retries),
+    so a chain that is down fails readiness only."""
+    what = deployments.waiting.get(name)
+    return Verdict(True, {"work_loop": f"not begun: waiting for {what}" if what else "not begun yet"})
+
+
+def liveness_report(
+    deployments: Deployments, *, now: float, started_at: float, stall_seconds: float
+) -> Report:
+    """Alive: every deployment whose work loop has begun finished a cycle within `stall_seconds`;
+    before any has, the process started that recently."""
+    begun = bool(deployments.snapshots)
+    chains = {}
+    for name in deployments.each():
+        snapshot = deployments.snapshots.get(name)
+        if snapshot is None and begun:
+            chains[name] = _not_begun(deployments, name)
+        else:
+            chains[name] = liveness(snapshot, now=now, started_at=started_at, stall_seconds=stall_seconds)
+    return Report(chains)
+
+
+def readiness_report(
+    deployments: Deployments, *, now: float, started_at: float, stall_seconds: float
+) -> Report:
+    """Ready: every deployment is (a deployment not read yet says what its start-up waits for)."""
+    begun = bool(deployments.snapshots)
+    chains = {}
+    for name in deployments.each():
+        snapshot = deployments.snapshots.get(name)
+        if snapshot is None:
+            alive = (
+                _not_begun(deployments, name)
+                if begun
+                else liveness(None, now=now, started_at=started_at, stall_seconds=stall_seconds)
+            )
+            what = deployments.waiting.get(name)
+            verdict = Verdict(
+                False,
+                {**alive.checks, "chain": f"not read yet: waiting for {what}" if what else "not read yet"},
+            )
+        else:
+            verdict = readiness(snapshot, now=now, started_at=started_at, stall_seconds=stall_seconds)
+        if name in deployments.stopping:
+            verdict = Verdict(False, {**verdict.checks, "stopping": "draining before exit"})
+        chains[name] = verdict
+    return Report(chains)

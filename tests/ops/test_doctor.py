@@ -2,7 +2,8 @@
 
 Each failure is made real (a port where nothing listens, another chain id, a key file others can
 read, a Slurm user without the operator level, a wallet without gas) and the doctor must name it
-with the fix and exit 1.
+with the fix and exit 1. With two chains (a second anvil) each chain's checks carry its name, and
+one chain's unreachable RPC fails that chain's checks only.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from eth_account import Account
 
 from grid_dev.anvil import free_port
 from grid_protocol.jobs import JobStatus as S
+from tests.fixtures.ops import two_chains
 from tests.fixtures.supervisor import ProviderStack, SupervisorProcess, wait_for
 
 PASSWORD = "correct horse battery staple 7f3a"
@@ -166,6 +168,58 @@ def test_doctor_checks_the_permission_to_raise_time_limits(
     assert checks["slurm time limits"][0] == outcome, output
     assert found in checks["slurm time limits"][1], output
     assert status == (0 if outcome == "OK" else 1), output
+
+
+PER_CHAIN = (
+    "provider key",
+    "rpc",
+    "contract",
+    "sbatch service",
+    "state file",
+    "registration",
+    "wallet balance",
+)
+SLURM = ("slurm", "slurm accounting", "slurm partition", "slurm time limits", "job users")
+
+
+def test_doctor_checks_every_chain_and_slurm_once(
+    provider_stack: ProviderStack, second_chain: ProviderStack, supervisor: SupervisorProcess
+) -> None:
+    two = two_chains(provider_stack, second_chain, "doctor-two")
+    two.start()  # registers the provider on beta too, and creates both state files
+    try:
+        second_chain.wait_registered()
+    finally:
+        two.stop()
+    status, checks, output = doctor(two)
+    assert status == 0, output
+    expected = {"configuration", *SLURM} | {
+        f"{name}[{chain}]" for name in PER_CHAIN for chain in ("alpha", "beta")
+    }
+    assert set(checks) == expected, output
+    assert all(outcome == "OK" for outcome, _ in checks.values()), output
+    assert "chain id 31337" in checks["rpc[alpha]"][1] and "chain id 31338" in checks["rpc[beta]"][1]
+    assert "doctor-two.beta.sqlite exists" in checks["state file[beta]"][1]
+    assert second_chain.sbatch.grpc_target in checks["sbatch service[beta]"][1]
+    assert "Unclosed" not in output  # each chain's HTTP session is closed before the loop ends
+
+
+def test_doctor_names_the_chain_that_fails(
+    provider_stack: ProviderStack, second_chain: ProviderStack, supervisor: SupervisorProcess
+) -> None:
+    unreachable = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    status, checks, output = doctor(
+        two_chains(provider_stack, second_chain, "doctor-down", beta_rpc_url=unreachable)
+    )
+    assert status == 1, output
+    outcome, text = checks["rpc[beta]"]
+    assert outcome == "FAIL" and "does not answer" in text and "chains[beta].rpc_url" in text, output
+    for name in ("contract", "registration", "wallet balance"):
+        assert checks[f"{name}[beta]"][0] == "WARN" and "not checked" in checks[f"{name}[beta]"][1], output
+    assert checks["sbatch service[beta]"][0] == "OK", output  # beta's own service still answers
+    for name in PER_CHAIN:
+        assert checks[f"{name}[alpha]"][0] == "OK", output
+    assert checks["slurm"][0] == "OK", output
 
 
 def test_a_full_run_logs_every_state_change_and_no_secret(

@@ -5,47 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from grid_dev.anvil import free_port
 from grid_protocol.jobs import JobStatus as S
-from tests.fixtures.ops import http_get, probe
-from tests.fixtures.supervisor import ProviderStack, SupervisorProcess, wait_for
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def scrape(base: str) -> Samples:
-    status, body = http_get(f"{base}/metrics")
-    assert status == 200, body
-    samples: Samples = {}
-    for family in text_string_to_metric_families(body):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float | None:
-    return samples.get((f"grid_supervisor_{name}", tuple(sorted(labels.items()))))
-
-
-class Running:
-    def __init__(self, process: SupervisorProcess, port: int) -> None:
-        self.process = process
-        self.base = f"http://127.0.0.1:{port}"
-
-    def metric(self, name: str, **labels: str) -> float | None:
-        """The sample's value; None while the endpoint does not answer yet or lacks the sample."""
-        if http_get(f"{self.base}/metrics")[0] != 200:
-            return None
-        return value(scrape(self.base), name, **labels)
-
-    def wait_metric(self, name: str, expected: float, timeout: float = 60, **labels: str) -> None:
-        wait_for(
-            f"{name}{labels or ''} == {expected} (now {self.metric(name, **labels)})",
-            lambda: self.metric(name, **labels) == expected,
-            timeout,
-        )
+from tests.fixtures.ops import Running, http_get, probe, scrape, value
+from tests.fixtures.supervisor import ProviderStack, wait_for
 
 
 def start(stack: ProviderStack, **env: str) -> Running:
@@ -70,10 +34,10 @@ def test_a_job_shows_in_the_metrics(provider_stack: ProviderStack, supervisor: R
     stack, w3 = provider_stack, provider_stack.grid.w3
     wait_for("/readyz", lambda: probe(f"{supervisor.base}/readyz")[0] == 200, 60)
     _, ready = probe(f"{supervisor.base}/readyz")
-    assert ready["ok"] is True
+    assert ready["ok"] is True and ready["failing"] == []
     checks = ready["checks"]
-    assert isinstance(checks, dict)
-    assert set(checks) >= {"work_loop", "caught_up", "chain", "slurm", "registered", "sbatch"}
+    assert isinstance(checks, dict) and set(checks) == {"main"}  # a [chain] file is one deployment, "main"
+    assert set(checks["main"]) >= {"work_loop", "caught_up", "chain", "slurm", "registered", "sbatch"}
     assert probe(f"{supervisor.base}/healthz")[0] == 200
 
     job_id = stack.request("sleep 6; echo done", 500)
@@ -112,7 +76,8 @@ def test_a_job_shows_in_the_metrics(provider_stack: ProviderStack, supervisor: R
     assert age is not None and 0 <= age < 10
     assert value(done, "registered") == 1
     assert value(done, "ready") == 1
-    assert value(done, "up") == 1
+    assert value(done, "up", chain=None) == 1  # the process's own: no chain label
+    assert value(done, "start_time_seconds", chain=None) is not None
     cycles = value(done, "work_cycles_total")
     assert cycles is not None and cycles > 0
 
@@ -150,11 +115,11 @@ def test_unreachable_slurm_and_sbatch_fail_readiness_not_liveness(provider_stack
         running.wait_metric("dependency_up", 0, dependency="slurm", timeout=90)
         status, answer = probe(f"{running.base}/readyz")
         assert status == 503
-        assert answer["ok"] is False
+        assert answer["ok"] is False and answer["failing"] == ["main"]
         checks = answer["checks"]
         assert isinstance(checks, dict)
-        assert checks["slurm"] != "reachable"
-        assert "UNAVAILABLE" in checks["sbatch"]
+        assert checks["main"]["slurm"] != "reachable"
+        assert "UNAVAILABLE" in checks["main"]["sbatch"]
         assert probe(f"{running.base}/healthz")[0] == 200
         assert running.metric("dependency_up", dependency="chain") == 1
     finally:
