@@ -290,19 +290,30 @@ def up(
     start_cluster: Annotated[
         bool, typer.Option(help="Start the Slurm cluster when it is not up (else require it to be up).")
     ] = True,
+    chains: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=4,
+            help="Chains (anvils with chain ids 31337, 31338, ...), each with its deployment and "
+            "services, all served by one supervisor; the example runs on each.",
+        ),
+    ] = 1,
 ) -> None:
     """Start a whole grid on this machine, run the first example workflow to settlement, then stop."""
     from grid_dev.local_grid import LocalGrid, LocalGridError, UpOptions
 
-    options = UpOptions(
-        keep_running=keep_running,
-        run_dir=run_dir,
-        credits=parse_credits_or_exit(credits),
-        bootstrap=bootstrap,
-        job_timeout_seconds=timeout,
-        start_cluster=start_cluster,
-    )
+    amount = parse_credits_or_exit(credits)
     try:
+        options = UpOptions(
+            keep_running=keep_running,
+            run_dir=run_dir,
+            credits=amount,
+            bootstrap=bootstrap,
+            job_timeout_seconds=timeout,
+            start_cluster=start_cluster,
+            chains=chains,
+        )
         LocalGrid(options, echo=typer.echo).up()
     except LocalGridError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -5,6 +5,11 @@ It starts anvil, deploys the protocol, starts the log service, the sbatch servic
 one run folder; submits the example as a customer, prints every status change, the job's output as
 its customer reads it live from the log service, and the balances before and after, then stops what
 it started, by process id. A component that fails is named with its log.
+
+With several chains (`--chains N`) each chain has its own anvil (chain ids 31337, 31338, ...), its
+deployment, log service, sbatch service and oracle (each of those serves one MetaScheduler); one
+Slurm cluster and ONE supervisor serve them all (`[[chains]]` in its configuration), and the example
+is submitted on every chain at the same moment.
 """
 
 from __future__ import annotations
@@ -16,11 +21,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
 from eth_account import Account
@@ -30,11 +35,15 @@ from web3 import Web3
 from grid_contracts.deploy import DeployError, Deployment, deploy
 from grid_dev.anvil import REPO_ROOT, TEST_MNEMONIC, Anvil, AnvilError, free_port, start_anvil
 from grid_dev.chain import CREDIT, GridError, Target, format_credits
-from grid_dev.customer import CustomerSession
+from grid_dev.customer import CustomerSession, Settlement, Submitted
 from grid_dev.job_tools import JobToolsError, ensure_job_tools, reachable_by_everyone
 from grid_dev.logs import print_logs
 from grid_protocol.abi import load_abi
 from supervisor.chain.keys import Signer
+from supervisor.config import ConfigError, load_config
+from supervisor.slurm.job_folders import job_folder, output_file
+from supervisor.slurm.naming import SlurmNamespace
+from supervisor.store import Store, StoreError
 
 Account.enable_unaudited_hdwallet_features()
 
@@ -60,6 +69,10 @@ REGISTRATION_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 40.0
 DEFAULT_RUNS_ROOT = Path("/var/lib/grid-dev")
 ADMIN, ORACLE, PROVIDER, CUSTOMER = 0, 1, 2, 5
+#: anvil's default chain id is the first chain's; the others count up from it.
+FIRST_CHAIN_ID = 31337
+MAX_CHAINS = 4
+T = TypeVar("T")
 
 
 class LocalGridError(RuntimeError):
@@ -79,6 +92,11 @@ class UpOptions:
     bootstrap: bool = True
     job_timeout_seconds: float = 600.0
     start_cluster: bool = True
+    chains: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.chains <= MAX_CHAINS:
+            raise LocalGridError(f"--chains must be between 1 and {MAX_CHAINS}, not {self.chains}")
 
 
 @dataclass
@@ -169,11 +187,85 @@ class Balances:
 
 
 @dataclass
+class LocalChain:
+    """One deployment of the local grid: its anvil, its contracts, and the services bound to its
+    MetaScheduler (log service, sbatch service, oracle). Set up step by step by `LocalGrid`."""
+
+    chain_id: int
+    #: The grid's only chain: its files, components and lines keep the plain names of one chain.
+    alone: bool
+    anvil: Anvil = field(init=False)
+    deployment: Deployment = field(init=False)
+    deployment_file: Path = field(init=False)
+    logger_target: str = field(init=False)
+    grpc_port: int = field(init=False)
+    sbatch_url: str = field(init=False)
+
+    @property
+    def name(self) -> str:
+        """The deployment's name in the supervisor's `[[chains]]`."""
+        return f"anvil-{self.chain_id}"
+
+    @property
+    def suffix(self) -> str:
+        """After the names of this chain's files and components: nothing when it is the only chain."""
+        return "" if self.alone else f"-{self.chain_id}"
+
+    @property
+    def tag(self) -> str:
+        """Before what is printed about this chain: nothing when it is the only chain."""
+        return "" if self.alone else f"chain {self.chain_id}: "
+
+    @property
+    def target(self) -> Target:
+        return Target(self.deployment.meta_scheduler, self.deployment.deploy_block)
+
+    @property
+    def slurm_namespace(self) -> SlurmNamespace:
+        """How the supervisor names this chain's Slurm jobs and job folders."""
+        return SlurmNamespace(self.chain_id, self.deployment.meta_scheduler)
+
+
+@dataclass
+class ExampleRun:
+    """The example job on one chain, from submission to settlement."""
+
+    chain: LocalChain
+    session: CustomerSession
+    before: Balances
+    submitted: Submitted | None = None
+    settlement: Settlement | None = None
+    after: Balances | None = None
+    slurm_job_id: int | None = None
+
+    @property
+    def job_id(self) -> str:
+        assert self.submitted is not None
+        return self.submitted.job_id
+
+    @property
+    def slurm_label(self) -> str:
+        return "?" if self.slurm_job_id is None else str(self.slurm_job_id)
+
+
+async def together(coroutines: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run the coroutines at once; the first LocalGridError stops the others and is raised as itself."""
+    tasks: list[asyncio.Task[T]] = []
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(coroutine) for coroutine in coroutines]
+    except* LocalGridError as errors:
+        raise errors.exceptions[0] from None
+    return [task.result() for task in tasks]
+
+
+@dataclass
 class LocalGrid:
     options: UpOptions
     echo: Callable[[str], None] = print
     components: list[Component] = field(default_factory=list)
     run_dir: Path = field(init=False)
+    chains: list[LocalChain] = field(init=False)
 
     def __post_init__(self) -> None:
         self.run_dir = self.options.run_dir or default_run_dir()
@@ -181,6 +273,12 @@ class LocalGrid:
         self.oracle = anvil_account(ORACLE)
         self.provider = anvil_account(PROVIDER)
         self.customer = anvil_account(CUSTOMER)
+        alone = self.options.chains == 1
+        self.chains = [LocalChain(FIRST_CHAIN_ID + index, alone) for index in range(self.options.chains)]
+        self.customer_key = self.run_dir / "customer.key"
+        self.oracle_key = self.run_dir / "oracle.key"
+        self.provider_key = self.run_dir / "provider.key"
+        self.supervisor_config_file = self.run_dir / "supervisor.toml"
 
     def say(self, text: str) -> None:
         self.echo(f"[{datetime.now().strftime('%H:%M:%S')}] {text}")
@@ -212,8 +310,10 @@ class LocalGrid:
     def _start_everything(self) -> None:
         if self.options.bootstrap:
             self._run_step("bootstrap", ["bash", str(REPO_ROOT / "scripts" / "bootstrap.sh")])
-        self.anvil = self._start_anvil()
-        self.deployment = self._deploy()
+        write_private(self.customer_key, self.customer.key.hex())
+        for chain in self.chains:
+            self._start_anvil(chain)
+            self._deploy(chain)
         self.shared = shared_folder(self.run_dir)
         self.cache = self.shared / "cache"
         cache_folders = [
@@ -231,10 +331,13 @@ class LocalGrid:
         if self.shared.parent != self.run_dir:
             self.say(f"job folders in {self.shared} (job users cannot reach {self.run_dir})")
         self._install_job_tools()
-        self._start_logger()
-        self._start_sbatch_service()
+        for chain in self.chains:
+            self._start_logger(chain)
+            self._start_sbatch_service(chain)
         self._start_cluster()
-        self._start_oracle()
+        write_private(self.oracle_key, self.oracle.key.hex())
+        for chain in self.chains:
+            self._start_oracle(chain)
         self._start_supervisor()
 
     def _run_step(self, name: str, command: list[str]) -> None:
@@ -245,37 +348,39 @@ class LocalGrid:
             raise LocalGridError(f"{name} failed with status {result.returncode}; its log: {log}")
         self.say(f"{name} done")
 
-    def _start_anvil(self) -> Anvil:
-        log = self.run_dir / "anvil.log"
+    def _start_anvil(self, chain: LocalChain) -> None:
+        name = f"anvil{chain.suffix}"
+        log = self.run_dir / f"{name}.log"
         try:
-            anvil = start_anvil(log_path=log, silent=False)
+            chain.anvil = start_anvil(
+                log_path=log, silent=False, extra_args=["--chain-id", str(chain.chain_id)]
+            )
         except AnvilError as exc:
-            raise LocalGridError(f"anvil did not start: {exc}; its log: {log}") from None
-        self.components.append(Component("anvil", log, anvil.process))
-        self.say(f"anvil up at {anvil.http_url} (pid {anvil.pid})")
-        return anvil
+            raise LocalGridError(f"{name} did not start: {exc}; its log: {log}") from None
+        self.components.append(Component(name, log, chain.anvil.process))
+        self.say(
+            f"{chain.tag}anvil up at {chain.anvil.http_url} (pid {chain.anvil.pid}, chain id {chain.chain_id})"
+        )
 
-    def _deploy(self) -> Deployment:
+    def _deploy(self, chain: LocalChain) -> None:
         try:
-            deployment = deploy(
-                self.anvil.http_url,
+            chain.deployment = deploy(
+                chain.anvil.http_url,
                 self.admin.key.hex(),
                 oracle=self.oracle.address,
                 mint={self.customer.address: CUSTOMER_CREDITS * CREDIT},
                 auto_approve=True,
+                expected_chain_id=chain.chain_id,
             )
         except DeployError as exc:
-            raise LocalGridError(f"deploying the contracts failed: {exc}") from None
-        self.deployment_file = self.run_dir / "deployment.json"
-        deployment.write(self.deployment_file)
-        self.customer_key = self.run_dir / "customer.key"
-        write_private(self.customer_key, self.customer.key.hex())
+            raise LocalGridError(f"{chain.tag}deploying the contracts failed: {exc}") from None
+        chain.deployment_file = self.run_dir / f"deployment{chain.suffix}.json"
+        chain.deployment.write(chain.deployment_file)
         self.say(
-            f"contracts deployed: MetaScheduler {deployment.meta_scheduler} "
+            f"{chain.tag}contracts deployed: MetaScheduler {chain.deployment.meta_scheduler} "
             f"(admin {self.admin.address}, oracle {self.oracle.address}, customer {self.customer.address} "
-            f"with {CUSTOMER_CREDITS} credits); {self.deployment_file}"
+            f"with {CUSTOMER_CREDITS} credits); {chain.deployment_file}"
         )
-        return deployment
 
     def _spawn(self, name: str, command: list[str], env: dict[str, str] | None = None) -> Component:
         log = self.run_dir / f"{name}.log"
@@ -296,45 +401,47 @@ class LocalGrid:
             raise LocalGridError(str(exc)) from None
         self.say(f"job-side log writer ready: {self.writer}")
 
-    def _start_logger(self) -> None:
-        self.logger_target = f"127.0.0.1:{free_port()}"
-        key = self.run_dir / "logger-master.key"
-        self._run_step("logger-keygen", [_tool("grid-logger"), "keygen", str(key)])
+    def _start_logger(self, chain: LocalChain) -> None:
+        """The log service of one chain: it checks writers and readers against that MetaScheduler."""
+        chain.logger_target = f"127.0.0.1:{free_port()}"
+        key = self.run_dir / f"logger-master{chain.suffix}.key"
+        self._run_step(f"logger-keygen{chain.suffix}", [_tool("grid-logger"), "keygen", str(key)])
         env = {
             **os.environ,
-            "GRID_LOGGER_LISTEN_ADDRESS": self.logger_target,
-            "GRID_LOGGER_STORAGE_PATH": str(self.run_dir / "logs"),
+            "GRID_LOGGER_LISTEN_ADDRESS": chain.logger_target,
+            "GRID_LOGGER_STORAGE_PATH": str(self.run_dir / f"logs{chain.suffix}"),
             "GRID_LOGGER_MASTER_KEY_FILE": str(key),
-            "GRID_LOGGER_RPC_URL": self.anvil.http_url,
-            "GRID_LOGGER_METASCHEDULER_ADDRESS": self.deployment.meta_scheduler,
+            "GRID_LOGGER_RPC_URL": chain.anvil.http_url,
+            "GRID_LOGGER_METASCHEDULER_ADDRESS": chain.deployment.meta_scheduler,
         }
-        service = self._spawn("grid-logger", [_tool("grid-logger"), "serve"], env)
+        service = self._spawn(f"grid-logger{chain.suffix}", [_tool("grid-logger"), "serve"], env)
 
         def listening() -> bool:
             return b"grid-logger listening on" in service.log.read_bytes()
 
         wait_until("the log service's port", listening, SERVICE_START_TIMEOUT_S, service.check, service.log)
-        self.say(f"log service up: gRPC {self.logger_target}")
+        self.say(f"{chain.tag}log service up: gRPC {chain.logger_target}")
 
-    def _start_sbatch_service(self) -> None:
-        self.graphql_port, self.grpc_port = free_port(), free_port()
+    def _start_sbatch_service(self, chain: LocalChain) -> None:
+        """The sbatch service of one chain: it hands scripts out for that MetaScheduler's jobs."""
+        graphql_port, chain.grpc_port = free_port(), free_port()
         env = {
             **os.environ,
-            "GRID_SBATCH_GRAPHQL_PORT": str(self.graphql_port),
-            "GRID_SBATCH_GRPC_PORT": str(self.grpc_port),
-            "GRID_SBATCH_RPC_URL": self.anvil.http_url,
-            "GRID_SBATCH_METASCHEDULER_ADDRESS": self.deployment.meta_scheduler,
-            "GRID_SBATCH_DATABASE": str(self.run_dir / "sbatch.sqlite3"),
+            "GRID_SBATCH_GRAPHQL_PORT": str(graphql_port),
+            "GRID_SBATCH_GRPC_PORT": str(chain.grpc_port),
+            "GRID_SBATCH_RPC_URL": chain.anvil.http_url,
+            "GRID_SBATCH_METASCHEDULER_ADDRESS": chain.deployment.meta_scheduler,
+            "GRID_SBATCH_DATABASE": str(self.run_dir / f"sbatch{chain.suffix}.sqlite3"),
             "GRID_SBATCH_STORAGE_ROOT": str(self.shared / "storage"),
-            "GRID_SBATCH_LOGGER_URL": self.logger_target,
+            "GRID_SBATCH_LOGGER_URL": chain.logger_target,
             # The site's cache folders (README, "Caches and temporary folders"), here in the run's.
             "GRID_SBATCH_SHARED_TMP": str(self.cache / "persistent" / "user-{uid}"),
             "GRID_SBATCH_SHARED_WORLD_TMP": str(self.cache / "world-tmp"),
             "GRID_SBATCH_DISK_TMP": str(self.cache / "disk" / "tmp" / "user-{uid}"),
             "GRID_SBATCH_DISK_WORLD_TMP": str(self.cache / "disk" / "world-tmp"),
         }
-        service = self._spawn("sbatch-service", [_tool("grid-sbatch"), "serve"], env)
-        health = f"http://127.0.0.1:{self.graphql_port}/health"
+        service = self._spawn(f"sbatch-service{chain.suffix}", [_tool("grid-sbatch"), "serve"], env)
+        health = f"http://127.0.0.1:{graphql_port}/health"
 
         def answers() -> bool:
             try:
@@ -345,8 +452,10 @@ class LocalGrid:
         wait_until(
             "the sbatch service's health answer", answers, SERVICE_START_TIMEOUT_S, service.check, service.log
         )
-        self.sbatch_url = f"http://127.0.0.1:{self.graphql_port}/graphql"
-        self.say(f"sbatch service up: GraphQL {self.sbatch_url}, gRPC 127.0.0.1:{self.grpc_port}")
+        chain.sbatch_url = f"http://127.0.0.1:{graphql_port}/graphql"
+        self.say(
+            f"{chain.tag}sbatch service up: GraphQL {chain.sbatch_url}, gRPC 127.0.0.1:{chain.grpc_port}"
+        )
 
     def _start_cluster(self) -> None:
         """Bring the Slurm cluster up; stop it at the end only if none of it was running before (other
@@ -374,41 +483,28 @@ class LocalGrid:
 
         self.components.append(Component("the Slurm cluster", log, stop_action=stop_cluster))
 
-    def _start_oracle(self) -> None:
-        key = self.run_dir / "oracle.key"
-        write_private(key, self.oracle.key.hex())
+    def _start_oracle(self, chain: LocalChain) -> None:
         command = [
             _tool("grid-dev"),
             "oracle",
             "--rpc",
-            self.anvil.http_url,
+            chain.anvil.http_url,
             "--deployment",
-            str(self.deployment_file),
+            str(chain.deployment_file),
             "--key-file",
-            str(key),
+            str(self.oracle_key),
             "--poll",
             "1",
         ]
-        oracle = self._spawn("oracle", command)
-        self.say(f"meta-scheduler oracle started (pid {oracle.process.pid if oracle.process else '?'})")
+        oracle = self._spawn(f"oracle{chain.suffix}", command)
+        self.say(
+            f"{chain.tag}meta-scheduler oracle started (pid {oracle.process.pid if oracle.process else '?'})"
+        )
 
     def supervisor_config(self) -> str:
         prices = ", ".join(f'{name} = "{value}"' for name, value in WORKED_EXAMPLE_PRICES.items())
         return f"""# Written by grid-dev up for its local grid.
-[chain]
-rpc_url = "{self.anvil.http_url}"
-ws_url = "{self.anvil.ws_url}"
-meta_scheduler = "{self.deployment.meta_scheduler}"
-chain_id = {self.deployment.chain_id}
-start_block = {self.deployment.deploy_block}
-poll_interval_seconds = 0.5
-
-[key]
-file = "{self.run_dir / "provider.key"}"
-
-[sbatch]
-grpc_target = "127.0.0.1:{self.grpc_port}"
-
+{self._deployments_config()}
 [slurm]
 partition = "grid"
 
@@ -438,29 +534,60 @@ tls = false
 writer = "{self.writer}"
 """
 
+    def _deployments_config(self) -> str:
+        """`[chain]`, `[key]` and `[sbatch]` for one chain; `[key]` and a `[[chains]]` entry per chain
+        (each with its sbatch service; the state files `supervisor.<name>.sqlite`) for several."""
+        key = f'[key]\nfile = "{self.provider_key}"\n'
+
+        def fields(chain: LocalChain) -> str:
+            return f"""rpc_url = "{chain.anvil.http_url}"
+ws_url = "{chain.anvil.ws_url}"
+meta_scheduler = "{chain.deployment.meta_scheduler}"
+chain_id = {chain.deployment.chain_id}
+start_block = {chain.deployment.deploy_block}
+poll_interval_seconds = 0.5
+"""
+
+        def sbatch(chain: LocalChain, table: str) -> str:
+            return f'[{table}]\ngrpc_target = "127.0.0.1:{chain.grpc_port}"\n'
+
+        if len(self.chains) == 1:
+            (chain,) = self.chains
+            return f"[chain]\n{fields(chain)}\n{key}\n{sbatch(chain, 'sbatch')}"
+        entries = [
+            f'[[chains]]\nname = "{chain.name}"\n{fields(chain)}\n{sbatch(chain, "chains.sbatch")}'
+            for chain in self.chains
+        ]
+        return "\n".join([key, *entries])
+
     def _start_supervisor(self) -> None:
-        write_private(self.run_dir / "provider.key", self.provider.key.hex())
-        config = self.run_dir / "supervisor.toml"
+        write_private(self.provider_key, self.provider.key.hex())
+        config = self.supervisor_config_file
         config.write_text(self.supervisor_config())
         supervisor = self._spawn("supervisor", [_tool("grid-supervisor"), "run", "--config", str(config)])
-        self.say(f"supervisor started for provider {self.provider.address} ({config})")
-        w3 = Web3(Web3.HTTPProvider(self.anvil.http_url, request_kwargs={"timeout": 10}))
-        manager = w3.eth.contract(
-            address=Web3.to_checksum_address(self.deployment.provider_manager),
-            abi=load_abi("ProviderManager"),
-        )
+        served = ", ".join(f"chain {chain.chain_id}" for chain in self.chains)
+        self.say(f"supervisor started for provider {self.provider.address} on {served} ({config})")
+        managers = [
+            Web3(Web3.HTTPProvider(chain.anvil.http_url, request_kwargs={"timeout": 10})).eth.contract(
+                address=Web3.to_checksum_address(chain.deployment.provider_manager),
+                abi=load_abi("ProviderManager"),
+            )
+            for chain in self.chains
+        ]
 
         def approved() -> bool:
-            return bool(manager.functions.isValidForScheduling(self.provider.address).call())
+            return all(
+                manager.functions.isValidForScheduling(self.provider.address).call() for manager in managers
+            )
 
         wait_until(
-            "the provider's registration and approval",
+            f"the provider's registration and approval on {served}",
             approved,
             REGISTRATION_TIMEOUT_S,
             self.check_components,
             supervisor.log,
         )
-        self.say("provider registered and approved")
+        self.say(f"provider registered and approved on {served}")
 
     # -- the example job ----------------------------------------------------------------------
 
@@ -474,82 +601,132 @@ writer = "{self.writer}"
         )
 
     async def _run_example(self) -> None:
-        target = Target(self.deployment.meta_scheduler, self.deployment.deploy_block)
+        """The example on every chain: submitted on all at once, followed side by side to settlement."""
         workflow = self.run_dir / "hello-world.yaml"
         workflow.write_text(EXAMPLE_WORKFLOW)
+        runs: list[ExampleRun] = []
         try:
-            session = await CustomerSession.open(self.anvil.http_url, target, Signer(self.customer))
+            runs = await together([self._open_example(chain) for chain in self.chains])
+            await together([self._submit_example(run, workflow) for run in runs])
+            deadline = time.monotonic() + self.options.job_timeout_seconds
+            await together([self._follow_example(run, deadline) for run in runs])
+        finally:
+            for run in runs:
+                await run.session.close()
+        for run in runs:
+            run.slurm_job_id = self._slurm_job_id(run)
+            if not run.chain.alone:
+                self.echo(f"chain {run.chain.chain_id}:")
+            self._print_output(run)
+            assert run.after is not None
+            self._print_balances(run.before, run.after)
+        self._print_settlements(runs)
+
+    async def _open_example(self, chain: LocalChain) -> ExampleRun:
+        try:
+            session = await CustomerSession.open(chain.anvil.http_url, chain.target, Signer(self.customer))
         except GridError as exc:
-            raise LocalGridError(f"reaching the deployment failed: {exc}") from None
+            raise LocalGridError(f"{chain.tag}reaching the deployment failed: {exc}") from None
         try:
-            before = await self._balances(session)
-            submitted = await session.submit(workflow, self.options.credits, self.sbatch_url)
+            return ExampleRun(chain, session, await self._balances(session))
         except GridError as exc:
             await session.close()
-            raise LocalGridError(f"submitting the example workflow failed: {exc}") from None
-        self.job_id = submitted.job_id
+            raise LocalGridError(f"{chain.tag}reading the balances failed: {exc}") from None
+
+    async def _submit_example(self, run: ExampleRun, workflow: Path) -> None:
+        chain = run.chain
+        try:
+            submitted = await run.session.submit(workflow, self.options.credits, chain.sbatch_url)
+        except GridError as exc:
+            raise LocalGridError(f"{chain.tag}submitting the example workflow failed: {exc}") from None
+        run.submitted = submitted
         self.say(
-            f"customer submitted {workflow.name} as job {submitted.job_id} "
+            f"{chain.tag}customer submitted {workflow.name} as job {submitted.job_id} "
             f"with {format_credits(submitted.locked)} credits (batch script key {submitted.batch_location_hash})"
         )
-        self.say(f"job {submitted.job_id} is PENDING")
-        deadline = time.monotonic() + self.options.job_timeout_seconds
+        self.say(f"{chain.tag}job {submitted.job_id} is PENDING")
+
+    async def _follow_example(self, run: ExampleRun, deadline: float) -> None:
+        """Every status change until the job is cold, its output read live meanwhile, then its
+        settlement and the balances."""
+        chain = run.chain
 
         def still_fine() -> None:
             self.check_components()
             if time.monotonic() > deadline:
                 raise LocalGridError(
-                    f"the job did not settle within {self.options.job_timeout_seconds:.0f} s; "
-                    f"logs in {self.run_dir} (supervisor.log, oracle.log)"
+                    f"{chain.tag}the job did not settle within {self.options.job_timeout_seconds:.0f} s; "
+                    f"logs in {self.run_dir} (supervisor.log, oracle{chain.suffix}.log)"
                 )
 
-        job_bytes = bytes.fromhex(submitted.job_id[2:])
-        reader = asyncio.create_task(self._read_log(submitted.job_id))
+        job_bytes = bytes.fromhex(run.job_id[2:])
+        reader = asyncio.create_task(self._read_log(chain, run.job_id))
         try:
-            async for transition in session.transitions(
+            async for transition in run.session.transitions(
                 job_bytes, poll_interval_seconds=0.5, on_idle=still_fine
             ):
-                self.say(f"job is {transition.new.name}  (block {transition.block_number})")
-            settlement = await session.settlement(job_bytes)
-            after = await self._balances(session)
+                self.say(f"{chain.tag}job is {transition.new.name}  (block {transition.block_number})")
+            settlement = await run.session.settlement(job_bytes)
+            run.settlement = settlement
+            run.after = await self._balances(run.session)
             try:
                 await asyncio.wait_for(asyncio.shield(reader), LOG_READ_GRACE_S)
             except TimeoutError:
-                self.say(f"the job's log did not end within {LOG_READ_GRACE_S:.0f} s of its settlement")
+                self.say(
+                    f"{chain.tag}the job's log did not end within {LOG_READ_GRACE_S:.0f} s of its settlement"
+                )
+        except GridError as exc:
+            raise LocalGridError(f"{chain.tag}following the example job failed: {exc}") from None
         finally:
             reader.cancel()
-            await session.close()
-        self.say(settlement.describe())
-        self._print_output(submitted.job_id)
-        self._print_balances(before, after)
+        self.say(f"{chain.tag}{settlement.describe()}")
 
-    async def _read_log(self, job_id: str) -> None:
+    async def _read_log(self, chain: LocalChain, job_id: str) -> None:
         """The job's output as its customer reads it: live from the log service until the job ends."""
 
         def echo(line: str) -> None:
-            self.say(f"job log | {line}")
+            self.say(f"{chain.tag}job log | {line}")
 
         try:
             count = await print_logs(
-                self.logger_target, None, Signer(self.customer), job_id, follow=True, since_ns=0, echo=echo
+                chain.logger_target, None, Signer(self.customer), job_id, follow=True, since_ns=0, echo=echo
             )
         except GridError as exc:
-            self.say(
-                f"reading the job's log failed: {exc}; the log service's log: {self.run_dir / 'grid-logger.log'}"
-            )
+            log = self.run_dir / f"grid-logger{chain.suffix}.log"
+            self.say(f"{chain.tag}reading the job's log failed: {exc}; the log service's log: {log}")
             return
-        self.say(f"job log ended after {count} lines (the job ended on chain)")
+        self.say(f"{chain.tag}job log ended after {count} lines (the job ended on chain)")
 
-    def _print_output(self, job_id: str) -> None:
-        """The job's output file, which the supervisor writes in the job's folder `jobs_root/<job id>/`."""
-        for path in sorted((self.shared / "jobs" / job_id).glob(f"{job_id}*.out")):
-            if path.is_file():
-                lines = path.read_text(errors="replace").splitlines()
-                self.echo(f"job output ({path}):")
-                for line in lines[:20]:
-                    self.echo(f"  | {line}")
-                if len(lines) > 20:
-                    self.echo(f"  | ... ({len(lines) - 20} more lines)")
+    def _slurm_job_id(self, run: ExampleRun) -> int | None:
+        """The Slurm job the supervisor ran the example as, from its state file for that chain (the
+        configuration says where each deployment's file is)."""
+        try:
+            deployments = load_config(self.supervisor_config_file).deployments
+        except ConfigError:
+            return None
+        store_path = next(d.store_path for d in deployments if d.chain.chain_id == run.chain.chain_id)
+        try:
+            store = Store.open(store_path)
+        except StoreError:
+            return None
+        try:
+            record = store.get_job(run.job_id)
+        finally:
+            store.close()
+        return None if record is None else record.slurm_job_id
+
+    def _print_output(self, run: ExampleRun) -> None:
+        """The job's output file, which the supervisor writes in the job's folder under jobs_root,
+        named after the job's deployment and id (`<chain id>-<MetaScheduler>-<job id>/`)."""
+        folder = job_folder(self.shared / "jobs", run.chain.slurm_namespace.name(run.job_id))
+        path = Path(output_file(folder))
+        if path.is_file():
+            lines = path.read_text(errors="replace").splitlines()
+            self.echo(f"job output ({path}):")
+            for line in lines[:20]:
+                self.echo(f"  | {line}")
+            if len(lines) > 20:
+                self.echo(f"  | ... ({len(lines) - 20} more lines)")
 
     def _print_balances(self, before: Balances, after: Balances) -> None:
         rows = [
@@ -566,33 +743,62 @@ writer = "{self.writer}"
                 f"{sign + format_credits(change):>14}"
             )
 
+    def _print_settlements(self, runs: list[ExampleRun]) -> None:
+        """One line per chain: the job, how it ended, its Slurm job, what the provider was paid and
+        the customer refunded; then, when one job id ran on several chains, their Slurm jobs."""
+        self.echo("settlement:")
+        for run in runs:
+            assert run.settlement is not None and run.after is not None
+            paid = run.after.provider - run.before.provider
+            self.echo(
+                f"  chain {run.chain.chain_id}  job {run.job_id}  {run.settlement.status.name:<9} "
+                f"Slurm job {run.slurm_label:<6} provider paid {format_credits(paid)}, "
+                f"customer refunded {format_credits(run.settlement.refund)} credits"
+            )
+        by_job: dict[str, list[ExampleRun]] = {}
+        for run in runs:
+            by_job.setdefault(run.job_id, []).append(run)
+        for job_id, same in by_job.items():
+            if len(same) > 1:
+                slurm_jobs = ", ".join(f"{run.slurm_label} (chain {run.chain.chain_id})" for run in same)
+                self.echo(f"job {job_id} ran on {len(same)} chains as Slurm jobs {slurm_jobs}")
+
     # -- staying up and stopping --------------------------------------------------------------
 
     def _stay_up(self) -> None:
-        common = f"--rpc {self.anvil.http_url} --deployment {self.deployment_file}"
-        self.echo(
-            "\n".join(
-                [
-                    "the local grid is up:",
-                    f"  JSON-RPC        {self.anvil.http_url} (WebSocket {self.anvil.ws_url}), chain id "
-                    f"{self.deployment.chain_id}",
-                    f"  MetaScheduler   {self.deployment.meta_scheduler}",
-                    f"  deployment      {self.deployment_file}",
-                    f"  sbatch service  {self.sbatch_url} (gRPC 127.0.0.1:{self.grpc_port})",
-                    f"  log service     {self.logger_target} (gRPC)",
-                    f"  customer key    {self.customer_key} ({self.customer.address})",
-                    f"  logs            {self.run_dir}",
-                    "submit more jobs with:",
-                    f"  grid-dev submit WORKFLOW.yaml --credits 150 --sbatch-url {self.sbatch_url} "
-                    f"--key-file {self.customer_key} {common}",
-                    f"  grid-dev watch JOB_ID {common}",
-                    f"  grid-dev cancel JOB_ID --key-file {self.customer_key} {common}",
-                    f"  grid-dev topup JOB_ID --credits 50 --key-file {self.customer_key} {common}",
-                    f"  grid-dev logs JOB_ID --follow --logger-url {self.logger_target} --key-file {self.customer_key}",
-                    "press Ctrl-C to stop everything",
-                ]
-            ),
-        )
+        lines = ["the local grid is up:"]
+        for chain in self.chains:
+            indent = "  " if chain.alone else "    "
+            if not chain.alone:
+                lines.append(f"  chain {chain.chain_id} ({chain.name} in the supervisor's [[chains]]):")
+            lines += [
+                f"{indent}JSON-RPC        {chain.anvil.http_url} (WebSocket {chain.anvil.ws_url}), chain id "
+                f"{chain.deployment.chain_id}",
+                f"{indent}MetaScheduler   {chain.deployment.meta_scheduler}",
+                f"{indent}deployment      {chain.deployment_file}",
+                f"{indent}sbatch service  {chain.sbatch_url} (gRPC 127.0.0.1:{chain.grpc_port})",
+                f"{indent}log service     {chain.logger_target} (gRPC)",
+            ]
+        lines += [
+            f"  customer key    {self.customer_key} ({self.customer.address})",
+            f"  supervisor      {self.supervisor_config_file}",
+            f"  logs            {self.run_dir}",
+        ]
+        for chain in self.chains:
+            common = f"--rpc {chain.anvil.http_url} --deployment {chain.deployment_file}"
+            lines += [
+                "submit more jobs with:"
+                if chain.alone
+                else f"submit more jobs on chain {chain.chain_id} with:",
+                f"  grid-dev submit WORKFLOW.yaml --credits 150 --sbatch-url {chain.sbatch_url} "
+                f"--key-file {self.customer_key} {common}",
+                f"  grid-dev watch JOB_ID {common}",
+                f"  grid-dev cancel JOB_ID --key-file {self.customer_key} {common}",
+                f"  grid-dev topup JOB_ID --credits 50 --key-file {self.customer_key} {common}",
+                f"  grid-dev logs JOB_ID --follow --logger-url {chain.logger_target} --key-file {self.customer_key}",
+            ]
+        lines.append("press Ctrl-C to stop everything")
+        self.echo("\n".join(lines))
         stop = threading.Event()
         while not stop.wait(1.0):
             self.check_components()

@@ -1,6 +1,7 @@
 """`grid-dev up` end to end: a real run of the local grid (anvil, contracts, sbatch service, the
 Slurm cluster, the oracle and `grid-supervisor run`) with the example workflow, checked against the
-chain while the grid stays up."""
+chain while the grid stays up; and `--chains 2`, one supervisor serving two chains, the same job id
+run on each as its own Slurm job."""
 
 from __future__ import annotations
 
@@ -189,6 +190,132 @@ def test_up_runs_the_example_to_settlement_and_stops_what_it_started(run_dir: Pa
     assert "Slurm cluster" not in output.split("press Ctrl-C")[1]  # it was up before: it stays up
     with pytest.raises(requests.ConnectionError):
         requests.post(rpc, json={"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}, timeout=5)
+
+
+def sacct_line(slurm_job_id: int, timeout: float) -> tuple[str, str]:
+    """(job name, state) of a Slurm job from accounting, once slurmdbd has its end."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = subprocess.run(
+            ["sacct", "-j", str(slurm_job_id), "-X", "-n", "-P", "-o", "JobName,State"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        fields = result.stdout.strip().split("|")
+        if len(fields) == 2 and fields[1] == "COMPLETED":
+            return fields[0], fields[1]
+        assert time.monotonic() < deadline, f"sacct for {slurm_job_id}: {result.stdout!r} {result.stderr!r}"
+        time.sleep(0.5)
+
+
+def test_up_with_two_chains_settles_the_same_job_id_on_each_as_two_slurm_jobs(run_dir: Path) -> None:
+    run = start(["--chains", "2", "--keep-running", "--run-dir", str(run_dir)])
+    chain_ids = (31337, 31338)
+    endpoints: dict[int, tuple[str, Path]] = {}
+    try:
+        requested = [
+            run.wait_for_line(r"chain (\d+): customer submitted \S+ as job (0x[0-9a-f]{64}) with 200", 240)
+            for _ in chain_ids
+        ]
+        submitted = {int(m.group(1)): m.group(2) for m in requested}
+        settled = [
+            run.wait_for_line(
+                r"^  chain (\d+)  job (0x[0-9a-f]{64})  (\w+)\s+Slurm job (\d+)\s+provider paid ([\d.]+), "
+                r"customer refunded ([\d.]+) credits$",
+                360,
+            )
+            for _ in chain_ids
+        ]
+        same = run.wait_for_line(
+            r"^job (0x[0-9a-f]{64}) ran on 2 chains as Slurm jobs (\d+) \(chain 31337\), "
+            r"(\d+) \(chain 31338\)$",
+            10,
+        )
+        for _ in chain_ids:
+            found = run.wait_for_line(r"JSON-RPC\s+(http://\S+) .*, chain id (\d+)$", 10)
+            deployment = run.wait_for_line(r"deployment\s+(\S+\.json)$", 10).group(1)
+            endpoints[int(found.group(2))] = (found.group(1), Path(deployment))
+        run.wait_for_line(r"press Ctrl-C to stop everything", 10)
+
+        # Submitted at once on both chains, whose job counters start equal: the same job id twice.
+        assert set(submitted) == set(chain_ids) == set(endpoints)
+        job_id = submitted[31337]
+        assert submitted[31338] == job_id == same.group(1)
+        rows = {int(m.group(1)): m for m in settled}
+        assert set(rows) == set(chain_ids)
+        slurm_ids = {chain_id: int(rows[chain_id].group(4)) for chain_id in chain_ids}
+        assert len(set(slurm_ids.values())) == 2, slurm_ids
+        assert (int(same.group(2)), int(same.group(3))) == (slurm_ids[31337], slurm_ids[31338])
+        # Each chain's statuses, and its job's output as the customer read it from that chain's log service.
+        for chain_id in chain_ids:
+            statuses = [
+                line.split("job is ", 1)[1].split()[0]
+                for line in run.lines
+                if f"chain {chain_id}: job is " in line and "(block" in line
+            ]
+            assert statuses == ["META_SCHEDULED", "SCHEDULED", "RUNNING", "FINISHED"], (chain_id, statuses)
+            streamed = [
+                line.split(" job log | ", 1)[1].split(" ", 1)[1]
+                for line in run.lines
+                if f"chain {chain_id}: job log | " in line
+            ]
+            assert streamed[-4:] == ["hello world", "still here (1)", "still here (2)", "still here (3)"]
+
+        for chain_id in chain_ids:
+            rpc, deployment_file = endpoints[chain_id]
+            deployment = Deployment.read(deployment_file)
+            w3 = Web3(Web3.HTTPProvider(rpc))
+            assert w3.eth.chain_id == chain_id == deployment.chain_id
+            jobs = w3.eth.contract(
+                address=Web3.to_checksum_address(deployment.job_repository), abi=load_abi("JobRepository")
+            )
+            credit = w3.eth.contract(
+                address=Web3.to_checksum_address(deployment.credit), abi=load_abi("Credit")
+            )
+            job = jobs.functions.get(bytes.fromhex(job_id[2:])).call()
+            status, provider = job[1], job[3]
+            max_cost, final_cost = job[5][0], job[5][1]
+            row = rows[chain_id]
+            assert JobStatus(status) == JobStatus.FINISHED and row.group(3) == "FINISHED"
+            assert final_cost == int(EXAMPLE_CREDITS_PER_MINUTE * CREDIT)  # one minute, as on one chain
+            paid = final_cost - final_cost * 20 // 100
+            assert credits(row.group(5)) == paid == credit.functions.balanceOf(provider).call()
+            assert credits(row.group(6)) == max_cost - final_cost == 200 * CREDIT - final_cost
+            # Slurm ran it under the name that carries its deployment, in a folder of that name.
+            name = f"{chain_id}-{deployment.meta_scheduler.lower()[2:]}-{job_id}"
+            assert sacct_line(slurm_ids[chain_id], 60) == (name, "COMPLETED")
+            out_file = next(
+                Path(m.group(1))
+                for line in run.lines
+                if (m := re.fullmatch(r"job output \((\S+)\):", line)) and name in line
+            )
+            assert out_file.parent.name == name and out_file.name == f"{name}.out"
+            assert "hello world" in out_file.read_text().splitlines()
+
+        # One supervisor, its configuration listing both deployments, a state file each.
+        config = (run_dir / "supervisor.toml").read_text()
+        assert config.count("[[chains]]") == 2 and "[chain]" not in config
+        for chain_id in chain_ids:
+            assert f'name = "anvil-{chain_id}"' in config and f"chain_id = {chain_id}" in config
+            assert (run_dir / f"supervisor.anvil-{chain_id}.sqlite").is_file()
+            for name in ("anvil", "grid-logger", "sbatch-service", "oracle"):
+                assert (run_dir / f"{name}-{chain_id}.log").stat().st_size > 0, (name, chain_id)
+    finally:
+        if run.process.poll() is None:
+            run.process.send_signal(signal.SIGINT)
+    output = run.rest(timeout=120)
+    remove_outside_job_folders(run_dir, run)
+    assert run.process.returncode == 0, output
+    assert "stopped supervisor" in output
+    for chain_id in chain_ids:
+        for name in ("oracle", "sbatch-service", "grid-logger", "anvil"):
+            assert f"stopped {name}-{chain_id}" in output
+    for rpc, _ in endpoints.values():
+        with pytest.raises(requests.ConnectionError):
+            requests.post(
+                rpc, json={"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}, timeout=5
+            )
 
 
 def test_up_names_the_component_that_failed_and_its_log(run_dir: Path) -> None:
