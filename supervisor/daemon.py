@@ -35,11 +35,12 @@ from supervisor.actions import (
     slurm_name,
     time_limit_shortfall,
 )
-from supervisor.chain.contracts import JobReadError, ProtocolContracts, ProviderQueues
+from supervisor.chain.contracts import JobReadError, ProtocolContracts
 from supervisor.chain.follower import FollowerSettings, LogFollower
 from supervisor.chain.keys import Signer, load_signer
 from supervisor.chain.rpc import BATCH_LIMIT, check_chain_id, connect_http, describe, is_transient
 from supervisor.chain.sender import SenderSettings, TransactionSender
+from supervisor.claimer import Claimer
 from supervisor.config import Deployment, SupervisorConfig
 from supervisor.core.decisions import (
     Action,
@@ -50,10 +51,7 @@ from supervisor.core.decisions import (
     SlurmPresence,
     SlurmView,
     Submit,
-    claimable_now,
-    claims_to_send,
     decide,
-    is_held,
     reconcile_slice,
 )
 from supervisor.core.slurm_states import ACTIVE_STATES, WAITING_STATES, UnknownSlurmState
@@ -75,7 +73,6 @@ from supervisor.submitter import Submitter
 log = structlog.get_logger("supervisor")
 T = TypeVar("T")
 
-CLAIM_KIND = "claim_next_job"
 #: Jobs acted on at once in a cycle (script fetches, submissions, cancellations run side by side).
 JOB_CONCURRENCY = 8
 DRAIN_TIMEOUT_S = 30.0
@@ -132,8 +129,6 @@ class Daemon:
         self.cycles = 0
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
-        self._claim_wake = asyncio.Event()
-        self._claim_lock = asyncio.Lock()
         self._last_query: QueryResult | None = None
         self._query_asked_at = 0.0  # time.monotonic() when Slurm was asked for `_last_query`
         self._claiming = True
@@ -147,6 +142,7 @@ class Daemon:
         self._partition: Partition | None = None
         self._actions: JobActions | None = None
         self._submitter: Submitter | None = None
+        self._claimer: Claimer | None = None
         self._observed: dict[str, ObservedJob] = {}
         #: Jobs found quiet at the last cycle, with the inputs they were found quiet with.
         self._quiet: dict[str, tuple[JobRecord, ObservedJob, tuple[JobStatus, bool]]] = {}
@@ -172,7 +168,8 @@ class Daemon:
         self._claiming = False
         self._stop.set()
         self._wake.set()
-        self._claim_wake.set()
+        if self._claimer is not None:
+            self._claimer.hint()
 
     def use_site(self, site: Site) -> None:
         """Run on a cluster's shared parts (`service.Service` does, for several deployments): the
@@ -274,7 +271,7 @@ class Daemon:
         if self._site is None:
             self._site = await open_site(self.config)  # serving one deployment alone
         site = self._site
-        site.room.join(self.name, self.occupied)
+        site.room.join(self.name, self.occupied)  # counted as 0 until the chain answers
         w3 = connect_http(chain.rpc_url)
 
         async def discover() -> tuple[int, ProtocolContracts]:
@@ -320,6 +317,18 @@ class Daemon:
                 chain_id=chain.chain_id,
             ),
             ws_url=chain.ws_url,
+        )
+        self._claimer = Claimer(
+            deployment=self.name,
+            limit=cfg.policy.max_queued_jobs,
+            share=self.deployment.max_queued_jobs,
+            store=self.store,
+            contracts=contracts,
+            sender=sender,
+            follower=self._follower,
+            room=site.room,
+            presence=self._presence,
+            allowed=lambda: self._claiming,
         )
         self._slurm = site.slurm
         self._sbatch = SbatchClient.from_settings(self.deployment.sbatch, self._signer)
@@ -389,7 +398,16 @@ class Daemon:
 
     def _on_claim_hint(self) -> None:
         """A job was meta-scheduled somewhere: the claimer looks at this provider's queue now."""
-        self._claim_wake.set()
+        if self._claimer is not None:
+            self._claimer.hint()
+
+    def occupied(self) -> int:
+        """Places of `policy.max_queued_jobs` this deployment takes (the others' claimers ask)."""
+        return 0 if self._claimer is None else self._claimer.occupied(self._last_query)
+
+    async def _claim_loop(self) -> None:
+        assert self._claimer is not None
+        await self._claimer.run(self._stop.is_set, lambda: self._last_query)
 
     def _on_claimed(self, job_id: str) -> None:
         """A claim was recorded: the submitter lane takes it now."""
@@ -478,7 +496,8 @@ class Daemon:
             return
         # The claimer lane answers hints at once; the cycle claims too (one cheap look when there is
         # nothing to take), which also keeps the watchdog honest: a chain that hangs holds the cycle.
-        await self._claim_round(query)
+        assert self._claimer is not None
+        await self._claimer.round(query)
         actions = self._actions
         assert actions is not None
         if query is not None:
@@ -661,100 +680,6 @@ class Daemon:
             if job.ours and not ours:
                 self.store.update_job(job.job_id, ours=False)
         return True
-
-    # -- claiming -----------------------------------------------------------------------------
-
-    async def _claim_loop(self) -> None:
-        """The claimer lane: woken by meta-scheduling hints (the work cycle claims on its period as
-        well); one cheap look at the provider's queues (one JSON-RPC batch) before anything else, so
-        hints for other providers cost little."""
-        while not self._stop.is_set():
-            await self._claim_wake.wait()
-            self._claim_wake.clear()
-            if self._last_query is not None:  # Slurm answered at the last look: it can take jobs
-                await self._claim_round(self._last_query)
-
-    async def _claim_round(self, query: QueryResult | None) -> None:
-        """Claims within the policy's bound, then the cancellation and top-up queues; one at a time
-        (the work lane and the claimer both claim), so two rounds never count the same room twice."""
-        if not self._claiming:
-            return
-        assert self._contracts is not None
-        async with self._claim_lock:
-            try:
-                queues = await self._contracts.provider_queues(self.provider)
-                await self._claim(query, queues.claimable)
-                self._claim_queues(queues)
-            except Exception as exc:  # the reports of the work lane must not wait for a failed claim
-                log.warning("claiming failed, will retry", error=describe(exc))
-
-    def _held(self, jobs: list[JobRecord], query: QueryResult | None) -> int:
-        return sum(
-            1
-            for job in jobs
-            if is_held(ours=job.ours, status=job.status, presence=self._presence(job, query))
-        )
-
-    def _claims_in_flight(self) -> tuple[int, int]:
-        """(claims queued or sent, those plus claims mined whose ClaimJobEvent the follower has not
-        read yet): neither is held yet, and both take room."""
-        stream = self._follower.settings.stream if self._follower is not None else "main"
-        cursor = self.store.get_cursor(stream)
-        unmined = self.store.open_actions(CLAIM_KIND)
-        return unmined, unmined + self.store.mined_after(
-            CLAIM_KIND, cursor.block_number if cursor is not None else -1
-        )
-
-    def occupied(self) -> int:
-        """Places of `policy.max_queued_jobs` this deployment takes: jobs held and claims in flight."""
-        if self._store is None:
-            return 0
-        return self._held(self.store.open_jobs(), self._last_query) + self._claims_in_flight()[1]
-
-    def _room(self, query: QueryResult | None) -> tuple[int, int]:
-        """(claims this deployment may send now, over every deployment and within its own share;
-        the jobs it holds). Counted from the store as it is now: a job recorded since the cycle
-        began holds a place."""
-        assert self._site is not None
-        held = self._held(self.store.open_jobs(), query)
-        return claims_to_send(
-            held=held,
-            in_flight=self._claims_in_flight()[1],
-            limit=self.config.policy.max_queued_jobs,
-            others=self._site.room.taken_by_others(self.name),
-            share=self.deployment.max_queued_jobs,
-        ), held
-
-    async def _claim(self, query: QueryResult | None, queued: bool) -> None:
-        assert self._contracts is not None and self._sender is not None
-        if query is None or not queued:
-            return  # without Slurm, do not take more jobs; with an empty queue, there are none
-        wanted, _ = self._room(query)
-        if wanted == 0:
-            return
-        unmined = self._claims_in_flight()[0]
-        on_chain = await self._contracts.claimable_jobs(self.provider, wanted + unmined)
-        # Counted again after the read: another deployment may have claimed meanwhile. From here to
-        # the last claim queued nothing awaits, so no other claimer runs in between.
-        unmined = self._claims_in_flight()[0]
-        room, held = self._room(query)
-        wanted = min(room, claimable_now(queued_on_chain=on_chain, claims_unmined=unmined))
-        if wanted == 0:
-            return
-        for _ in range(wanted):
-            self._sender.submit_call(self._contracts.claim_next_job())
-        log.info("claiming jobs", count=wanted, held=held)
-        if self._follower is not None:
-            self._follower.wake()
-
-    def _claim_queues(self, queues: ProviderQueues) -> None:
-        """Cancellation and top-up requests wait in queues of their own: claim them when there are some."""
-        contracts, sender = self._contracts, self._sender
-        assert contracts is not None and sender is not None
-        if queues.cancelling and not self.store.open_actions("claim_next_cancelling_job"):
-            sender.submit_call(contracts.claim_next_cancelling_job())
-        if queues.top_up and not self.store.open_actions("claim_next_top_up_job"):
-            sender.submit_call(contracts.claim_next_top_up_job())
 
     # -- one job ------------------------------------------------------------------------------
 
