@@ -254,8 +254,7 @@ def test_a_job_submitted_by_the_sdk_runs_and_settles_to_the_wei(
     assert grid.balance(provider) - provider_before == final_cost - final_cost * 20 // 100
     assert customer_before - grid.balance(sdk.wallet) == final_cost
     assert sdk.provider_manager.functions.jobCountByProvider(provider.address).call() == runs_before + 1
-    name = f"0x{job_id.hex()}"
-    output = (provider_stack.shared / "jobs" / name / f"{name}.out").read_text()
+    output = provider_stack.job_output(job_id).read_text()
     assert "hello from the sdk" in output
 
 
