@@ -66,7 +66,7 @@ from supervisor.slurm.errors import SlurmError
 from supervisor.slurm.folders import remove_ended_job_folders
 from supervisor.slurm.job_folders import CleanupPlan, KnownJob
 from supervisor.slurm.models import ObservedJob
-from supervisor.slurm.naming import SlurmNamespace, is_slurm_name
+from supervisor.slurm.naming import SlurmNamespace
 from supervisor.store import JobRecord, Store
 from supervisor.submitter import Submitter
 
@@ -154,8 +154,6 @@ class Daemon:
         self._tasks: list[asyncio.Task[Any]] = []
         self._lane_error: LaneCrashed | None = None
         self._settle_until = 0.0
-        #: Whether `run()` answers SIGTERM itself (not when several deployments run under one supervisor).
-        self.handles_signals = True
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -174,7 +172,7 @@ class Daemon:
     def use_site(self, site: Site) -> None:
         """Run on a cluster's shared parts (`service.Service` does, for several deployments): the
         service owns them and answers SIGTERM."""
-        self._site, self._owns_site, self.handles_signals = site, False, False
+        self._site, self._owns_site = site, False
 
     @property
     def name(self) -> str:
@@ -199,7 +197,8 @@ class Daemon:
     async def run(self) -> None:
         """Start, run the lanes until `stop()` (or until one crashes: LaneCrashed), then drain."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT) if self.handles_signals else ():
+        # A daemon on a site of its own answers SIGTERM; under a service, the service does.
+        for sig in (signal.SIGTERM, signal.SIGINT) if self._owns_site else ():
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
         try:
@@ -536,12 +535,6 @@ class Daemon:
             except ValueError:
                 user = None
             known[self.slurm_name(record)] = KnownJob(user, record.updated_at if record.closed else None)
-        names = self.names
-
-        def mine(entry: str) -> bool:
-            """This deployment's folders; anything else named oddly is the first deployment's to tell."""
-            return names.job_id(entry) is not None or (names.owns_bare_names and not is_slurm_name(entry))
-
         try:
             return await remove_ended_job_folders(
                 self._slurm,
@@ -550,7 +543,7 @@ class Daemon:
                 now=time.time(),
                 retention_seconds=self.config.policy.job_folder_retention_days * 86400,
                 said=self._folders_said,
-                mine=mine,
+                mine=self.names.owns_entry,
             )
         except SlurmError as exc:
             log.warning("job folders not cleaned up, will retry", error=str(exc))

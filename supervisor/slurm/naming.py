@@ -9,6 +9,7 @@ kept the state file they were recorded in.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -30,8 +31,9 @@ class SlurmNamespace:
     #: Also owns the bare job-id names of the jobs submitted before names carried their deployment.
     owns_bare_names: bool = False
 
-    @property
+    @functools.cached_property
     def prefix(self) -> str:
+        """Computed once: every open job's name is asked for at every cycle."""
         return f"{self.chain_id}-{self.meta_scheduler.lower().removeprefix('0x')}-"
 
     def name(self, job_id: str) -> str:
@@ -47,3 +49,8 @@ class SlurmNamespace:
         if found.group(1) is None:
             return job_id if self.owns_bare_names else None
         return job_id if slurm_name == self.name(job_id) else None
+
+    def owns_entry(self, entry: str) -> bool:
+        """Whether an entry of `jobs_root` is this deployment's to look at: the folders named for its
+        jobs, and, for the first deployment, anything not named as any job (it reports those)."""
+        return self.job_id(entry) is not None or (self.owns_bare_names and not is_slurm_name(entry))

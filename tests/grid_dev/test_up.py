@@ -76,6 +76,14 @@ class Run:
             self.lines.append(line)
 
 
+def stopped_cleanly(run: Run, run_dir: Path) -> str:
+    """The rest of an interrupted `up`'s output, once it exited with status 0."""
+    output = run.rest(timeout=120)
+    remove_outside_job_folders(run_dir, run)
+    assert run.process.returncode == 0, output
+    return output
+
+
 def remove_outside_job_folders(run_dir: Path, run: Run) -> None:
     """The job folders `up` put in /var/tmp/grid-dev because pytest's folders are private."""
     shutil.rmtree(Path("/var/tmp/grid-dev") / f"{run_dir.name}-{run.process.pid}-shared", ignore_errors=True)
@@ -182,9 +190,7 @@ def test_up_runs_the_example_to_settlement_and_stops_what_it_started(run_dir: Pa
     finally:
         if run.process.poll() is None:
             run.process.send_signal(signal.SIGINT)
-    output = run.rest(timeout=120)
-    remove_outside_job_folders(run_dir, run)
-    assert run.process.returncode == 0, output
+    output = stopped_cleanly(run, run_dir)
     for name in ("supervisor", "oracle", "sbatch-service", "grid-logger", "anvil"):
         assert f"stopped {name}" in output
     assert "Slurm cluster" not in output.split("press Ctrl-C")[1]  # it was up before: it stays up
@@ -304,9 +310,7 @@ def test_up_with_two_chains_settles_the_same_job_id_on_each_as_two_slurm_jobs(ru
     finally:
         if run.process.poll() is None:
             run.process.send_signal(signal.SIGINT)
-    output = run.rest(timeout=120)
-    remove_outside_job_folders(run_dir, run)
-    assert run.process.returncode == 0, output
+    output = stopped_cleanly(run, run_dir)
     assert "stopped supervisor" in output
     for chain_id in chain_ids:
         for name in ("oracle", "sbatch-service", "grid-logger", "anvil"):

@@ -36,6 +36,12 @@ def test_bare_job_ids_belong_to_the_first_deployment_only() -> None:
     assert FUJI.job_id(JOB) is None
 
 
+def test_each_deployment_looks_at_its_own_folders_and_the_first_one_at_strays() -> None:
+    assert FUJI.owns_entry(FUJI.name(JOB)) and not FUJI.owns_entry(LOCAL.name(JOB))
+    assert LOCAL.owns_entry(LOCAL.name(JOB)) and LOCAL.owns_entry(JOB)
+    assert LOCAL.owns_entry("lost+found") and not FUJI.owns_entry("lost+found")
+
+
 @pytest.mark.parametrize(
     "name",
     [
