@@ -508,10 +508,12 @@ def scrape_metrics(port: int) -> dict[str, float]:
 
 
 def metric(values: dict[str, float], name: str) -> float | None:
-    """A metric without labels; counters are exposed with a `_total` suffix."""
+    """A metric summed over its label sets (a per-deployment metric has a `chain` label); counters
+    are exposed with a `_total` suffix."""
     for key in (f"grid_supervisor_{name}_total", f"grid_supervisor_{name}"):
-        if key in values:
-            return values[key]
+        found = [v for k, v in values.items() if k == key or k.startswith(key + "{")]
+        if found:
+            return sum(found)
     return None
 
 

@@ -68,6 +68,27 @@ contract JobRepository is AccessControl {
         return (job.status, job.providerAddr);
     }
 
+    /// @notice Extension: status and provider of many jobs in one call (`found` false, and the other
+    ///         two zero, for an id that names no job), so a supervisor's reconciler reads a slice of
+    ///         its open jobs with one call instead of one per job.
+    function getStatusesAndProviders(bytes32[] calldata _jobIds)
+        external
+        view
+        returns (bool[] memory found, JobStatus[] memory statuses, address[] memory providers)
+    {
+        uint256 count = _jobIds.length;
+        found = new bool[](count);
+        statuses = new JobStatus[](count);
+        providers = new address[](count);
+        for (uint256 i = 0; i < count; i++) {
+            Job storage job = jobs[_jobIds[i]];
+            if (job.jobId == bytes32(0)) continue;
+            found[i] = true;
+            statuses[i] = job.status;
+            providers[i] = job.providerAddr;
+        }
+    }
+
     /// @notice Ids of the jobs a customer requested, oldest first.
     function getByCustomer(address customerAddr) external view returns (bytes32[] memory) {
         return jobIdByCustomer[customerAddr];

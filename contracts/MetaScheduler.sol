@@ -15,6 +15,7 @@ import {
     JobProviderOnly,
     MetaScheduledScheduledStatusOnly,
     NewJobRequestDisabled,
+    NoJob,
     NoSpendingAuthority,
     ProviderNotJoined,
     RemainingTimeAboveLimit,
@@ -198,6 +199,19 @@ contract MetaScheduler is AccessControl, ReentrancyGuard {
 
     /// @notice Claims the provider's next meta-scheduled job (stale queue entries are skipped).
     function claimNextJob() external onlyJoinedProvider {
+        _claimNext();
+    }
+
+    /// @notice Extension: claims up to `_max` of the provider's next meta-scheduled jobs in one
+    ///         transaction (one ClaimJobEvent each), so a burst costs a few transactions instead of
+    ///         one per job; NoJob() when none is claimable.
+    function claimNextJobs(uint256 _max) external onlyJoinedProvider {
+        uint256 count = providerJobQueues.countClaimableJobs(msg.sender, _max);
+        if (count == 0) revert NoJob();
+        for (uint256 i = 0; i < count; i++) _claimNext();
+    }
+
+    function _claimNext() private {
         bytes32 jobId = providerJobQueues.popNextClaimableJob(msg.sender);
         Job memory job = jobs.get(jobId);
         jobs.setJobStatus(jobId, JobStatus.SCHEDULED);

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import unquote
 
@@ -78,6 +78,29 @@ class Refusal(Exception):
         self.message = message
 
 
+class GroupedExtensions:
+    """Retention extensions asked while one is being written share the next write: a burst of
+    fetches costs a few fsyncs instead of one each, and each fetch still answers only once its own
+    extension is durable."""
+
+    def __init__(self, store: ScriptStore, seconds: float) -> None:
+        self._store, self._seconds = store, seconds
+        self._lock = asyncio.Lock()
+        self._next: set[str] = set()
+        self._next_written: asyncio.Future[None] | None = None
+
+    async def extend(self, key: str) -> None:
+        self._next.add(key)
+        if self._next_written is None:
+            self._next_written = asyncio.ensure_future(self._write())
+        await asyncio.shield(self._next_written)
+
+    async def _write(self) -> None:
+        async with self._lock:  # keys asked while the previous write runs wait here, together
+            keys, self._next, self._next_written = self._next, set(), None
+            await asyncio.to_thread(self._store.extend, keys, self._seconds)
+
+
 @dataclass
 class ScriptGate:
     """Decides whether a GetSBatch request gets its script; the servicer only translates."""
@@ -86,6 +109,10 @@ class ScriptGate:
     jobs: JobSource
     store: ScriptStore
     running_retention_seconds: float
+    _extensions: GroupedExtensions = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._extensions = GroupedExtensions(self.store, self.running_retention_seconds)
 
     async def fetch(self, request: sbatch_pb2.GetSBatchRequest) -> str:
         if len(request.provider_address) != ADDRESS_BYTES or len(request.customer_address) != ADDRESS_BYTES:
@@ -121,7 +148,7 @@ class ScriptGate:
         if script is None:
             raise Refusal(grpc.StatusCode.NOT_FOUND, "no script under this key (unknown or expired)")
         if job.status.is_hot:
-            await asyncio.to_thread(self.store.extend, key, self.running_retention_seconds)
+            await self._extensions.extend(key)
         return script
 
 

@@ -13,7 +13,7 @@ import hashlib
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 
 SCHEMA = """
@@ -64,13 +64,21 @@ class ScriptStore:
             ).fetchone()
         return None if row is None else str(row[0])
 
-    def extend(self, key: str, seconds: float) -> None:
-        """Keep a live script at least `seconds` more (never shortens its life)."""
+    def extend(self, keys: str | Collection[str], seconds: float) -> None:
+        """Keep live scripts at least `seconds` more (never shortens a life), in one transaction."""
+        now = self._clock()
+        wanted = [keys] if isinstance(keys, str) else list(keys)
         with self._lock:
-            self._db.execute(
-                "UPDATE scripts SET expires_at = MAX(expires_at, ?) WHERE key = ? AND expires_at > ?",
-                (self._clock() + seconds, key, self._clock()),
-            )
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "UPDATE scripts SET expires_at = MAX(expires_at, ?) WHERE key = ? AND expires_at > ?",
+                    [(now + seconds, key, now) for key in wanted],
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def purge_expired(self) -> int:
         """Delete expired scripts; returns how many."""

@@ -42,6 +42,18 @@ log = structlog.get_logger("supervisor")
 #: A status report the chain refused is sent again after this many seconds, doubling up to the max.
 REPORT_RETRY_S = 5.0
 REPORT_RETRY_MAX_S = 300.0
+#: sbatch processes the submitter's groups run at once (Slurm's controller answers a few at a time).
+SBATCH_CONCURRENCY = 4
+
+
+@dataclass(frozen=True)
+class PreparedSubmission:
+    """A job admitted with its script, ready for sbatch; `look_up`: a submission of it may already
+    have reached Slurm (its intent was recorded before)."""
+
+    job: JobRecord
+    submission: JobSubmission
+    look_up: bool
 
 
 def lookup_since(job: JobRecord) -> float:
@@ -127,6 +139,8 @@ class JobActions:
     _prices: ProviderPrices | None = None
     #: Jobs whose delegated spending was read since the daemon started (each once, then periodically).
     _delegation_read: set[str] = field(default_factory=set)
+    #: sbatch processes of the submitter's groups at once, over every group under way.
+    _sbatch_room: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(SBATCH_CONCURRENCY))
 
     @property
     def provider(self) -> str:
@@ -195,17 +209,56 @@ class JobActions:
 
     async def submit(self, job: JobRecord) -> None:
         """Admit the job, fetch its script, submit it to Slurm in its own folder; or refuse/fail it."""
+        prepared = await self.prepare(job)
+        if prepared is None:
+            return
+        early = lookup_since(job) - time.time()
+        if early > 0:  # a re-claim: its Slurm job must be submitted after the bound of its look-ups
+            await asyncio.sleep(early)
+        self.begin([prepared])
+        self.submitted([(prepared, await self.to_slurm(prepared))])
+
+    async def submit_many(self, jobs: list[JobRecord]) -> None:
+        """`submit` for fresh claims side by side, with one durable write for all their intents and
+        one for all their Slurm ids (a burst's submissions share their fsyncs)."""
+
+        async def prepare(job: JobRecord) -> PreparedSubmission | None:
+            with structlog.contextvars.bound_contextvars(job_id=job.job_id):
+                try:
+                    return await self.prepare(job)
+                except Exception as exc:  # this job waits for the work cycle; the others go on
+                    log.exception("preparing the submission failed, will retry", error=describe(exc))
+                    return None
+
+        ready = [p for p in await asyncio.gather(*(prepare(job) for job in jobs)) if p is not None]
+        if not ready:
+            return
+        self.begin(ready)
+        async def one(prepared: PreparedSubmission) -> tuple[PreparedSubmission, int | None]:
+            async with self._sbatch_room:
+                with structlog.contextvars.bound_contextvars(job_id=prepared.job.job_id):
+                    try:
+                        return prepared, await self.to_slurm(prepared)
+                    except Exception as exc:  # its intent is recorded: the cycle looks it up
+                        log.exception("submitting the job failed, will retry", error=describe(exc))
+                        return prepared, None
+
+        self.submitted(list(await asyncio.gather(*(one(p) for p in ready))))
+
+    async def prepare(self, job: JobRecord) -> PreparedSubmission | None:
+        """The job's admission and script, made into a Slurm submission; None when it was refused,
+        failed, or must wait (the sbatch service or Slurm cannot answer now)."""
         definition = job.definition or {}
         customer = job.customer or ""
         if not job.max_duration_minute:
             self.fail(job, "the locked credits buy less than one minute on this provider")
-            return
+            return None
         if self.partition.hardware is None:
             try:
                 await self.partition.describe()
             except SlurmError as exc:
                 log.error("cannot describe the partition yet: submission waits", error=str(exc))
-                return
+                return None
         assert self.partition.hardware is not None
         resources = Resources(
             ntasks=int(definition.get("ntasks", 0)),
@@ -220,20 +273,20 @@ class JobActions:
         )
         if reason is not None:
             self.refuse(job, reason)
-            return
+            return None
         # The claim event carried the definition and the customer: no read of the job on chain here.
         key = str(definition.get("batchLocationHash", ""))
         try:
             fetched = await self.sbatch.fetch(job.job_id, customer, key)
         except ScriptRefused as exc:
             self.fail(job, f"batch script unusable: {exc}")
-            return
+            return None
         except SbatchServiceUnavailable as exc:
             if self.health.sbatch_ok:
                 log.error("sbatch service unavailable: submission waits", error=str(exc))
             self.health.sbatch_ok = False
             self.health.problems["sbatch"] = str(exc)
-            return
+            return None
         self.health.sbatch_ok = True
         self.health.problems.pop("sbatch", None)
         reason = refusal_reason(
@@ -241,7 +294,7 @@ class JobActions:
         )
         if reason is not None:
             self.refuse(job, reason)
-            return
+            return None
         name = slurm_name(job, self.names)
         try:
             folder = job_folder(policy.jobs_root, name)
@@ -271,39 +324,55 @@ class JobActions:
             )
         except (ValueError, SlurmError) as exc:
             self.refuse(job, str(exc))
-            return
-        early = lookup_since(job) - time.time()
-        if early > 0:  # a re-claim: its Slurm job must be submitted after the bound of its look-ups
-            await asyncio.sleep(early)
-        # The intent is committed (fsync) before sbatch: an attempt without one never reached sbatch,
-        # so Slurm need not be asked whether it has the job; one with it (a crash, an sbatch that
-        # timed out) is looked up first.
-        look_up = job.submit_intent_at is not None
-        if not look_up:
-            self.store.update_job(job.job_id, submit_intent_at=time.time(), slurm_name=name)
+            return None
+        return PreparedSubmission(job, submission, look_up=job.submit_intent_at is not None)
+
+    def begin(self, prepared: list[PreparedSubmission]) -> None:
+        """Commit (fsync) the submit intents before sbatch, in one transaction: an attempt without
+        one never reached sbatch, so Slurm need not be asked whether it has the job; one with it (a
+        crash, an sbatch that timed out) is looked up first."""
+        now = time.time()
+        with self.store.transaction():
+            for p in prepared:
+                if not p.look_up:
+                    self.store.update_job(p.job.job_id, submit_intent_at=now, slurm_name=p.submission.name)
+
+    async def to_slurm(self, prepared: PreparedSubmission) -> int | None:
+        """sbatch; the Slurm id, or None when the job was refused or its submission must wait."""
+        job = prepared.job
         try:
-            slurm_id = await self.slurm.submit(submission, since=since([job]), look_up=look_up)
+            return await self.slurm.submit(prepared.submission, since=since([job]), look_up=prepared.look_up)
         except JobAlreadySubmitted as exc:
-            slurm_id = exc.slurm_job_id
-            log.info("job already in Slurm, not submitted again", slurm_job_id=slurm_id)
+            log.info("job already in Slurm, not submitted again", slurm_job_id=exc.slurm_job_id)
+            return exc.slurm_job_id
         except SlurmUnavailable as exc:
             log.error("Slurm unavailable: submission waits", error=str(exc))
-            return
+            return None
         except SlurmError as exc:
             # Only a definite refusal of this job refuses it on chain; any other failure is retried.
             if not exc.refuses_job:
                 log.error("Slurm submission failed, not a refusal: submission waits", error=str(exc))
-                return
+                return None
             self.refuse(job, f"Slurm refused the submission: {exc}")
+            return None
+
+    def submitted(self, results: list[tuple[PreparedSubmission, int | None]]) -> None:
+        """Record the Slurm ids of the submissions that reached Slurm, in one transaction."""
+        done = [(p, slurm_id) for p, slurm_id in results if slurm_id is not None]
+        if not done:
             return
         crash_point("slurm_submitted")
-        self.store.update_job(job.job_id, slurm_job_id=slurm_id)
-        log.info(
-            "job submitted to Slurm",
-            slurm_job_id=slurm_id,
-            unix_user=user,
-            time_limit_minutes=submission.time_limit_minutes,
-        )
+        with self.store.transaction():
+            for p, slurm_id in done:
+                self.store.update_job(p.job.job_id, slurm_job_id=slurm_id)
+        for p, slurm_id in done:
+            log.info(
+                "job submitted to Slurm",
+                job_id=p.job.job_id,
+                slurm_job_id=slurm_id,
+                unix_user=p.submission.unix_user,
+                time_limit_minutes=p.submission.time_limit_minutes,
+            )
 
     # -- Slurm --------------------------------------------------------------------------------
 

@@ -2,11 +2,12 @@
 
 Woken by this provider's meta-scheduling hints (and by the work cycle, on its period), it first asks
 the chain one cheap question, the provider's three queues in one JSON-RPC batch, so hints about
-other providers cost little. It sends as many `claimNextJob` as `policy.max_queued_jobs` allows over
-every deployment served and within this deployment's share: jobs held (claimed, not yet running in
-Slurm), claims queued or sent, and claims mined whose `ClaimJobEvent` the follower has not read yet
-all take a place. Never more than the queue holds beyond the claims already on their way, so a
-burst causes no `NoJob()` revert.
+other providers cost little. It claims as many jobs as `policy.max_queued_jobs` allows over every
+deployment served and within this deployment's share, `chain.claims_per_transaction` to a transaction
+where the MetaScheduler has `claimNextJobs` (else one `claimNextJob` each): jobs held (claimed, not
+yet running in Slurm), claims queued or sent, and claims mined whose `ClaimJobEvent` the follower has
+not read yet all take a place, a batch by its size. Never more than the queue holds beyond the claims
+already on their way, so a burst causes no `NoJob()` revert.
 """
 
 from __future__ import annotations
@@ -46,8 +47,10 @@ class Claimer:
         room: QueueRoom,
         presence: Callable[[JobRecord, QueryResult | None], SlurmPresence],
         allowed: Callable[[], bool],
+        per_transaction: int = 1,
     ) -> None:
         self.deployment, self.limit, self.share = deployment, limit, share
+        self.per_transaction = per_transaction
         self.store, self.contracts, self.sender, self.follower = store, contracts, sender, follower
         self.room, self.presence, self.allowed = room, presence, allowed
         self.provider = sender.address
@@ -95,8 +98,8 @@ class Claimer:
     def _in_flight(self) -> tuple[int, int]:
         """(claims queued or sent, those plus claims mined whose ClaimJobEvent is not read yet)."""
         cursor = self.store.get_cursor(self.follower.settings.stream)
-        unmined = self.store.open_actions(CLAIM_KIND)
-        return unmined, unmined + self.store.mined_after(
+        unmined = self.store.open_claims(CLAIM_KIND)
+        return unmined, unmined + self.store.claims_mined_after(
             CLAIM_KIND, cursor.block_number if cursor is not None else -1
         )
 
@@ -125,9 +128,10 @@ class Claimer:
         wanted = min(room, claimable_now(queued_on_chain=on_chain, claims_unmined=self._in_flight()[0]))
         if wanted == 0:
             return
-        for _ in range(wanted):
-            self.sender.submit_call(self.contracts.claim_next_job())
-        log.info("claiming jobs", count=wanted, held=held)
+        per_transaction = self.per_transaction if self.contracts.claims_in_batches else 1
+        for start in range(0, wanted, per_transaction):
+            self.sender.submit_call(self.contracts.claim_next_jobs(min(per_transaction, wanted - start)))
+        log.info("claiming jobs", count=wanted, held=held, per_transaction=per_transaction)
         self.follower.wake()
 
     def _claim_queues(self, queues: ProviderQueues) -> None:

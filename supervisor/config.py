@@ -46,6 +46,9 @@ class ChainSettings(_Section):
     poll_interval_seconds: float = Field(default=2.0, gt=0, le=600)
     receipt_deadline_seconds: float = Field(default=30.0, gt=0)
     max_fee_per_gas_gwei: Decimal | None = Field(default=None, gt=0)
+    #: Jobs claimed by one transaction where the MetaScheduler can claim several (`claimNextJobs`);
+    #: each claim costs about 150,000 gas, so keep it well inside the chain's block gas limit.
+    claims_per_transaction: int = Field(default=25, ge=1, le=150)
 
     @field_validator("meta_scheduler")
     @classmethod

@@ -328,6 +328,7 @@ class Daemon:
             room=site.room,
             presence=self._presence,
             allowed=lambda: self._claiming,
+            per_transaction=self.deployment.chain.claims_per_transaction,
         )
         self._slurm = site.slurm
         self._sbatch = SbatchClient.from_settings(self.deployment.sbatch, self._signer)
@@ -721,9 +722,10 @@ class Daemon:
         """
         work = []
         quiet: dict[str, tuple[JobRecord, ObservedJob, tuple[JobStatus, bool]]] = {}
+        lane = self._submitter
         for job in jobs:
             view = chain.get(job.job_id)
-            if view is None:
+            if view is None or (lane is not None and lane.pending(job.job_id)):
                 continue
             seen = None if query is None else query.get(self.slurm_name(job))
             inputs = None if seen is None else (job, seen, view)

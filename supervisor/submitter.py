@@ -1,7 +1,8 @@
 """The submitter lane: a job goes to Slurm as soon as its claim is recorded, not at the next cycle.
 
-The follower tells the lane of each claim it records (`claimed`); the lane submits fresh claims side by
-side, a few at a time. Only a claim with no submit intent recorded is taken here: such a job never
+The follower tells the lane of each claim it records (`claimed`); the lane takes the claims recorded
+so far as a group and submits them side by side, with one durable write for the group's intents and
+one for its Slurm ids. Only a claim with no submit intent recorded is taken here: such a job never
 reached sbatch, so Slurm need not be asked about it. Everything else (a crash between intent and
 sbatch, Slurm down, a re-claim that must wait for its look-up bound) stays with the work cycle, which
 submits through the same guard, so a job is never submitted twice by the two lanes at once.
@@ -24,8 +25,10 @@ from supervisor.store import JobRecord, Store
 
 log = structlog.get_logger("supervisor")
 
-#: Submissions run side by side (script fetch and sbatch of different jobs overlap).
-SUBMIT_CONCURRENCY = 8
+#: Claims submitted as one group at most (their intents and Slurm ids each take one durable write).
+GROUP_MAX = 32
+#: Groups under way at once: one group's script fetches overlap the others' sbatch processes.
+GROUPS_AT_ONCE = 4
 #: When submissions ended is kept this long (far beyond one Slurm query), once more than
 #: ENDED_KEPT are remembered.
 ENDED_KEPT = 1000
@@ -55,6 +58,10 @@ class Submitter:
             self._queued.add(job_id)
             self._waiting.put_nowait(job_id)
 
+    def pending(self, job_id: str) -> bool:
+        """Whether the lane has the job waiting or under way: the work cycle leaves it to the lane."""
+        return job_id in self._queued or job_id in self._busy
+
     def settled_before(self, job_id: str, moment: float) -> bool:
         """Whether no submission of the job was under way at `moment` (time.monotonic()) or since:
         only then does a Slurm answer asked for at that moment show whether Slurm has the job."""
@@ -79,15 +86,17 @@ class Submitter:
                 self._ended_at = {j: t for j, t in self._ended_at.items() if now - t < ENDED_KEPT_S}
 
     async def run(self) -> None:
-        """The lane: take claims as they come, at most SUBMIT_CONCURRENCY submissions at once."""
-        room = asyncio.Semaphore(SUBMIT_CONCURRENCY)
+        """The lane: take the claims recorded so far as one group (at most GROUP_MAX), a few groups
+        at once, so a burst's fetches, fsyncs and sbatch processes overlap."""
+        room = asyncio.Semaphore(GROUPS_AT_ONCE)
         running: set[asyncio.Task[None]] = set()
         try:
             while True:
-                job_id = await self._waiting.get()
-                self._queued.discard(job_id)
+                group = [await self._waiting.get()]
+                while len(group) < GROUP_MAX and not self._waiting.empty():
+                    group.append(self._waiting.get_nowait())
                 await room.acquire()
-                task = asyncio.create_task(self._submit(job_id))
+                task = asyncio.create_task(self._submit(group))
                 running.add(task)
 
                 def finished(done: asyncio.Task[None]) -> None:
@@ -102,26 +111,35 @@ class Submitter:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
-    async def _submit(self, job_id: str) -> None:
-        if not self._can_submit():
-            return  # Slurm did not answer at the last look: the cycle submits once it does
-        with structlog.contextvars.bound_contextvars(job_id=job_id):
-            async with self.guard(job_id) as job:
-                if job is None or not fresh_claim(job):
-                    return
-                situation = JobSituation(
-                    chain_status=job.status,
-                    ours=job.ours,
-                    cancel_requested=job.cancel_requested,
-                    submitted=False,
-                    reported=job.last_reported_status,
-                    slurm=SlurmView(SlurmPresence.ABSENT),
-                )
-                if not any(isinstance(action, Submit) for action in decide(situation)):
-                    return
-                try:
-                    await self._actions.submit(job)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # the cycle submits it later; the lane goes on
-                    log.exception("submitting the job failed, will retry", error=describe(exc))
+    async def _submit(self, job_ids: list[str]) -> None:
+        async with contextlib.AsyncExitStack() as held:
+            jobs = []
+            for job_id in job_ids:
+                job = await held.enter_async_context(self.guard(job_id))
+                if job is not None and fresh_claim(job) and wants_submission(job):
+                    jobs.append(job)
+            # Held from here (or not the lane's to submit): no longer waiting in the lane.
+            self._queued.difference_update(job_ids)
+            if not self._can_submit():
+                return  # Slurm did not answer at the last look: the cycle submits once it does
+            if not jobs:
+                return
+            try:
+                await self._actions.submit_many(jobs)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the cycle submits them later; the lane goes on
+                log.exception("submitting jobs failed, will retry", jobs=len(jobs), error=describe(exc))
+
+
+def wants_submission(job: JobRecord) -> bool:
+    """What the decisions say of a fresh claim that Slurm does not have: submit it, or not now."""
+    situation = JobSituation(
+        chain_status=job.status,
+        ours=job.ours,
+        cancel_requested=job.cancel_requested,
+        submitted=False,
+        reported=job.last_reported_status,
+        slurm=SlurmView(SlurmPresence.ABSENT),
+    )
+    return any(isinstance(action, Submit) for action in decide(situation))

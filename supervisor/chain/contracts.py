@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from eth_typing import ChecksumAddress
+from eth_utils import function_signature_to_4byte_selector
 from eth_utils.crypto import keccak
 from web3 import AsyncWeb3, Web3
 from web3.contract import AsyncContract
@@ -28,10 +29,13 @@ from supervisor.chain.rpc import batch_request, read, rpc_error_data, rpc_error_
 ZERO_ADDRESS = "0x0000000000000000000000000000000000000000"
 
 #: Functions the supervisor can use when a deployment has them; never assumed.
+#: The revert data of `InvalidJob()`, given for an id that names no job however it was read.
+NO_SUCH_JOB = "0x" + function_signature_to_4byte_selector("InvalidJob()").hex()
+
 EXTENSIONS: dict[str, tuple[str, ...]] = {
-    "JobRepository": ("getStatusAndProvider",),
+    "JobRepository": ("getStatusAndProvider", "getStatusesAndProviders"),
     "ProviderJobQueues": ("countClaimableJobs",),
-    "MetaScheduler": ("withdrawableCut",),
+    "MetaScheduler": ("withdrawableCut", "claimNextJobs"),
     "ProviderManager": ("autoApprove", "PROVIDER_REGISTRATION_TAX", "registrationTaxCredit"),
 }
 
@@ -94,6 +98,8 @@ class TxCall:
     kind: str
     serial_key: str | None = None
     dedup_key: str | None = None
+    #: The jobs a claim takes at most (a batch claim several).
+    claims: int = 1
 
 
 @dataclass(frozen=True)
@@ -270,9 +276,12 @@ class ProtocolContracts:
     async def job_views(
         self, job_ids: Sequence[str], *, batch_size: int = 200
     ) -> dict[str, tuple[JobStatus, str] | JobReadError]:
-        """(status, provider) of many jobs in JSON-RPC batches of `batch_size` calls, not one request
-        per job. A job the chain cannot answer for (a revert) is a JobReadError in its place; a
-        transport failure raises for the whole read."""
+        """(status, provider) of many jobs: `batch_size` jobs to one call where the deployment has
+        `getStatusesAndProviders`, else in JSON-RPC batches of `batch_size` calls, never one request
+        per job. A job the chain cannot answer for (a revert, no such job) is a JobReadError in its
+        place; a transport failure raises for the whole read."""
+        if "getStatusesAndProviders" in self.extensions:
+            return await self._job_views_at_once(job_ids, batch_size)
         cheap = "getStatusAndProvider" in self.extensions
         function = "getStatusAndProvider" if cheap else "get"
         outputs = _function(self.job_repository.abi, function)["outputs"]  # type: ignore[arg-type]
@@ -306,6 +315,37 @@ class ProtocolContracts:
                     job = Job.from_tuple(decoded[0])
                     status, provider = job.status, job.provider
                 views[job_id] = (JobStatus(int(status)), Web3.to_checksum_address(provider))
+        return views
+
+    async def _job_views_at_once(
+        self, job_ids: Sequence[str], batch_size: int
+    ) -> dict[str, tuple[JobStatus, str] | JobReadError]:
+        repository = self.job_repository
+        views: dict[str, tuple[JobStatus, str] | JobReadError] = {}
+        for start in range(0, len(job_ids), batch_size):
+            chunk = [job_id_hex(j) for j in job_ids[start : start + batch_size]]
+            ids = [bytes.fromhex(j[2:]) for j in chunk]
+            data = repository.encode_abi("getStatusesAndProviders", args=[ids])
+            (answer,) = await batch_request(
+                self.w3, [("eth_call", [{"to": repository.address, "data": data}, "latest"])]
+            )
+            if "error" in answer:
+                error = JobReadError(rpc_error_message(answer), rpc_error_data(answer))
+                views.update(dict.fromkeys(chunk, error))
+                continue
+            found, statuses, providers = LENIENT_CODEC.decode(
+                ["bool[]", "uint8[]", "address[]"], bytes.fromhex(str(answer["result"])[2:])
+            )
+            if not len(found) == len(statuses) == len(providers) == len(chunk):
+                raise RuntimeError(
+                    f"JobRepository.getStatusesAndProviders answered {len(found)} jobs for {len(chunk)} asked"
+                )
+            for job_id, known, status, provider in zip(chunk, found, statuses, providers, strict=True):
+                views[job_id] = (
+                    (JobStatus(int(status)), Web3.to_checksum_address(provider))
+                    if known
+                    else JobReadError("InvalidJob()", NO_SUCH_JOB)
+                )
         return views
 
     async def provider_queues(self, provider: str) -> ProviderQueues:
@@ -418,6 +458,18 @@ class ProtocolContracts:
 
     def claim_next_job(self) -> TxCall:
         return self._tx(self.meta_scheduler, "claimNextJob", [], "claim_next_job")
+
+    @property
+    def claims_in_batches(self) -> bool:
+        """Whether one transaction can claim several jobs (the `claimNextJobs` extension)."""
+        return "claimNextJobs" in self.extensions
+
+    def claim_next_jobs(self, count: int) -> TxCall:
+        """Up to `count` jobs in one transaction, where the deployment can (else one job)."""
+        if count == 1 or not self.claims_in_batches:
+            return self.claim_next_job()
+        call = self._tx(self.meta_scheduler, "claimNextJobs", [count], "claim_next_job")
+        return TxCall(call.to, call.data, call.kind, claims=count)
 
     def claim_next_cancelling_job(self) -> TxCall:
         return self._tx(self.meta_scheduler, "claimNextCancellingJob", [], "claim_next_cancelling_job")

@@ -211,6 +211,7 @@ class TransactionSender:
         kind: str = "call",
         dedup_key: str | None = None,
         serial_key: str | None = None,
+        claims: int = 1,
     ) -> int:
         """Queue a write in the outbox (durable on return) and return its id.
 
@@ -225,6 +226,7 @@ class TransactionSender:
             value=value,
             dedup_key=dedup_key,
             serial_key=serial_key,
+            claims=claims,
         )
         self._wake_dispatcher.set()
         return action_id
@@ -236,7 +238,12 @@ class TransactionSender:
     def submit_call(self, call: Any) -> int:
         """Queue a contract write built by `ProtocolContracts` (a `TxCall`)."""
         return self.submit(
-            call.to, call.data, kind=call.kind, dedup_key=call.dedup_key, serial_key=call.serial_key
+            call.to,
+            call.data,
+            kind=call.kind,
+            dedup_key=call.dedup_key,
+            serial_key=call.serial_key,
+            claims=call.claims,
         )
 
     async def wait(self, action_id: int, timeout_s: float | None = None) -> TxOutcome:

@@ -141,6 +141,7 @@ class CommandSlurmBackend:
     _known_users: set[str] = field(default_factory=set)
     _accounting: bool | None = None
     _unknown_states: set[tuple[int, str]] = field(default_factory=set)
+    _listing_memo: parsing.ListingMemo = field(default_factory=parsing.ListingMemo)
 
     async def _run(
         self,
@@ -309,7 +310,9 @@ class CommandSlurmBackend:
         listed: list[ObservedJob] = []
         if by_id:
             answer = await self._run(commands.squeue_argv(), env=commands.TIME_FORMAT_ENV)
-            listed += parsing.parse_squeue(answer.stdout, now=now, slurm_ids=by_id, submitted_after=since)
+            listed += parsing.parse_squeue(
+                answer.stdout, now=now, slurm_ids=by_id, submitted_after=since, memo=self._listing_memo
+            )
         for start in range(0, len(by_name), commands.NAMES_PER_CALL):
             chunk = by_name[start : start + commands.NAMES_PER_CALL]
             answer = await self._run(commands.squeue_argv(names=chunk), env=commands.TIME_FORMAT_ENV)

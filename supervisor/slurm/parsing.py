@@ -6,6 +6,7 @@ import functools
 import json
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -370,6 +371,16 @@ def _clock_minutes(text: str) -> int | None:
     return (int(days_text or 0) * 24 + hours) * 60 + minutes + (1 if seconds else 0)
 
 
+@dataclass
+class ListingMemo:
+    """The jobs read from the last listing's lines whose reading does not depend on the time of the
+    poll (a pending job, an ended one), by line (a pending one's without its forecasts), with their
+    submit time: with thousands of jobs waiting, a poll parses again only the jobs that changed, and
+    the same job is the same object from one poll to the next."""
+
+    jobs: dict[str, tuple[datetime | None, ObservedJob]] = field(default_factory=dict)
+
+
 def parse_squeue(
     text: str,
     *,
@@ -377,16 +388,21 @@ def parse_squeue(
     names: Collection[str] | None = None,
     slurm_ids: Mapping[int, str] | None = None,
     submitted_after: datetime | None = None,
+    memo: ListingMemo | None = None,
 ) -> list[ObservedJob]:
     """Lines of `squeue --noheader --Format=...` (commands.squeue_argv) with SLURM_TIME_FORMAT=%s.
 
     With `slurm_ids` (Slurm id -> job name): the listing without names, only the lines of those ids,
     named from it; any other line is another job's and is not read further. Else lines with the name
     last, only those of `names` when given. Only jobs submitted at or after `submitted_after` are kept
-    when given. The lines carry no exit code: a job they show ended has `exit_code` None.
+    when given. The lines carry no exit code: a job they show ended has `exit_code` None. `memo`: the
+    jobs of the previous call's lines, reused for the lines that are the same, and replaced by this
+    call's.
     """
     count = len(SQUEUE_FIELDS) - (0 if slurm_ids is None else 1)
     observed = []
+    known = memo.jobs if memo is not None else {}
+    kept: dict[str, tuple[datetime | None, ObservedJob]] = {}
     for line in text.splitlines():
         if not line.strip():
             continue
@@ -406,6 +422,19 @@ def parse_squeue(
             name = fields[8]
             if names is not None and name not in names:
                 continue
+        # A pending job's start and end are Slurm's forecasts, which its scheduler keeps moving:
+        # not part of what the job is, so not of the key either.
+        key = (
+            FIELD_SEPARATOR.join((job_id, submit_text, limit, user, reason))
+            if state_text == "PENDING"
+            else line
+        )
+        hit = known.get(key)
+        if hit is not None and hit[1].name == name:
+            kept[key] = hit
+            if submitted_after is None or hit[0] is None or hit[0] >= submitted_after:
+                observed.append(hit[1])
+            continue
         if not _is_number(job_id):
             raise SlurmOutputError(f"squeue: job id {job_id!r} is not a number in line {line[:200]!r}")
         submitted = _squeue_time(submit_text, line)
@@ -414,22 +443,27 @@ def parse_squeue(
         state = _state(state_text)
         start = _squeue_time(start_text, line)
         elapsed, end = _elapsed(state, start, _squeue_time(end_text, line), now)
-        observed.append(
-            ObservedJob(
-                slurm_job_id=int(job_id),
-                name=name,
-                state=state,
-                exit_code=None,
-                signal=None,
-                elapsed_seconds=elapsed,
-                start_time=start,
-                end_time=end,
-                reason=None if reason in {"", "None"} else reason,
-                time_limit_minutes=_time_limit_minutes(limit, line[:200]),
-                user=user or None,
-                from_accounting=False,
-            )
+        if state == "PENDING":
+            start = None
+        job = ObservedJob(
+            slurm_job_id=int(job_id),
+            name=name,
+            state=state,
+            exit_code=None,
+            signal=None,
+            elapsed_seconds=elapsed,
+            start_time=start,
+            end_time=end,
+            reason=None if reason in {"", "None"} else reason,
+            time_limit_minutes=_time_limit_minutes(limit, line[:200]),
+            user=user or None,
+            from_accounting=False,
         )
+        observed.append(job)
+        if start is None or (state in FINAL_STATES and end is not None):
+            kept[key] = (submitted, job)
+    if memo is not None:
+        memo.jobs = kept
     return observed
 
 

@@ -86,8 +86,10 @@ class OutboxStore(StoreBase):
         value: int = 0,
         dedup_key: str | None = None,
         serial_key: str | None = None,
+        claims: int = 1,
     ) -> int:
-        """Queue a chain write; with a dedup key already queued, return the existing action's id."""
+        """Queue a chain write; with a dedup key already queued, return the existing action's id.
+        `claims`: the jobs a claim write takes at most."""
         with self.transaction() as conn:
             if dedup_key is not None:
                 row = conn.execute("SELECT id FROM outbox WHERE dedup_key = ?", (dedup_key,)).fetchone()
@@ -96,8 +98,8 @@ class OutboxStore(StoreBase):
             now = time.time()
             cur = conn.execute(
                 "INSERT INTO outbox (kind, dedup_key, serial_key, to_address, data, value, state, "
-                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
-                (kind, dedup_key, serial_key, to_address, data, str(value), now, now),
+                "created_at, updated_at, claims) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+                (kind, dedup_key, serial_key, to_address, data, str(value), now, now, claims),
             )
             assert cur.lastrowid is not None
             return int(cur.lastrowid)
@@ -150,12 +152,20 @@ class OutboxStore(StoreBase):
             params.append(serial_key)
         return int(self._conn.execute(sql, params).fetchone()[0])
 
-    def mined_after(self, kind: str, block_number: int) -> int:
-        """Actions of a kind mined successfully in blocks after `block_number`: done on chain, but
-        their events not yet read by a follower whose cursor is there."""
+    def open_claims(self, kind: str) -> int:
+        """Jobs the claim writes of a kind still queued or sent may take (a batch counts its size)."""
         row = self._conn.execute(
-            "SELECT COUNT(*) FROM outbox WHERE kind = ? AND state = 'mined' AND receipt_status = 1 "
-            "AND block_number > ?",
+            "SELECT COALESCE(SUM(claims), 0) FROM outbox WHERE kind = ? AND state IN ('queued', 'sent')",
+            (kind,),
+        ).fetchone()
+        return int(row[0])
+
+    def claims_mined_after(self, kind: str, block_number: int) -> int:
+        """Jobs the claim writes of a kind mined successfully in blocks after `block_number` may have
+        taken: done on chain, but their events not yet read by a follower whose cursor is there."""
+        row = self._conn.execute(
+            "SELECT COALESCE(SUM(claims), 0) FROM outbox WHERE kind = ? AND state = 'mined' "
+            "AND receipt_status = 1 AND block_number > ?",
             (kind, block_number),
         ).fetchone()
         return int(row[0])

@@ -198,6 +198,11 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE job ADD COLUMN slurm_name TEXT;
     """,
+    # 6: how many jobs a claim write takes at most (a batch claim takes several): places in the
+    # claim budget are counted by it.
+    """
+    ALTER TABLE outbox ADD COLUMN claims INTEGER NOT NULL DEFAULT 1;
+    """,
 )
 
 #: SQLite's INTEGER is 64-bit signed; on-chain uint64 durations (a free job's is 2^64-1) are capped.

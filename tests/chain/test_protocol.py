@@ -255,9 +255,13 @@ async def test_refusals_of_its_own_jobs_only(provider_side: tuple[Any, ...]) -> 
     assert nothing.error == "NoJob()"
 
 
-@pytest.mark.parametrize("cheap_read", [True, False], ids=["getStatusAndProvider", "get"])
+@pytest.mark.parametrize(
+    "read_with",
+    ["getStatusesAndProviders", "getStatusAndProvider", "get"],
+    ids=["one call per batch", "cheap call per job", "whole record per job"],
+)
 async def test_job_views_read_many_jobs_in_batches_and_isolate_a_refusal(
-    clean_grid: Grid, cheap_read: bool
+    clean_grid: Grid, read_with: str
 ) -> None:
     grid = clean_grid
     provider = grid.providers[0]
@@ -268,8 +272,8 @@ async def test_job_views_read_many_jobs_in_batches_and_isolate_a_refusal(
     w3 = connect_http(grid.anvil.http_url)
     try:
         contracts = await ProtocolContracts.discover(w3, grid.deployment.meta_scheduler)
-        if not cheap_read:
-            contracts = replace(contracts, extensions=contracts.extensions - {"getStatusAndProvider"})
+        unused = {"getStatusesAndProviders", "getStatusAndProvider"} - {read_with}
+        contracts = replace(contracts, extensions=contracts.extensions - unused)
         ghost = "0x" + "ee" * 32
         ids = ["0x" + j.hex() for j in jobs] + [ghost]
         views = await contracts.job_views(ids, batch_size=3)

@@ -171,16 +171,23 @@ def test_outbox_lifecycle_and_dedup(tmp_path: Path) -> None:
 
 
 def test_claims_mined_beyond_the_cursor_still_take_room(tmp_path: Path) -> None:
-    """A claim mined but not yet followed is neither in flight nor held: `mined_after` counts it."""
+    """A claim mined but not yet followed is neither in flight nor held: `claims_mined_after` counts
+    it, a batch claim by the jobs it may take."""
     store = Store.open(tmp_path / "state.db")
-    ids = [store.enqueue(kind="claim_next_job", to_address="0xto", data=bytes([i])) for i in range(4)]
+    sizes = (1, 20, 1, 3, 5)
+    ids = [
+        store.enqueue(kind="claim_next_job", to_address="0xto", data=bytes([i]), claims=size)
+        for i, size in enumerate(sizes)
+    ]
     for action_id, block, status in zip(ids[:3], (5, 9, 12), (1, 1, 0), strict=True):
         store.mark_mined(action_id, tx_hash=f"0x{action_id}", block_number=block, receipt_status=status)
     store.enqueue(kind="report", to_address="0xto", data=b"r")
-    assert store.mined_after("claim_next_job", 4) == 2, "the reverted claim at block 12 took no job"
-    assert store.mined_after("claim_next_job", 5) == 1
-    assert store.mined_after("claim_next_job", 9) == 0
-    assert store.open_actions("claim_next_job") == 1
+    assert store.claims_mined_after("claim_next_job", 4) == 21, "the reverted claim at block 12 took no job"
+    assert store.claims_mined_after("claim_next_job", 5) == 20
+    assert store.claims_mined_after("claim_next_job", 9) == 0
+    assert store.open_actions("claim_next_job") == 2
+    assert store.open_claims("claim_next_job") == 8
+    assert store.open_claims("claim_next_cancelling_job") == 0
 
 
 def test_retention_forgets_closed_jobs_and_delivered_writes_but_no_count(tmp_path: Path) -> None:

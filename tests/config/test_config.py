@@ -242,6 +242,8 @@ def test_bad_endpoint_is_named(tmp_path: Path, old: str, new: str, where: str) -
         ("chain", "start_block", "-5"),
         ("chain", "chain_id", "0"),
         ("chain", "poll_interval_seconds", "-0.5"),
+        ("chain", "claims_per_transaction", "0"),
+        ("chain", "claims_per_transaction", "151"),
         ("sbatch", "timeout_seconds", "0"),
         ("slurm", "command_timeout_seconds", "-3"),
         ("slurm", "accounting_lookback_days", "0"),

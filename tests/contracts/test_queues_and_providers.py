@@ -30,6 +30,27 @@ def test_stale_heads_are_skipped_by_has_and_claim(market: Grid) -> None:
     assert g.claim(other)["jobId"] == moved
 
 
+def test_claim_next_jobs_claims_up_to_its_count_in_queue_order(market: Grid) -> None:
+    """The batch claim extension: at most `_max` jobs, stale entries skipped, one event and one
+    SCHEDULED transition each, with the same duration a single claim gives; NoJob() when empty."""
+    g, provider = market, market.providers[0]
+    jobs = [job_in(g, S.PENDING) for _ in range(6)]
+    for job_id in jobs:
+        g.schedule(job_id, provider)
+    g.send(g.customers[0], g.scheduler.functions.cancelJob(jobs[1]))
+    receipt = g.send(provider, g.scheduler.functions.claimNextJobs(3))
+    claimed = [event["args"] for event in g.events(g.scheduler, "ClaimJobEvent", receipt)]
+    assert [c["jobId"] for c in claimed] == [jobs[0], jobs[2], jobs[3]]
+    assert all(g.job(j)["status"] == S.SCHEDULED for j in (jobs[0], jobs[2], jobs[3]))
+    assert g.job(jobs[4])["status"] == S.META_SCHEDULED
+    single = g.claim(provider)
+    assert single["jobId"] == jobs[4] and single["maxDurationMinute"] == claimed[0]["maxDurationMinute"]
+    receipt = g.send(provider, g.scheduler.functions.claimNextJobs(10))
+    assert [e["args"]["jobId"] for e in g.events(g.scheduler, "ClaimJobEvent", receipt)] == [jobs[5]]
+    assert reverts(g, provider, g.scheduler.functions.claimNextJobs(10)) == ("NoJob", ())
+    assert reverts(g, g.customers[0], g.scheduler.functions.claimNextJobs(1))[0] == "ProviderNotJoined"
+
+
 def test_only_stale_entries_means_no_job(market: Grid) -> None:
     g, provider = market, market.providers[0]
     job_id = job_in(g, S.META_SCHEDULED)

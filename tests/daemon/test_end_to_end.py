@@ -6,6 +6,8 @@ import json
 import sqlite3
 import subprocess
 import sys
+import tomllib
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -211,15 +213,37 @@ def test_refused_job_is_reassigned(provider_stack: ProviderStack, supervisor: Su
 
 
 def test_fifty_jobs_at_once_all_settle(provider_stack: ProviderStack, supervisor: SupervisorProcess) -> None:
+    """Fifty jobs meta-scheduled in one block: claimed several to a transaction (`claimNextJobs`),
+    never more at once than `max_queued_jobs` (8), none reverted; submitted in groups (the jobs of a
+    group share one durable write of their intents); each settled to the wei."""
     stack, grid = provider_stack, provider_stack.grid
     key = stack.store_workflow("true", gpus=0)
     per_minute = credits_per_minute(1, 1, 1024, 0)
     provider_before = grid.balance(stack.provider)
     jobs = [stack.request("true", 100, gpus=0, key=key, schedule=False) for _ in range(50)]
-    for job_id in jobs:
-        grid.schedule(job_id, stack.provider)
+    (first, *_) = grid.send_in_one_block(
+        grid.oracle, [grid.scheduler.functions.metaSchedule(j, stack.provider.address) for j in jobs]
+    )
     for job_id in jobs:
         stack.wait_status(job_id, S.FINISHED, timeout=300)
+    claims = [
+        log
+        for log in grid.scheduler.events.ClaimJobEvent().get_logs(from_block=first["blockNumber"])
+        if log["args"]["jobId"] in set(jobs)
+    ]
+    per_transaction = Counter(log["transactionHash"] for log in claims)
+    assert sorted(log["args"]["jobId"] for log in claims) == sorted(jobs), "each job claimed once"
+    assert 1 < max(per_transaction.values()) <= 8 and len(per_transaction) < len(jobs)
+    receipts = [grid.w3.eth.get_transaction_receipt(tx) for tx in per_transaction]
+    assert all(r["status"] == 1 and r["from"] == stack.provider.address for r in receipts)
+    store = tomllib.loads(supervisor.config.read_text())["store"]["path"]
+    with sqlite3.connect(store) as db:
+        intents = Counter(
+            at
+            for (job_id, at) in db.execute("SELECT job_id, submit_intent_at FROM job")
+            if bytes.fromhex(job_id[2:]) in set(jobs)
+        )
+    assert sum(intents.values()) == len(jobs) and max(intents.values()) > 1
     costs = [grid.job(job_id)["finalCost"] for job_id in jobs]
     assert all(
         cost == per_minute * max(stack.reported_duration(j, S.FINISHED), 1)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +51,7 @@ class Api:
     auth: AsyncAuthAPI
     sbatch: AsyncSBatchAPI
     clock: Clock
-    store: ScriptStore
+    store: CountingStore
 
 
 def job_with_key(grid: Grid, key: str) -> str:
@@ -69,10 +72,20 @@ def jobs(grid: Grid) -> Jobs:
     )
 
 
+class CountingStore(ScriptStore):
+    """The real store, counting its retention-extension transactions."""
+
+    extensions = 0
+
+    def extend(self, keys: str | Collection[str], seconds: float) -> None:
+        self.extensions += 1
+        super().extend(keys, seconds)
+
+
 @pytest.fixture
 async def api(grid: Grid, jobs: Jobs, tmp_path: Path) -> AsyncIterator[Api]:
     clock = Clock()
-    store = ScriptStore(tmp_path / "scripts.sqlite3")
+    store = CountingStore(tmp_path / "scripts.sqlite3")
     store.put(SCRIPT, 3600)
     store.put(OTHER_SCRIPT, 3600)
     nonces = NonceBook(ttl_seconds=600, clock=clock)
@@ -131,6 +144,26 @@ async def test_the_jobs_provider_gets_the_exact_script(grid: Grid, jobs: Jobs, a
     assert answer.sbatch == SCRIPT
     assert hashlib.sha256(answer.sbatch.encode()).hexdigest() == message.batch_location_hash
     assert answer.grid_logger_url == LOGGER_URL
+
+
+async def test_fetches_at_once_share_their_retention_writes(
+    grid: Grid, jobs: Jobs, api: Api, tmp_path: Path
+) -> None:
+    """A burst of fetches of hot jobs: every one answered, both scripts kept for the running
+    retention, in fewer write transactions than fetches."""
+    provider, customer = grid.providers[0], grid.customers[0]
+    asked = [(jobs.with_script, SCRIPT), (jobs.other_script, OTHER_SCRIPT)] * 10
+    messages = [
+        await request(api, job_id, key_of(script), signer=provider, provider=provider, customer=customer)
+        for job_id, script in asked
+    ]
+    before = time.time()
+    answers = await asyncio.gather(*(api.sbatch.GetSBatch(m) for m in messages))
+    assert [a.sbatch for a in answers] == [script for _, script in asked]
+    with sqlite3.connect(tmp_path / "scripts.sqlite3") as db:
+        expiries = [row[0] for row in db.execute("SELECT expires_at FROM scripts")]
+    assert len(expiries) == 2 and all(e >= before + 86400 for e in expiries)
+    assert 1 <= api.store.extensions < len(asked)
 
 
 async def test_challenge_format(api: Api) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from supervisor.slurm import (
 )
 from supervisor.slurm.commands import FIELD_SEPARATOR, SQUEUE_FIELDS, squeue_argv
 from supervisor.slurm.parsing import (
+    ListingMemo,
     command_failure,
     latest_by_name,
     parse_job_submissions,
@@ -442,6 +443,41 @@ def test_the_listing_without_names_is_matched_on_ids_and_other_lines_are_not_rea
     assert (job.slurm_job_id, job.name, job.state, job.time_limit_minutes) == (21, "0xours", "RUNNING", 5)
     with pytest.raises(SlurmOutputError, match="expected 8 fields"):
         parse_squeue(squeue_line("21", "RUNNING", "1"), now=NOW, slurm_ids={21: "0xours"})
+
+
+def test_a_listing_memo_reads_unchanged_waiting_lines_once_and_running_ones_every_poll() -> None:
+    submitted = int(NOW.timestamp()) - 100
+    pending = squeue_line("31", "PENDING", str(submitted), "N/A", "N/A", "5:00", "grid-svc", "Priority")
+    running = squeue_line(
+        "32", "RUNNING", str(submitted), str(submitted + 10), "N/A", "5:00", "grid-svc", "None"
+    )
+    ids = {31: "0xpending", 32: "0xrunning"}
+    memo = ListingMemo()
+    first = {j.name: j for j in parse_squeue(f"{pending}\n{running}", now=NOW, slurm_ids=ids, memo=memo)}
+    later = NOW + timedelta(seconds=30)
+    second = {j.name: j for j in parse_squeue(f"{pending}\n{running}", now=later, slurm_ids=ids, memo=memo)}
+    assert second["0xpending"] is first["0xpending"], "an unchanged pending line is not parsed again"
+    assert (first["0xrunning"].elapsed_seconds, second["0xrunning"].elapsed_seconds) == (90, 120)
+    assert second == {j.name: j for j in parse_squeue(f"{pending}\n{running}", now=later, slurm_ids=ids)}
+    forecast = squeue_line(
+        "31",
+        "PENDING",
+        str(submitted),
+        str(submitted + 500),
+        str(submitted + 800),
+        "5:00",
+        "grid-svc",
+        "Priority",
+    )
+    (moved,) = parse_squeue(forecast, now=later, slurm_ids=ids, memo=memo)
+    assert moved is first["0xpending"] and moved.start_time is None, "a new start forecast is not a change"
+    held = pending.replace("Priority", "JobHeldUser")
+    (changed,) = parse_squeue(held, now=later, slurm_ids=ids, memo=memo)
+    assert changed.reason == "JobHeldUser" and len(memo.jobs) == 1, "the memo holds this poll's jobs"
+    renamed = parse_squeue(held, now=later, slurm_ids={31: "0xother"}, memo=memo)
+    assert [j.name for j in renamed] == ["0xother"]
+    after = datetime.fromtimestamp(submitted + 1, tz=UTC)
+    assert parse_squeue(held, now=later, slurm_ids={31: "0xother"}, submitted_after=after, memo=memo) == []
 
 
 def test_a_squeue_name_may_hold_the_separator_without_shifting_a_field() -> None:
