@@ -234,6 +234,7 @@ class JobActions:
         if not ready:
             return
         self.begin(ready)
+
         async def one(prepared: PreparedSubmission) -> tuple[PreparedSubmission, int | None]:
             async with self._sbatch_room:
                 with structlog.contextvars.bound_contextvars(job_id=prepared.job.job_id):

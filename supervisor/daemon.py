@@ -145,7 +145,7 @@ class Daemon:
         self._claimer: Claimer | None = None
         self._observed: dict[str, ObservedJob] = {}
         #: Jobs found quiet at the last cycle, with the inputs they were found quiet with.
-        self._quiet: dict[str, tuple[JobRecord, ObservedJob, tuple[JobStatus, bool]]] = {}
+        self._quiet: dict[str, tuple[JobRecord, ObservedJob]] = {}
         self._last_reconcile = 0.0
         self._last_prune = 0.0
         self._folders_said: set[str] = set()
@@ -491,9 +491,10 @@ class Daemon:
         query = await self._query_slurm(jobs)
         if query is not None and self._record_slurm_ids(jobs, query):
             jobs = self.store.open_jobs()
-        chain = await self._chain_views(jobs)
-        if chain is None:
+        reconciled = await self._reconciled(jobs)
+        if reconciled is None:
             return
+        jobs = reconciled
         # The claimer lane answers hints at once; the cycle claims too (one cheap look when there is
         # nothing to take), which also keeps the watchdog honest: a chain that hangs holds the cycle.
         assert self._claimer is not None
@@ -514,7 +515,7 @@ class Daemon:
                     except Exception as exc:
                         log.exception("acting on the job failed, will retry", error=describe(exc))
 
-        await asyncio.gather(*(act(*work) for work in self._work_to_do(jobs, chain, query)))
+        await asyncio.gather(*(act(*work) for work in self._work_to_do(jobs, query)))
         if time.monotonic() - self._last_reconcile > self.config.policy.reconcile_interval_seconds:
             await actions.refresh_delegation(jobs)
             self._last_reconcile = time.monotonic()
@@ -594,14 +595,13 @@ class Daemon:
         regular = [job for job in jobs if not reclaimed(job)]
         results = []
         if regular:
+            names = [self.slurm_name(job) for job in regular]
             slurm_ids = {
-                self.slurm_name(job): job.slurm_job_id for job in regular if job.slurm_job_id is not None
+                name: job.slurm_job_id
+                for name, job in zip(names, regular, strict=True)
+                if job.slurm_job_id is not None
             }
-            results.append(
-                await self._slurm.query(
-                    [self.slurm_name(job) for job in regular], since=since(regular), slurm_ids=slurm_ids
-                )
-            )
+            results.append(await self._slurm.query(names, since=since(regular), slurm_ids=slurm_ids))
         for job in jobs:
             if reclaimed(job):
                 results.append(await self._slurm.query([self.slurm_name(job)], since=since([job])))
@@ -622,12 +622,13 @@ class Daemon:
                 changed = True
         return changed
 
-    async def _chain_views(self, jobs: list[JobRecord]) -> dict[str, tuple[JobStatus, bool]] | None:
-        """(status, ours) of every open job, as the follower keeps them from the chain's events.
+    async def _reconciled(self, jobs: list[JobRecord]) -> list[JobRecord] | None:
+        """The open jobs, whose chain status and provider the follower keeps from the chain's events.
 
-        Every `reconcile_interval_seconds` the reconciler reads a slice of them on chain (one JSON-RPC
-        batch, the jobs read longest ago) and repairs the store where it differs, so the calls per pass
-        stay bounded however many jobs are open; None when that read finds the chain unreachable.
+        Every `reconcile_interval_seconds` the reconciler reads a slice of them on chain (one call
+        where the deployment has `getStatusesAndProviders`, else one JSON-RPC batch; the jobs read
+        longest ago) and repairs the store where it differs, so the calls per pass stay bounded
+        however many jobs are open; None when that read finds the chain unreachable.
         """
         if time.monotonic() - self._last_chain_read >= self.config.policy.reconcile_interval_seconds:
             open_ids = {job.job_id for job in jobs}
@@ -638,7 +639,7 @@ class Daemon:
             self._last_chain_read = time.monotonic()
             self._chain_read_at.update(dict.fromkeys(due, self._last_chain_read))
             jobs = self.store.open_jobs()
-        return {job.job_id: (job.status, job.ours) for job in jobs}
+        return jobs
 
     async def _read_chain_statuses(self, jobs: list[JobRecord]) -> bool:
         assert self._contracts is not None
@@ -712,30 +713,32 @@ class Daemon:
         )
 
     def _work_to_do(
-        self, jobs: list[JobRecord], chain: dict[str, tuple[JobStatus, bool]], query: QueryResult | None
+        self, jobs: list[JobRecord], query: QueryResult | None
     ) -> list[tuple[JobRecord, JobSituation, list[Action]]]:
         """The jobs this cycle acts on, with their situation and what was decided for them.
 
         A quiet job (nothing to decide, nothing reported, not running, its time limit as paid for)
         stays quiet until its record or its Slurm view changes: with thousands of jobs waiting in
-        Slurm, those are looked at again only when they do.
+        Slurm, those are looked at again only when they do (the store's cached records and the
+        listing's memo keep them the same objects, so the look is mostly a comparison of identities).
         """
         work = []
-        quiet: dict[str, tuple[JobRecord, ObservedJob, tuple[JobStatus, bool]]] = {}
+        quiet: dict[str, tuple[JobRecord, ObservedJob]] = {}
+        was_quiet = self._quiet
         lane = self._submitter
+        observed = None if query is None else query.jobs
         for job in jobs:
-            view = chain.get(job.job_id)
-            if view is None or (lane is not None and lane.pending(job.job_id)):
+            if lane is not None and lane.pending(job.job_id):
                 continue
-            seen = None if query is None else query.get(self.slurm_name(job))
-            inputs = None if seen is None else (job, seen, view)
-            if inputs is not None and self._quiet.get(job.job_id) == inputs:
+            seen = None if observed is None else observed.get(self.slurm_name(job))
+            inputs = None if seen is None else (job, seen)
+            if inputs is not None and was_quiet.get(job.job_id) == inputs:
                 quiet[job.job_id] = inputs
                 continue
-            status, ours = view
+            status = job.status
             situation = JobSituation(
                 chain_status=status,
-                ours=ours and job.ours,
+                ours=job.ours,
                 cancel_requested=job.cancel_requested,
                 submitted=job.slurm_job_id is not None,
                 reported=job.last_reported_status,

@@ -51,6 +51,7 @@ class Submitter:
         self._queued: set[str] = set()
         self._busy: set[str] = set()
         self._ended_at: dict[str, float] = {}
+        self._running = False
 
     def claimed(self, job_id: str) -> None:
         """A claim was recorded (called by the intake, inside the follower's transaction)."""
@@ -59,8 +60,9 @@ class Submitter:
             self._waiting.put_nowait(job_id)
 
     def pending(self, job_id: str) -> bool:
-        """Whether the lane has the job waiting or under way: the work cycle leaves it to the lane."""
-        return job_id in self._queued or job_id in self._busy
+        """Whether the running lane has the job waiting or under way: the work cycle leaves it to the
+        lane (a lane that is not running leaves every job to the cycle)."""
+        return self._running and (job_id in self._queued or job_id in self._busy)
 
     def settled_before(self, job_id: str, moment: float) -> bool:
         """Whether no submission of the job was under way at `moment` (time.monotonic()) or since:
@@ -90,6 +92,7 @@ class Submitter:
         at once, so a burst's fetches, fsyncs and sbatch processes overlap."""
         room = asyncio.Semaphore(GROUPS_AT_ONCE)
         running: set[asyncio.Task[None]] = set()
+        self._running = True
         try:
             while True:
                 group = [await self._waiting.get()]
@@ -105,6 +108,7 @@ class Submitter:
 
                 task.add_done_callback(finished)
         finally:
+            self._running = False
             for task in running:
                 task.cancel()
             for task in list(running):

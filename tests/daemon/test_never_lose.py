@@ -231,15 +231,12 @@ async def test_claims_are_sized_by_the_jobs_still_claimable(stack: ProviderStack
     live = [stack.request("echo live", 300) for _ in range(2)]
     await seam.follow()
     await seam.cycle()
-    claims = seam.store.connection.execute(
-        "SELECT state, error FROM outbox WHERE kind = 'claim_next_job'"
-    ).fetchall()
-    assert len(claims) == 2
+    assert seam.store.open_claims("claim_next_job") == 2, "two jobs claimable, in one batch claim"
     await seam.deliver()
     claims = seam.store.connection.execute(
-        "SELECT state, error FROM outbox WHERE kind = 'claim_next_job'"
+        "SELECT state, error, claims FROM outbox WHERE kind = 'claim_next_job'"
     ).fetchall()
-    assert [(row["state"], row["error"]) for row in claims] == [("mined", None), ("mined", None)]
+    assert [(row["state"], row["error"], row["claims"]) for row in claims] == [("mined", None, 2)]
     assert [stack.status(job_id) for job_id in live] == [S.SCHEDULED, S.SCHEDULED]
     await seam.until("both jobs to finish", lambda: all(stack.status(j) == S.FINISHED for j in live))
 

@@ -4,6 +4,7 @@ a Slurm answer asked for while a job was being submitted never taken as "Slurm h
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 from typing import cast
@@ -57,4 +58,26 @@ async def test_only_a_claim_without_a_submit_intent_is_fresh(tmp_path: Path) -> 
     store.update_job(JOB, submit_intent_at=time.time())
     record = store.get_job(JOB)
     assert record is not None and not fresh_claim(record)  # may be in Slurm: the cycle looks it up
+    store.close()
+
+
+async def test_the_cycle_leaves_a_claim_to_the_lane_only_while_the_lane_runs(tmp_path: Path) -> None:
+    store = claimed_store(tmp_path)
+    submitter = Submitter(store, cast(JobActions, None), lambda: False)
+    submitter.claimed(JOB)
+    assert not submitter.pending(JOB), "no lane running: the work cycle submits it"
+    lane = asyncio.create_task(submitter.run())
+    try:
+        await asyncio.sleep(0)
+        assert submitter.pending(JOB), "the running lane has it: the cycle leaves it alone"
+        while submitter.pending(JOB):  # Slurm said no at its last look: the lane hands it back
+            await asyncio.sleep(0.01)
+        record = store.get_job(JOB)
+        assert record is not None and record.submit_intent_at is None and fresh_claim(record)
+    finally:
+        lane.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await lane
+    submitter.claimed(JOB)
+    assert not submitter.pending(JOB), "the lane stopped: the cycle takes its claims again"
     store.close()
