@@ -295,7 +295,7 @@ async def test_malformed_requests_are_invalid_arguments(grid: Grid, jobs: Jobs, 
 
 
 async def test_an_unreachable_chain_is_unavailable(grid: Grid, jobs: Jobs, tmp_path: Path) -> None:
-    store = ScriptStore(tmp_path / "s.sqlite3")
+    store = CountingStore(tmp_path / "s.sqlite3")
     store.put(SCRIPT, 3600)
     nonces = NonceBook()
     reader = JobReader("http://127.0.0.1:9", grid.deployment.meta_scheduler)
