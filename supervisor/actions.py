@@ -2,7 +2,9 @@
 
 Each executor does one thing to the outside world for one job (fetch and submit its script, queue
 a report or a refusal in the outbox, cancel it in Slurm, raise its time limit, top it up from the
-customer's allowance) and records what it did in the store. All of them are idempotent: an action
+customer's allowance) and records what it did in the store. Submission comes in phases (prepare,
+begin, to Slurm, submitted) so that the submitter lane can run a group of fresh claims through them
+with one durable write per phase. All of them are idempotent: an action
 repeated after a crash finds its earlier effect (a Slurm job of that name, an outbox row of that
 key) instead of doing it twice.
 """
