@@ -64,16 +64,15 @@ class ScriptStore:
             ).fetchone()
         return None if row is None else str(row[0])
 
-    def extend(self, keys: str | Collection[str], seconds: float) -> None:
+    def extend(self, keys: Collection[str], seconds: float) -> None:
         """Keep live scripts at least `seconds` more (never shortens a life), in one transaction."""
         now = self._clock()
-        wanted = [keys] if isinstance(keys, str) else list(keys)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.executemany(
                     "UPDATE scripts SET expires_at = MAX(expires_at, ?) WHERE key = ? AND expires_at > ?",
-                    [(now + seconds, key, now) for key in wanted],
+                    [(now + seconds, key, now) for key in keys],
                 )
             except BaseException:
                 self._db.execute("ROLLBACK")

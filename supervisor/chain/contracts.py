@@ -8,7 +8,7 @@ for each extension's selector in the contract's dispatcher, so a deployment with
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -468,8 +468,9 @@ class ProtocolContracts:
         """Up to `count` jobs in one transaction, where the deployment can (else one job)."""
         if count == 1 or not self.claims_in_batches:
             return self.claim_next_job()
-        call = self._tx(self.meta_scheduler, "claimNextJobs", [count], "claim_next_job")
-        return TxCall(call.to, call.data, call.kind, claims=count)
+        return replace(
+            self._tx(self.meta_scheduler, "claimNextJobs", [count], "claim_next_job"), claims=count
+        )
 
     def claim_next_cancelling_job(self) -> TxCall:
         return self._tx(self.meta_scheduler, "claimNextCancellingJob", [], "claim_next_cancelling_job")

@@ -70,7 +70,9 @@ async def test_the_cycle_leaves_a_claim_to_the_lane_only_while_the_lane_runs(tmp
     try:
         await asyncio.sleep(0)
         assert submitter.pending(JOB), "the running lane has it: the cycle leaves it alone"
+        deadline = time.monotonic() + 10
         while submitter.pending(JOB):  # Slurm said no at its last look: the lane hands it back
+            assert time.monotonic() < deadline, "the lane kept the claim"
             await asyncio.sleep(0.01)
         record = store.get_job(JOB)
         assert record is not None and record.submit_intent_at is None and fresh_claim(record)

@@ -77,7 +77,7 @@ class CountingStore(ScriptStore):
 
     extensions = 0
 
-    def extend(self, keys: str | Collection[str], seconds: float) -> None:
+    def extend(self, keys: Collection[str], seconds: float) -> None:
         self.extensions += 1
         super().extend(keys, seconds)
 

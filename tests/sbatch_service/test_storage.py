@@ -35,12 +35,12 @@ def test_scripts_expire_and_extend_only_while_alive(tmp_path: Path) -> None:
     key = store.put("a", ttl_seconds=10)
     clock.now += 9
     assert store.get(key) == "a"
-    store.extend(key, 100)
+    store.extend([key], 100)
     clock.now += 50
     assert store.get(key) == "a"
     clock.now += 51
     assert store.get(key) is None
-    store.extend(key, 1000)
+    store.extend([key], 1000)
     assert store.get(key) is None, "an expired script is not brought back"
     assert store.purge_expired() == 1
     store.close()
