@@ -8,11 +8,17 @@ where the MetaScheduler has `claimNextJobs` (else one `claimNextJob` each): jobs
 yet running in Slurm), claims queued or sent, and claims mined whose `ClaimJobEvent` the follower has
 not read yet all take a place, a batch by its size. Never more than the queue holds beyond the claims
 already on their way, so a burst causes no `NoJob()` revert.
+
+The work cycle's round looks at the queues only when they may have changed: a block was read since
+the last look (a customer's cancellation or top-up of a running job emits no event; it is in a
+block), the last look found one not empty, or `QUEUE_LOOK_S` went by. An idle daemon then asks the
+chain nothing about its queues each cycle.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import structlog
@@ -29,6 +35,8 @@ from supervisor.store import JobRecord, Store
 log = structlog.get_logger("supervisor")
 
 CLAIM_KIND = "claim_next_job"
+#: The longest the work cycle goes without looking at the queues, however quiet the chain.
+QUEUE_LOOK_S = 10.0
 
 
 class Claimer:
@@ -56,6 +64,8 @@ class Claimer:
         self.provider = sender.address
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
+        #: (the follower's last block, time.monotonic(), whether a queue held jobs) at the last look.
+        self._last_look: tuple[int | None, float, bool] | None = None
 
     def hint(self) -> None:
         """A job was meta-scheduled somewhere (or the daemon stops): look at the queues now."""
@@ -70,18 +80,33 @@ class Claimer:
             if query is not None:  # Slurm answered at the last look: it can take jobs
                 await self.round(query)
 
-    async def round(self, query: QueryResult | None) -> None:
+    async def round(self, query: QueryResult | None, *, periodic: bool = False) -> None:
         """Claims within the bound, then the cancellation and top-up queues; one round at a time
-        (the work lane and the claimer lane both claim), so two never count the same room twice."""
+        (the work lane and the claimer lane both claim), so two never count the same room twice.
+        `periodic` (the work cycle's): only when the queues may have changed since the last look."""
         if not self.allowed():
             return
         async with self._lock:
+            block = self.follower.health.last_block
+            if periodic and not self._worth_a_look(block):
+                return
             try:
                 queues = await self.contracts.provider_queues(self.provider)
+                self._last_look = (
+                    block,
+                    time.monotonic(),
+                    queues.claimable or queues.cancelling or queues.top_up,
+                )
                 await self._claim(query, queues.claimable)
                 self._claim_queues(queues)
             except Exception as exc:  # the reports of the work lane must not wait for a failed claim
                 log.warning("claiming failed, will retry", error=describe(exc))
+
+    def _worth_a_look(self, block: int | None) -> bool:
+        if self._last_look is None:
+            return True
+        looked_at_block, looked_at, not_empty = self._last_look
+        return not_empty or block != looked_at_block or time.monotonic() - looked_at >= QUEUE_LOOK_S
 
     def occupied(self, query: QueryResult | None) -> int:
         """Places of `policy.max_queued_jobs` this deployment takes: jobs held and claims in flight."""

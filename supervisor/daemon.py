@@ -20,7 +20,10 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
 
 import structlog
@@ -87,6 +90,39 @@ SETTLE_WINDOW_S = 5.0
 SETTLING_STATES = frozenset({"CONFIGURING", "COMPLETING"})
 
 
+@dataclass(frozen=True)
+class OpenJobs:
+    """The open jobs as the store holds them, with their Slurm names and what the Slurm query asks,
+    derived once per change: with thousands of jobs open, a cycle in which no record changed derives
+    nothing again (the store hands back the same records)."""
+
+    jobs: list[JobRecord]
+    names: list[str]  # each job's Slurm name, in the order of `jobs`
+    regular: frozenset[str]  # the names asked for together: all but the re-claimed jobs'
+    slurm_ids: Mapping[str, int]  # the regular names with a Slurm id
+    regular_since: datetime | None
+    reclaimed: list[tuple[JobRecord, str]]  # each asked for with a later bound of its own
+
+    @classmethod
+    def of(cls, jobs: list[JobRecord], name: Callable[[JobRecord], str]) -> OpenJobs:
+        names = [name(job) for job in jobs]
+        regular = [(job, n) for job, n in zip(jobs, names, strict=True) if not reclaimed(job)]
+        return cls(
+            jobs=jobs,
+            names=names,
+            regular=frozenset(n for _, n in regular),
+            slurm_ids=MappingProxyType(
+                {n: job.slurm_job_id for job, n in regular if job.slurm_job_id is not None}
+            ),
+            regular_since=since([job for job, _ in regular]),
+            reclaimed=[(job, n) for job, n in zip(jobs, names, strict=True) if reclaimed(job)],
+        )
+
+    def holds(self, jobs: list[JobRecord]) -> bool:
+        """Whether these are the very records this was derived from."""
+        return len(jobs) == len(self.jobs) and all(a is b for a, b in zip(jobs, self.jobs, strict=True))
+
+
 class LaneCrashed(RuntimeError):
     """A lane of the daemon raised: the daemon stopped (systemd restarts it; the store resumes)."""
 
@@ -143,7 +179,8 @@ class Daemon:
         self._actions: JobActions | None = None
         self._submitter: Submitter | None = None
         self._claimer: Claimer | None = None
-        self._observed: dict[str, ObservedJob] = {}
+        self._observed: Mapping[str, ObservedJob] = {}
+        self._open: OpenJobs | None = None
         #: Jobs found quiet at the last cycle, with the inputs they were found quiet with.
         self._quiet: dict[str, tuple[JobRecord, ObservedJob]] = {}
         self._last_reconcile = 0.0
@@ -487,18 +524,20 @@ class Daemon:
 
     async def cycle(self) -> None:
         """One pass: claim, then look at every open job and act on what it needs."""
-        jobs = self.store.open_jobs()
-        query = await self._query_slurm(jobs)
-        if query is not None and self._record_slurm_ids(jobs, query):
-            jobs = self.store.open_jobs()
-        reconciled = await self._reconciled(jobs)
+        open_jobs = self._open_jobs()
+        query = await self._query_slurm(open_jobs)
+        if query is not None and self._record_slurm_ids(open_jobs, query):
+            open_jobs = self._open_jobs()
+        reconciled = await self._reconciled(open_jobs)
         if reconciled is None:
             return
-        jobs = reconciled
-        # The claimer lane answers hints at once; the cycle claims too (one cheap look when there is
-        # nothing to take), which also keeps the watchdog honest: a chain that hangs holds the cycle.
+        open_jobs = reconciled
+        jobs = open_jobs.jobs
+        # The claimer lane answers hints at once; the cycle claims too when the queues may have
+        # changed (see Claimer), which also keeps the watchdog honest: a chain that hangs holds the
+        # cycle within QUEUE_LOOK_S.
         assert self._claimer is not None
-        await self._claimer.round(query)
+        await self._claimer.round(query, periodic=True)
         actions = self._actions
         assert actions is not None
         if query is not None:
@@ -515,7 +554,7 @@ class Daemon:
                     except Exception as exc:
                         log.exception("acting on the job failed, will retry", error=describe(exc))
 
-        await asyncio.gather(*(act(*work) for work in self._work_to_do(jobs, query)))
+        await asyncio.gather(*(act(*work) for work in self._work_to_do(open_jobs, query)))
         if time.monotonic() - self._last_reconcile > self.config.policy.reconcile_interval_seconds:
             await actions.refresh_delegation(jobs)
             self._last_reconcile = time.monotonic()
@@ -558,12 +597,18 @@ class Daemon:
         if jobs or actions:
             log.info("state file pruned", jobs_forgotten=jobs, chain_writes_forgotten=actions)
 
-    async def _query_slurm(self, jobs: list[JobRecord]) -> QueryResult | None:
+    def _open_jobs(self) -> OpenJobs:
+        jobs = self.store.open_jobs()
+        if self._open is None or not self._open.holds(jobs):
+            self._open = OpenJobs.of(jobs, self.slurm_name)
+        return self._open
+
+    async def _query_slurm(self, open_jobs: OpenJobs) -> QueryResult | None:
         assert self._slurm is not None
         asked_at = time.monotonic()
         try:
-            if jobs:
-                result = await self._query_in_groups(jobs)
+            if open_jobs.jobs:
+                result = await self._query_in_groups(open_jobs)
             else:
                 # Nothing to look up: ask Slurm for the partition instead, so that no job is claimed
                 # while Slurm cannot take it.
@@ -581,7 +626,7 @@ class Daemon:
             log.info("Slurm answers again")
         self.health.slurm_ok = True
         self.health.problems.pop("slurm", None)
-        self._observed = dict(result.jobs)
+        self._observed = result.jobs
         self._last_query, self._query_asked_at = result, asked_at
         if time.monotonic() < self._settle_until and any(
             seen.state in SETTLING_STATES for seen in result.jobs.values()
@@ -589,22 +634,20 @@ class Daemon:
             asyncio.get_running_loop().call_later(SETTLE_INTERVAL_S, self._wake.set)
         return result
 
-    async def _query_in_groups(self, jobs: list[JobRecord]) -> QueryResult:
+    async def _query_in_groups(self, open_jobs: OpenJobs) -> QueryResult:
         """One query for all jobs, except re-claimed ones: each of those has a later bound of its own."""
         assert self._slurm is not None
-        regular = [job for job in jobs if not reclaimed(job)]
         results = []
-        if regular:
-            names = [self.slurm_name(job) for job in regular]
-            slurm_ids = {
-                name: job.slurm_job_id
-                for name, job in zip(names, regular, strict=True)
-                if job.slurm_job_id is not None
-            }
-            results.append(await self._slurm.query(names, since=since(regular), slurm_ids=slurm_ids))
-        for job in jobs:
-            if reclaimed(job):
-                results.append(await self._slurm.query([self.slurm_name(job)], since=since([job])))
+        if open_jobs.regular:
+            results.append(
+                await self._slurm.query(
+                    open_jobs.regular, since=open_jobs.regular_since, slurm_ids=open_jobs.slurm_ids
+                )
+            )
+        for job, name in open_jobs.reclaimed:
+            results.append(await self._slurm.query([name], since=since([job])))
+        if len(results) == 1:
+            return results[0]
         return QueryResult(
             jobs={name: seen for result in results for name, seen in result.jobs.items()},
             not_found=frozenset().union(*(result.not_found for result in results)),
@@ -612,17 +655,18 @@ class Daemon:
             accounting_available=all(result.accounting_available for result in results),
         )
 
-    def _record_slurm_ids(self, jobs: list[JobRecord], query: QueryResult) -> bool:
+    def _record_slurm_ids(self, open_jobs: OpenJobs, query: QueryResult) -> bool:
         """Keep the Slurm id of each job Slurm showed; True when one changed."""
         changed = False
-        for job in jobs:
-            seen = query.get(self.slurm_name(job))
+        observed = query.jobs
+        for job, name in zip(open_jobs.jobs, open_jobs.names, strict=True):
+            seen = observed.get(name)
             if seen is not None and job.slurm_job_id != seen.slurm_job_id:
                 self.store.update_job(job.job_id, slurm_job_id=seen.slurm_job_id)
                 changed = True
         return changed
 
-    async def _reconciled(self, jobs: list[JobRecord]) -> list[JobRecord] | None:
+    async def _reconciled(self, open_jobs: OpenJobs) -> OpenJobs | None:
         """The open jobs, whose chain status and provider the follower keeps from the chain's events.
 
         Every `reconcile_interval_seconds` the reconciler reads a slice of them on chain (one call
@@ -631,6 +675,7 @@ class Daemon:
         however many jobs are open; None when that read finds the chain unreachable.
         """
         if time.monotonic() - self._last_chain_read >= self.config.policy.reconcile_interval_seconds:
+            jobs = open_jobs.jobs
             open_ids = {job.job_id for job in jobs}
             self._chain_read_at = {k: v for k, v in self._chain_read_at.items() if k in open_ids}
             due = set(reconcile_slice([job.job_id for job in jobs], self._chain_read_at, RECONCILE_SLICE))
@@ -638,8 +683,8 @@ class Daemon:
                 return None
             self._last_chain_read = time.monotonic()
             self._chain_read_at.update(dict.fromkeys(due, self._last_chain_read))
-            jobs = self.store.open_jobs()
-        return jobs
+            return self._open_jobs()
+        return open_jobs
 
     async def _read_chain_statuses(self, jobs: list[JobRecord]) -> bool:
         assert self._contracts is not None
@@ -713,7 +758,7 @@ class Daemon:
         )
 
     def _work_to_do(
-        self, jobs: list[JobRecord], query: QueryResult | None
+        self, open_jobs: OpenJobs, query: QueryResult | None
     ) -> list[tuple[JobRecord, JobSituation, list[Action]]]:
         """The jobs this cycle acts on, with their situation and what was decided for them.
 
@@ -727,10 +772,10 @@ class Daemon:
         was_quiet = self._quiet
         lane = self._submitter
         observed = None if query is None else query.jobs
-        for job in jobs:
+        for job, name in zip(open_jobs.jobs, open_jobs.names, strict=True):
             if lane is not None and lane.pending(job.job_id):
                 continue
-            seen = None if observed is None else observed.get(self.slurm_name(job))
+            seen = None if observed is None else observed.get(name)
             inputs = None if seen is None else (job, seen)
             if inputs is not None and was_quiet.get(job.job_id) == inputs:
                 quiet[job.job_id] = inputs

@@ -142,6 +142,7 @@ class CommandSlurmBackend:
     _accounting: bool | None = None
     _unknown_states: set[tuple[int, str]] = field(default_factory=set)
     _listing_memo: parsing.ListingMemo = field(default_factory=parsing.ListingMemo)
+    _wanted_memo: tuple[frozenset[str], Mapping[str, int], dict[int, str], list[str]] | None = None
 
     async def _run(
         self,
@@ -305,8 +306,7 @@ class CommandSlurmBackend:
     ) -> list[ObservedJob]:
         """The wanted jobs Slurm's controller has: matched by Slurm id in the listing of every job
         where the id is known, else asked for by name."""
-        by_id = {slurm_ids[name]: name for name in wanted if name in slurm_ids}
-        by_name = sorted(wanted - slurm_ids.keys())
+        by_id, by_name = self._split_wanted(wanted, slurm_ids)
         listed: list[ObservedJob] = []
         if by_id:
             answer = await self._run(commands.squeue_argv(), env=commands.TIME_FORMAT_ENV)
@@ -318,6 +318,19 @@ class CommandSlurmBackend:
             answer = await self._run(commands.squeue_argv(names=chunk), env=commands.TIME_FORMAT_ENV)
             listed += parsing.parse_squeue(answer.stdout, now=now, names=set(chunk), submitted_after=since)
         return listed
+
+    def _split_wanted(
+        self, wanted: frozenset[str], slurm_ids: Mapping[str, int]
+    ) -> tuple[dict[int, str], list[str]]:
+        """(Slurm id -> name of the names with an id, the other names): the same for the same two
+        objects, which a caller asking again for an unchanged set of jobs passes again."""
+        memo = self._wanted_memo
+        if memo is not None and memo[0] is wanted and memo[1] is slurm_ids:
+            return memo[2], memo[3]
+        by_id = {slurm_ids[name]: name for name in wanted if name in slurm_ids}
+        by_name = sorted(wanted - slurm_ids.keys())
+        self._wanted_memo = (wanted, slurm_ids, by_id, by_name)
+        return by_id, by_name
 
     async def _ended_from_json(
         self, ended: dict[int, ObservedJob], now: datetime, since: datetime | None

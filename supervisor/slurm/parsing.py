@@ -379,6 +379,9 @@ class ListingMemo:
     the same job is the same object from one poll to the next."""
 
     jobs: dict[str, tuple[datetime | None, ObservedJob]] = field(default_factory=dict)
+    #: The same jobs by their whole line, with their key: a line printed again as it was is matched
+    #: without being split.
+    lines: dict[str, tuple[str, tuple[datetime | None, ObservedJob]]] = field(default_factory=dict)
 
 
 def parse_squeue(
@@ -402,8 +405,23 @@ def parse_squeue(
     count = len(SQUEUE_FIELDS) - (0 if slurm_ids is None else 1)
     observed = []
     known = memo.jobs if memo is not None else {}
+    known_lines = memo.lines if memo is not None else {}
     kept: dict[str, tuple[datetime | None, ObservedJob]] = {}
+    kept_lines: dict[str, tuple[str, tuple[datetime | None, ObservedJob]]] = {}
     for line in text.splitlines():
+        same = known_lines.get(line)
+        if same is not None:
+            key, (submitted, job) = same
+            wanted = (
+                slurm_ids.get(job.slurm_job_id) == job.name
+                if slurm_ids is not None
+                else names is None or job.name in names
+            )
+            if wanted:
+                kept[key], kept_lines[line] = same[1], same
+                if submitted_after is None or submitted is None or submitted >= submitted_after:
+                    observed.append(job)
+                continue
         if not line.strip():
             continue
         fields = line.split(FIELD_SEPARATOR, count - 1)
@@ -431,7 +449,7 @@ def parse_squeue(
         )
         hit = known.get(key)
         if hit is not None and hit[1].name == name:
-            kept[key] = hit
+            kept[key], kept_lines[line] = hit, (key, hit)
             if submitted_after is None or hit[0] is None or hit[0] >= submitted_after:
                 observed.append(hit[1])
             continue
@@ -462,8 +480,9 @@ def parse_squeue(
         observed.append(job)
         if start is None or (state in FINAL_STATES and end is not None):
             kept[key] = (submitted, job)
+            kept_lines[line] = (key, kept[key])
     if memo is not None:
-        memo.jobs = kept
+        memo.jobs, memo.lines = kept, kept_lines
     return observed
 
 

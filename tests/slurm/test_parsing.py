@@ -471,6 +471,11 @@ def test_a_listing_memo_reads_unchanged_waiting_lines_once_and_running_ones_ever
     )
     (moved,) = parse_squeue(forecast, now=later, slurm_ids=ids, memo=memo)
     assert moved is first["0xpending"] and moved.start_time is None, "a new start forecast is not a change"
+    assert parse_squeue(forecast, now=later, slurm_ids=ids, memo=memo) == [moved], "the same line again"
+    assert parse_squeue(forecast, now=later, slurm_ids={32: "0xrunning"}, memo=memo) == [], "no longer wanted"
+    assert parse_squeue(forecast, now=later, slurm_ids=ids, memo=memo)[0] is not moved, (
+        "forgotten when unwanted"
+    )
     held = pending.replace("Priority", "JobHeldUser")
     (changed,) = parse_squeue(held, now=later, slurm_ids=ids, memo=memo)
     assert changed.reason == "JobHeldUser" and len(memo.jobs) == 1, "the memo holds this poll's jobs"
