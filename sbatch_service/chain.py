@@ -2,12 +2,15 @@
 
 Every fetch of a script reads its job, so a read is one `eth_call` with calldata built once and its
 answer decoded straight from the ABI: web3's contract-call machinery (and its validation middleware,
-which asks the node for its chain id before each call) cost several times the call itself.
+which asks the node for its chain id before each call) cost several times the call itself. Several
+jobs (GetSBatches) are one JSON-RPC batch of those calls.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from eth_utils.abi import collapse_if_tuple, function_abi_to_4byte_selector
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
@@ -16,6 +19,10 @@ from web3.exceptions import ContractLogicError
 
 from grid_protocol.abi import ABI_DIR, load_abi
 from grid_protocol.jobs import Job
+
+T = TypeVar("T")
+#: JSON-RPC error code of a call that reverted (EIP-1474), as anvil and geth answer it.
+REVERTED = 3
 
 
 class ChainUnavailable(RuntimeError):
@@ -53,6 +60,56 @@ class JobReader:
         return self._repository_address
 
     async def job(self, job_id: bytes) -> Job:
+        async def read() -> Job:
+            repository = await self._repository()
+            try:
+                answer = await self._w3.eth.call({"to": repository, "data": self._get_selector + job_id})
+            except ContractLogicError as error:
+                raise JobNotOnChain(f"no job 0x{job_id.hex()} on chain") from error
+            return self._decode(answer)
+
+        return await self._retried(read, f"cannot read job 0x{job_id.hex()}")
+
+    async def jobs(self, job_ids: list[bytes]) -> list[Job | JobNotOnChain]:
+        """The jobs in the order asked, in one JSON-RPC batch; a job the chain has not is its error."""
+
+        async def read() -> list[Job | JobNotOnChain]:
+            repository = await self._repository()
+            calls = [
+                (
+                    "eth_call",
+                    [{"to": repository, "data": "0x" + (self._get_selector + job_id).hex()}, "latest"],
+                )
+                for job_id in job_ids
+            ]
+            answers: Any = await self._w3.provider.make_batch_request(calls)  # type: ignore[arg-type]
+            if not isinstance(answers, list) or len(answers) != len(job_ids):
+                raise ChainUnavailable(f"the node answered {len(job_ids)} calls with {answers!r:.200}")
+            if all(isinstance(a, dict) and "id" in a for a in answers):
+                answers = sorted(answers, key=lambda a: int(a.get("id") or 0))
+            return [self._answer(job_id, answer) for job_id, answer in zip(job_ids, answers, strict=True)]
+
+        return await self._retried(read, f"cannot read {len(job_ids)} jobs")
+
+    def _answer(self, job_id: bytes, answer: Any) -> Job | JobNotOnChain:
+        error = answer.get("error") if isinstance(answer, dict) else "not an object"
+        if isinstance(error, dict) and (
+            error.get("code") == REVERTED or "revert" in str(error.get("message", "")).lower()
+        ):
+            return JobNotOnChain(f"no job 0x{job_id.hex()} on chain")
+        if error is not None or not isinstance(answer.get("result"), str):
+            raise ChainUnavailable(f"cannot read job 0x{job_id.hex()}: {error or answer!r:.200}")
+        try:
+            return self._decode(bytes.fromhex(answer["result"].removeprefix("0x")))
+        except ValueError as bad:  # eth_abi's decoding errors are ValueErrors
+            raise ChainUnavailable(f"cannot read job 0x{job_id.hex()}: {bad}") from None
+
+    def _decode(self, answer: bytes) -> Job:
+        (raw,) = self._w3.codec.decode(self._get_outputs, answer)
+        return Job.from_tuple(raw)
+
+    async def _retried(self, read: Callable[[], Awaitable[T]], what: str) -> T:
+        """`read()` again on a transient failure, then ChainUnavailable."""
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(3),
@@ -61,14 +118,10 @@ class JobReader:
                 reraise=True,
             ):
                 with attempt:
-                    repository = await self._repository()
-                    answer = await self._w3.eth.call({"to": repository, "data": self._get_selector + job_id})
-                    (raw,) = self._w3.codec.decode(self._get_outputs, answer)
+                    result: T = await read()
         except (OSError, TimeoutError) as error:
-            raise ChainUnavailable(f"cannot read job 0x{job_id.hex()}: {error}") from error
-        except ContractLogicError as error:
-            raise JobNotOnChain(f"no job 0x{job_id.hex()} on chain") from error
-        return Job.from_tuple(raw)
+            raise ChainUnavailable(f"{what}: {error}") from error
+        return result
 
     async def close(self) -> None:
         await self._w3.provider.disconnect()

@@ -11,6 +11,13 @@ GetSBatch checks, in order, and refuses with:
 - UNAVAILABLE: the chain cannot be read;
 - PERMISSION_DENIED: the key is not the job's on-chain `batchLocationHash`;
 - NOT_FOUND: no live script under the key.
+
+GetSBatches (an extension: DeepSquare's service has GetSBatch only) answers several jobs of one
+provider for one challenge: the request as a whole is refused INVALID_ARGUMENT (no jobs, more than
+MAX_SCRIPTS_PER_REQUEST, a job twice, a malformed provider address), UNAUTHENTICATED (the challenge or
+its signature, as above) or UNAVAILABLE (the chain cannot be read); past those, each job gets the
+answer GetSBatch would have given it alone, as a code and a message beside the others'. Its jobs are
+read from the chain in one request.
 """
 
 from __future__ import annotations
@@ -43,6 +50,11 @@ ADDRESS_BYTES = 20
 MAX_REQUEST_BYTES = 64 * 1024
 #: IPv6 clients are limited per /64: one host usually holds a whole one.
 IPV6_PREFIX = 64
+#: Jobs one GetSBatches request may ask for.
+MAX_SCRIPTS_PER_REQUEST = 64
+#: The scripts one GetSBatches answer carries at most, in bytes (the client's default limit for a
+#: message is 4 MiB); the jobs past it are answered RESOURCE_EXHAUSTED, to be asked for alone.
+MAX_ANSWER_BYTES = 3 * 1024 * 1024
 
 
 def peer_address(peer: str) -> str:
@@ -67,6 +79,10 @@ def peer_address(peer: str) -> str:
 
 class JobSource(Protocol):
     async def job(self, job_id: bytes) -> Job: ...
+
+    async def jobs(self, job_ids: list[bytes]) -> list[Job | JobNotOnChain]:
+        """The jobs in the order asked, in one request; raises ChainUnavailable."""
+        ...
 
 
 class Refusal(Exception):
@@ -115,41 +131,114 @@ class ScriptGate:
         self._extensions = GroupedExtensions(self.store, self.running_retention_seconds)
 
     async def fetch(self, request: sbatch_pb2.GetSBatchRequest) -> str:
-        if len(request.provider_address) != ADDRESS_BYTES or len(request.customer_address) != ADDRESS_BYTES:
-            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "addresses must be 20 raw bytes")
-        if not JOB_ID_PATTERN.fullmatch(request.job_id):
-            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "job_id must be 0x followed by 64 hex digits")
-        key = request.batch_location_hash
-        if not KEY_PATTERN.fullmatch(key):
-            raise Refusal(
-                grpc.StatusCode.INVALID_ARGUMENT, "batch_location_hash must be 64 lowercase hex digits"
-            )
-        provider = Web3.to_checksum_address(request.provider_address)
-        customer = Web3.to_checksum_address(request.customer_address)
-        # The nonce first: a challenge buys at most one signature recovery, whatever follows.
-        if not await asyncio.to_thread(self.nonces.consume, request.challenge):
-            raise Refusal(grpc.StatusCode.UNAUTHENTICATED, "unknown, used or expired challenge")
-        signer = recover_signer(request.challenge, request.signed_challenge)
-        if signer is None or signer != provider:
-            raise Refusal(grpc.StatusCode.UNAUTHENTICATED, "the challenge is not signed by provider_address")
+        wanted = _wanted(request.job_id, request.batch_location_hash, request.customer_address)
+        provider = _provider(request.provider_address)
+        await self._authenticate(request.challenge, request.signed_challenge, provider)
         try:
-            job = await self.jobs.job(bytes.fromhex(request.job_id[2:]))
+            job = await self.jobs.job(wanted.job_id)
         except ChainUnavailable as error:
             raise Refusal(grpc.StatusCode.UNAVAILABLE, str(error)) from None
         except JobNotOnChain as error:
             raise Refusal(grpc.StatusCode.UNAUTHENTICATED, str(error)) from None
-        if job.provider != provider or job.customer != customer:
+        return await self._script(wanted, provider, job)
+
+    async def fetch_many(self, request: sbatch_pb2.GetSBatchesRequest) -> list[str | Refusal]:
+        """Each job's script or refusal, in the order asked; a Refusal raised refuses the request."""
+        if not 0 < len(request.jobs) <= MAX_SCRIPTS_PER_REQUEST:
+            raise Refusal(
+                grpc.StatusCode.INVALID_ARGUMENT, f"ask for 1 to {MAX_SCRIPTS_PER_REQUEST} jobs at once"
+            )
+        if len({entry.job_id.lower() for entry in request.jobs}) != len(request.jobs):
+            raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "a job is asked for twice")
+        provider = _provider(request.provider_address)
+        answers: list[str | Refusal | None] = []
+        wanted: list[Wanted] = []
+        for entry in request.jobs:
+            try:
+                wanted.append(_wanted(entry.job_id, entry.batch_location_hash, entry.customer_address))
+                answers.append(None)
+            except Refusal as refusal:
+                answers.append(refusal)
+        await self._authenticate(request.challenge, request.signed_challenge, provider)
+        try:
+            jobs = await self.jobs.jobs([w.job_id for w in wanted]) if wanted else []
+        except ChainUnavailable as error:
+            raise Refusal(grpc.StatusCode.UNAVAILABLE, str(error)) from None
+        if len(jobs) != len(wanted):
+            raise Refusal(grpc.StatusCode.UNAVAILABLE, "the chain answered for another number of jobs")
+        outcomes = iter(
+            await asyncio.gather(
+                *(self._outcome(w, provider, job) for w, job in zip(wanted, jobs, strict=True))
+            )
+        )
+        served: list[str | Refusal] = []
+        size = 0
+        for answer in answers:
+            outcome = next(outcomes) if answer is None else answer
+            if isinstance(outcome, str):
+                size += len(outcome)
+                if size > MAX_ANSWER_BYTES:
+                    outcome = Refusal(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED, "answer full: ask for this job alone"
+                    )
+            served.append(outcome)
+        return served
+
+    async def _authenticate(self, challenge: bytes, signed: bytes, provider: str) -> None:
+        # The nonce first: a challenge buys at most one signature recovery, whatever follows.
+        if not await asyncio.to_thread(self.nonces.consume, challenge):
+            raise Refusal(grpc.StatusCode.UNAUTHENTICATED, "unknown, used or expired challenge")
+        signer = recover_signer(challenge, signed)
+        if signer is None or signer != provider:
+            raise Refusal(grpc.StatusCode.UNAUTHENTICATED, "the challenge is not signed by provider_address")
+
+    async def _outcome(self, wanted: Wanted, provider: str, job: Job | JobNotOnChain) -> str | Refusal:
+        if isinstance(job, JobNotOnChain):
+            return Refusal(grpc.StatusCode.UNAUTHENTICATED, str(job))
+        try:
+            return await self._script(wanted, provider, job)
+        except Refusal as refusal:
+            return refusal
+
+    async def _script(self, wanted: Wanted, provider: str, job: Job) -> str:
+        """The job's script for its provider, after the checks that need the job as the chain has it."""
+        if job.provider != provider or job.customer != wanted.customer:
             raise Refusal(
                 grpc.StatusCode.UNAUTHENTICATED, "the job does not belong to this provider and customer"
             )
-        if job.definition.batch_location_hash.lower() != key:
+        if job.definition.batch_location_hash.lower() != wanted.key:
             raise Refusal(grpc.StatusCode.PERMISSION_DENIED, "the key is not the job's batchLocationHash")
-        script = await asyncio.to_thread(self.store.get, key)
+        script = await asyncio.to_thread(self.store.get, wanted.key)
         if script is None:
             raise Refusal(grpc.StatusCode.NOT_FOUND, "no script under this key (unknown or expired)")
         if job.status.is_hot:
-            await self._extensions.extend(key)
+            await self._extensions.extend(wanted.key)
         return script
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """One job's part of a request, checked for form."""
+
+    job_id: bytes
+    key: str
+    customer: str
+
+
+def _wanted(job_id: str, key: str, customer: bytes) -> Wanted:
+    if len(customer) != ADDRESS_BYTES:
+        raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "addresses must be 20 raw bytes")
+    if not JOB_ID_PATTERN.fullmatch(job_id):
+        raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "job_id must be 0x followed by 64 hex digits")
+    if not KEY_PATTERN.fullmatch(key):
+        raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "batch_location_hash must be 64 lowercase hex digits")
+    return Wanted(bytes.fromhex(job_id[2:]), key, Web3.to_checksum_address(customer))
+
+
+def _provider(address: bytes) -> str:
+    if len(address) != ADDRESS_BYTES:
+        raise Refusal(grpc.StatusCode.INVALID_ARGUMENT, "addresses must be 20 raw bytes")
+    return Web3.to_checksum_address(address)
 
 
 class AuthServicer(sbatch_pb2_grpc.AuthAPIServicer):
@@ -186,6 +275,31 @@ class SBatchServicer(sbatch_pb2_grpc.SBatchAPIServicer):
             raise AssertionError("unreachable: abort raises") from None
         log.info("script served", job_id=request.job_id, key=request.batch_location_hash)
         return sbatch_pb2.GetSBatchResponse(sbatch=script, grid_logger_url=self._logger_url)
+
+    async def GetSBatches(
+        self, request: sbatch_pb2.GetSBatchesRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> sbatch_pb2.GetSBatchesResponse:
+        try:
+            outcomes = await self._gate.fetch_many(request)
+        except Refusal as refusal:
+            reason = redact_text(refusal.message)
+            log.info("scripts refused", jobs=len(request.jobs), code=refusal.code.name, reason=reason)
+            await context.abort(refusal.code, reason)
+            raise AssertionError("unreachable: abort raises") from None
+        answers = []
+        for entry, outcome in zip(request.jobs, outcomes, strict=True):
+            if isinstance(outcome, Refusal):
+                reason = redact_text(outcome.message)
+                log.info("script refused", job_id=entry.job_id, code=outcome.code.name, reason=reason)
+                answers.append(
+                    sbatch_pb2.SBatchAnswer(job_id=entry.job_id, code=outcome.code.value[0], message=reason)
+                )
+            else:
+                log.info("script served", job_id=entry.job_id, key=entry.batch_location_hash)
+                answers.append(sbatch_pb2.SBatchAnswer(job_id=entry.job_id, sbatch=outcome))
+        served = sum(1 for outcome in outcomes if isinstance(outcome, str))
+        log.info("scripts answered", jobs=len(answers), served=served)
+        return sbatch_pb2.GetSBatchesResponse(answers=answers, grid_logger_url=self._logger_url)
 
 
 async def start_grpc_server(

@@ -31,7 +31,7 @@ from supervisor.core.policy import Node, Resources, label_problem, refusal_reaso
 from supervisor.faults import crash_point
 from supervisor.intake import SINCE_MARGIN_S
 from supervisor.job_logging import job_log_environment, with_job_environment
-from supervisor.sbatch.client import SbatchClient, SbatchServiceUnavailable, ScriptRefused
+from supervisor.sbatch.client import FetchedScript, SbatchClient, ScriptError, ScriptRefused, WantedScript
 from supervisor.slurm.backend import SlurmBackend
 from supervisor.slurm.errors import JobAlreadySubmitted, SlurmError, SlurmUnavailable
 from supervisor.slurm.job_folders import job_folder, output_file
@@ -221,18 +221,40 @@ class JobActions:
         self.submitted([(prepared, await self.to_slurm(prepared))])
 
     async def submit_many(self, jobs: list[JobRecord]) -> None:
-        """`submit` for fresh claims side by side, with one durable write for all their intents and
-        one for all their Slurm ids (a burst's submissions share their fsyncs)."""
+        """`submit` for fresh claims side by side: their scripts asked for together, one durable
+        write for all their intents and one for all their Slurm ids (a burst's submissions share
+        their fsyncs and their challenge)."""
 
-        async def prepare(job: JobRecord) -> PreparedSubmission | None:
+        async def admit(job: JobRecord) -> Resources | None:
             with structlog.contextvars.bound_contextvars(job_id=job.job_id):
                 try:
-                    return await self.prepare(job)
+                    return await self.admit(job)
                 except Exception as exc:  # this job waits for the work cycle; the others go on
                     log.exception("preparing the submission failed, will retry", error=describe(exc))
                     return None
 
-        ready = [p for p in await asyncio.gather(*(prepare(job) for job in jobs)) if p is not None]
+        admitted = [(job, resources) for job in jobs if (resources := await admit(job)) is not None]
+        if not admitted:
+            return
+        scripts = await self.sbatch.fetch_many(
+            [
+                WantedScript(
+                    job.job_id, job.customer or "", str((job.definition or {}).get("batchLocationHash", ""))
+                )
+                for job, _ in admitted
+            ]
+        )
+
+        def prepare(job: JobRecord, resources: Resources) -> PreparedSubmission | None:
+            with structlog.contextvars.bound_contextvars(job_id=job.job_id):
+                try:
+                    fetched = self._script_or_none(job, scripts[job.job_id])
+                    return None if fetched is None else self.finish(job, resources, fetched)
+                except Exception as exc:  # this job waits for the work cycle; the others go on
+                    log.exception("preparing the submission failed, will retry", error=describe(exc))
+                    return None
+
+        ready = [p for job, resources in admitted if (p := prepare(job, resources)) is not None]
         if not ready:
             return
         self.begin(ready)
@@ -251,11 +273,45 @@ class JobActions:
     async def prepare(self, job: JobRecord) -> PreparedSubmission | None:
         """The job's admission and script, made into a Slurm submission; None when it was refused,
         failed, or must wait (the sbatch service or Slurm cannot answer now)."""
+        resources = await self.admit(job)
+        if resources is None:
+            return None
+        # The claim event carried the definition and the customer: no read of the job on chain here.
+        key = str((job.definition or {}).get("batchLocationHash", ""))
+        try:
+            outcome: FetchedScript | ScriptError = await self.sbatch.fetch(
+                job.job_id, job.customer or "", key
+            )
+        except ScriptError as error:
+            outcome = error
+        fetched = self._script_or_none(job, outcome)
+        return None if fetched is None else self.finish(job, resources, fetched)
+
+    async def admit(self, job: JobRecord) -> Resources | None:
+        """What the job asks of the cluster, when this provider can run it; else None (it was
+        refused or failed, or the partition cannot be described yet)."""
         definition = job.definition or {}
-        customer = job.customer or ""
         if not job.max_duration_minute:
             self.fail(job, "the locked credits buy less than one minute on this provider")
             return None
+        nodes = await self._nodes()
+        if nodes is None:
+            return None
+        resources = Resources(
+            ntasks=int(definition.get("ntasks", 0)),
+            cpus_per_task=int(definition.get("cpusPerTask", 0)),
+            mem_per_cpu_mb=int(definition.get("memPerCpu", 0)),
+            gpus=int(definition.get("gpus", 0)),
+        )
+        reason = label_problem(definition) or refusal_reason(
+            resources, job.customer or "", nodes, denied_customers=self.config.policy.denied_customers
+        )
+        if reason is not None:
+            self.refuse(job, reason)
+            return None
+        return resources
+
+    async def _nodes(self) -> list[Node] | None:
         if self.partition.hardware is None:
             try:
                 await self.partition.describe()
@@ -263,35 +319,32 @@ class JobActions:
                 log.error("cannot describe the partition yet: submission waits", error=str(exc))
                 return None
         assert self.partition.hardware is not None
-        resources = Resources(
-            ntasks=int(definition.get("ntasks", 0)),
-            cpus_per_task=int(definition.get("cpusPerTask", 0)),
-            mem_per_cpu_mb=int(definition.get("memPerCpu", 0)),
-            gpus=int(definition.get("gpus", 0)),
-        )
-        nodes = [Node(n.cpus, n.memory_mb, n.gpus) for n in self.partition.hardware.nodes]
-        policy = self.config.policy
-        reason = label_problem(definition) or refusal_reason(
-            resources, customer, nodes, denied_customers=policy.denied_customers
-        )
-        if reason is not None:
-            self.refuse(job, reason)
+        return [Node(n.cpus, n.memory_mb, n.gpus) for n in self.partition.hardware.nodes]
+
+    def _script_or_none(self, job: JobRecord, outcome: FetchedScript | ScriptError) -> FetchedScript | None:
+        """The script fetched; else the job fails (a refusal, a script not matching its key) or waits
+        (the service cannot answer now), and None."""
+        if isinstance(outcome, ScriptRefused):
+            self.fail(job, f"batch script unusable: {outcome}")
             return None
-        # The claim event carried the definition and the customer: no read of the job on chain here.
-        key = str(definition.get("batchLocationHash", ""))
-        try:
-            fetched = await self.sbatch.fetch(job.job_id, customer, key)
-        except ScriptRefused as exc:
-            self.fail(job, f"batch script unusable: {exc}")
-            return None
-        except SbatchServiceUnavailable as exc:
+        if isinstance(outcome, ScriptError):
             if self.health.sbatch_ok:
-                log.error("sbatch service unavailable: submission waits", error=str(exc))
+                log.error("sbatch service unavailable: submission waits", error=str(outcome))
             self.health.sbatch_ok = False
-            self.health.problems["sbatch"] = str(exc)
+            self.health.problems["sbatch"] = str(outcome)
             return None
         self.health.sbatch_ok = True
         self.health.problems.pop("sbatch", None)
+        return outcome
+
+    def finish(
+        self, job: JobRecord, resources: Resources, fetched: FetchedScript
+    ) -> PreparedSubmission | None:
+        """The Slurm submission of an admitted job and its script; None when the script is refused."""
+        customer = job.customer or ""
+        policy = self.config.policy
+        assert self.partition.hardware is not None and job.max_duration_minute  # as admitted
+        nodes = [Node(n.cpus, n.memory_mb, n.gpus) for n in self.partition.hardware.nodes]
         reason = refusal_reason(
             resources, customer, nodes, denied_images=policy.denied_images, script=fetched.script
         )

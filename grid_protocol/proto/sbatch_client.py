@@ -24,6 +24,10 @@ class SBatchAPI(Protocol):
         self, request: sbatch_pb2.GetSBatchRequest, *, timeout: float | None = None
     ) -> sbatch_pb2.GetSBatchResponse: ...
 
+    def GetSBatches(
+        self, request: sbatch_pb2.GetSBatchesRequest, *, timeout: float | None = None
+    ) -> sbatch_pb2.GetSBatchesResponse: ...
+
 
 class AsyncAuthAPI(Protocol):
     def Challenge(
@@ -35,6 +39,10 @@ class AsyncSBatchAPI(Protocol):
     def GetSBatch(
         self, request: sbatch_pb2.GetSBatchRequest, *, timeout: float | None = None
     ) -> Awaitable[sbatch_pb2.GetSBatchResponse]: ...
+
+    def GetSBatches(
+        self, request: sbatch_pb2.GetSBatchesRequest, *, timeout: float | None = None
+    ) -> Awaitable[sbatch_pb2.GetSBatchesResponse]: ...
 
 
 def stubs(channel: grpc.Channel) -> tuple[AuthAPI, SBatchAPI]:

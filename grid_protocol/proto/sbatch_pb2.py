@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n grid_protocol/proto/sbatch.proto\x12\x12sbatchapi.v1alpha1\"\x12\n\x10\x43hallengeRequest\"&\n\x11\x43hallengeResponse\x12\x11\n\tchallenge\x18\x01 \x01(\x0c\"\xa0\x01\n\x10GetSBatchRequest\x12\x1b\n\x13\x62\x61tch_location_hash\x18\x01 \x01(\t\x12\x18\n\x10signed_challenge\x18\x02 \x01(\x0c\x12\x11\n\tchallenge\x18\x03 \x01(\x0c\x12\x18\n\x10provider_address\x18\x04 \x01(\x0c\x12\x18\n\x10\x63ustomer_address\x18\x05 \x01(\x0c\x12\x0e\n\x06job_id\x18\x06 \x01(\t\"<\n\x11GetSBatchResponse\x12\x0e\n\x06sbatch\x18\x01 \x01(\t\x12\x17\n\x0fgrid_logger_url\x18\x02 \x01(\t2c\n\x07\x41uthAPI\x12X\n\tChallenge\x12$.sbatchapi.v1alpha1.ChallengeRequest\x1a%.sbatchapi.v1alpha1.ChallengeResponse2e\n\tSBatchAPI\x12X\n\tGetSBatch\x12$.sbatchapi.v1alpha1.GetSBatchRequest\x1a%.sbatchapi.v1alpha1.GetSBatchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n grid_protocol/proto/sbatch.proto\x12\x12sbatchapi.v1alpha1\"\x12\n\x10\x43hallengeRequest\"&\n\x11\x43hallengeResponse\x12\x11\n\tchallenge\x18\x01 \x01(\x0c\"\xa0\x01\n\x10GetSBatchRequest\x12\x1b\n\x13\x62\x61tch_location_hash\x18\x01 \x01(\t\x12\x18\n\x10signed_challenge\x18\x02 \x01(\x0c\x12\x11\n\tchallenge\x18\x03 \x01(\x0c\x12\x18\n\x10provider_address\x18\x04 \x01(\x0c\x12\x18\n\x10\x63ustomer_address\x18\x05 \x01(\x0c\x12\x0e\n\x06job_id\x18\x06 \x01(\t\"<\n\x11GetSBatchResponse\x12\x0e\n\x06sbatch\x18\x01 \x01(\t\x12\x17\n\x0fgrid_logger_url\x18\x02 \x01(\t\"U\n\x0cWantedSBatch\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1b\n\x13\x62\x61tch_location_hash\x18\x02 \x01(\t\x12\x18\n\x10\x63ustomer_address\x18\x03 \x01(\x0c\"\x8b\x01\n\x12GetSBatchesRequest\x12.\n\x04jobs\x18\x01 \x03(\x0b\x32 .sbatchapi.v1alpha1.WantedSBatch\x12\x18\n\x10signed_challenge\x18\x02 \x01(\x0c\x12\x11\n\tchallenge\x18\x03 \x01(\x0c\x12\x18\n\x10provider_address\x18\x04 \x01(\x0c\"M\n\x0cSBatchAnswer\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06sbatch\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\"a\n\x13GetSBatchesResponse\x12\x31\n\x07\x61nswers\x18\x01 \x03(\x0b\x32 .sbatchapi.v1alpha1.SBatchAnswer\x12\x17\n\x0fgrid_logger_url\x18\x02 \x01(\t2c\n\x07\x41uthAPI\x12X\n\tChallenge\x12$.sbatchapi.v1alpha1.ChallengeRequest\x1a%.sbatchapi.v1alpha1.ChallengeResponse2\xc5\x01\n\tSBatchAPI\x12X\n\tGetSBatch\x12$.sbatchapi.v1alpha1.GetSBatchRequest\x1a%.sbatchapi.v1alpha1.GetSBatchResponse\x12^\n\x0bGetSBatches\x12&.sbatchapi.v1alpha1.GetSBatchesRequest\x1a\'.sbatchapi.v1alpha1.GetSBatchesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,8 +39,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSBATCHREQUEST']._serialized_end=277
   _globals['_GETSBATCHRESPONSE']._serialized_start=279
   _globals['_GETSBATCHRESPONSE']._serialized_end=339
-  _globals['_AUTHAPI']._serialized_start=341
-  _globals['_AUTHAPI']._serialized_end=440
-  _globals['_SBATCHAPI']._serialized_start=442
-  _globals['_SBATCHAPI']._serialized_end=543
+  _globals['_WANTEDSBATCH']._serialized_start=341
+  _globals['_WANTEDSBATCH']._serialized_end=426
+  _globals['_GETSBATCHESREQUEST']._serialized_start=429
+  _globals['_GETSBATCHESREQUEST']._serialized_end=568
+  _globals['_SBATCHANSWER']._serialized_start=570
+  _globals['_SBATCHANSWER']._serialized_end=647
+  _globals['_GETSBATCHESRESPONSE']._serialized_start=649
+  _globals['_GETSBATCHESRESPONSE']._serialized_end=746
+  _globals['_AUTHAPI']._serialized_start=748
+  _globals['_AUTHAPI']._serialized_end=847
+  _globals['_SBATCHAPI']._serialized_start=850
+  _globals['_SBATCHAPI']._serialized_end=1047
 # @@protoc_insertion_point(module_scope)

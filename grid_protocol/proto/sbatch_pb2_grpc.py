@@ -116,6 +116,11 @@ class SBatchAPIStub:
                 request_serializer=grid__protocol_dot_proto_dot_sbatch__pb2.GetSBatchRequest.SerializeToString,
                 response_deserializer=grid__protocol_dot_proto_dot_sbatch__pb2.GetSBatchResponse.FromString,
                 _registered_method=True)
+        self.GetSBatches = channel.unary_unary(
+                '/sbatchapi.v1alpha1.SBatchAPI/GetSBatches',
+                request_serializer=grid__protocol_dot_proto_dot_sbatch__pb2.GetSBatchesRequest.SerializeToString,
+                response_deserializer=grid__protocol_dot_proto_dot_sbatch__pb2.GetSBatchesResponse.FromString,
+                _registered_method=True)
 
 
 class SBatchAPIServicer:
@@ -128,6 +133,14 @@ class SBatchAPIServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSBatches(self, request, context):
+        """An extension of this service (DeepSquare's answers UNIMPLEMENTED): the scripts of several jobs of
+        one provider for one signed challenge, each answered or refused on its own.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SBatchAPIServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -135,6 +148,11 @@ def add_SBatchAPIServicer_to_server(servicer, server):
                     servicer.GetSBatch,
                     request_deserializer=grid__protocol_dot_proto_dot_sbatch__pb2.GetSBatchRequest.FromString,
                     response_serializer=grid__protocol_dot_proto_dot_sbatch__pb2.GetSBatchResponse.SerializeToString,
+            ),
+            'GetSBatches': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSBatches,
+                    request_deserializer=grid__protocol_dot_proto_dot_sbatch__pb2.GetSBatchesRequest.FromString,
+                    response_serializer=grid__protocol_dot_proto_dot_sbatch__pb2.GetSBatchesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -165,6 +183,33 @@ class SBatchAPI:
             '/sbatchapi.v1alpha1.SBatchAPI/GetSBatch',
             grid__protocol_dot_proto_dot_sbatch__pb2.GetSBatchRequest.SerializeToString,
             grid__protocol_dot_proto_dot_sbatch__pb2.GetSBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSBatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sbatchapi.v1alpha1.SBatchAPI/GetSBatches',
+            grid__protocol_dot_proto_dot_sbatch__pb2.GetSBatchesRequest.SerializeToString,
+            grid__protocol_dot_proto_dot_sbatch__pb2.GetSBatchesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -2,11 +2,15 @@
 
 The supervisor proves it is the job's provider by signing a fresh challenge with its key, and checks
 that the script it receives hashes to the key recorded on chain, so a tampered script never runs.
+Several jobs' scripts are asked for at once (GetSBatches, one challenge for them all) where the
+service has that extension; from a service that answers UNIMPLEMENTED, one job a call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +29,8 @@ log = structlog.get_logger("supervisor.sbatch")
 
 #: Fresh challenges tried before an UNAUTHENTICATED answer counts as a refusal.
 CHALLENGE_ATTEMPTS = 3
+#: Jobs asked for in one GetSBatches request (the service's bound).
+SCRIPTS_PER_REQUEST = 64
 
 # Refusals that will not change by asking again: the job fails with the reason on chain.
 _PERMANENT = {
@@ -58,6 +64,15 @@ class FetchedScript:
     grid_logger_url: str
 
 
+@dataclass(frozen=True)
+class WantedScript:
+    """One job's script to fetch: the job, its customer and its on-chain batchLocationHash."""
+
+    job_id: str
+    customer: str
+    batch_location_hash: str
+
+
 class SbatchClient:
     """One gRPC channel to the sbatch service, reused for every fetch.
 
@@ -81,6 +96,8 @@ class SbatchClient:
             client_tls = ClientTls()
         self._channel = aio_channel(target, client_tls)
         self._auth, self._sbatch = async_stubs(self._channel)
+        #: Whether the service has GetSBatches: unknown (None) until it answers one.
+        self._batches: bool | None = None
 
     @classmethod
     def from_settings(cls, settings: SbatchServiceSettings, signer: Signer) -> SbatchClient:
@@ -112,22 +129,102 @@ class SbatchClient:
                 ),
             )
         except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            if code in _PERMANENT:
-                raise ScriptRefused(f"{_PERMANENT[code]} ({exc.details()})") from None
-            raise SbatchServiceUnavailable(
-                f"sbatch service at {self._target}: {code.name} {exc.details() or ''}".strip()
-            ) from None
-        digest = hashlib.sha256(answer.sbatch.encode()).hexdigest()
-        if digest != batch_location_hash.lower():
-            raise ScriptRefused(
-                f"the script received hashes to {digest}, not to its key {batch_location_hash}"
+            raise self._error(exc.code(), exc.details()) from None
+        return _checked(answer.sbatch, answer.grid_logger_url, batch_location_hash)
+
+    async def fetch_many(self, wanted: Sequence[WantedScript]) -> dict[str, FetchedScript | ScriptError]:
+        """Each job's script, or why it cannot be had (by job id): SCRIPTS_PER_REQUEST to a request
+        where the service has GetSBatches, else `fetch` for each, side by side."""
+        outcomes: dict[str, FetchedScript | ScriptError] = {}
+        for start in range(0, len(wanted), SCRIPTS_PER_REQUEST):
+            chunk = wanted[start : start + SCRIPTS_PER_REQUEST]
+            answered = await self._fetch_chunk(chunk) if self._batches is not False else {}
+            alone = [w for w in chunk if w.job_id not in answered]
+            alone_outcomes = await asyncio.gather(*map(self._outcome, alone))
+            answered.update(zip((w.job_id for w in alone), alone_outcomes, strict=True))
+            outcomes.update(answered)
+        return outcomes
+
+    async def _outcome(self, wanted: WantedScript) -> FetchedScript | ScriptError:
+        try:
+            return await self.fetch(wanted.job_id, wanted.customer, wanted.batch_location_hash)
+        except ScriptError as error:
+            return error
+
+    async def _fetch_chunk(self, chunk: Sequence[WantedScript]) -> dict[str, FetchedScript | ScriptError]:
+        """One GetSBatches for the chunk; the jobs it leaves out are to be asked for alone (all of them
+        when the service has no GetSBatches or refuses the request's form)."""
+        try:
+            answer = await retry_call(
+                lambda: self._fetch_many_once(chunk),
+                retry=_challenge_refused,
+                attempts=CHALLENGE_ATTEMPTS,
+                initial_s=0.0,
+                max_s=0.0,
+                jitter_s=0.0,
             )
-        return FetchedScript(answer.sbatch, answer.grid_logger_url)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            if code == grpc.StatusCode.UNIMPLEMENTED:
+                if self._batches is None:
+                    log.info("the sbatch service has no GetSBatches: one job a call", target=self._target)
+                self._batches = False
+                return {}
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                log.warning("GetSBatches refused the request: one job a call", error=exc.details())
+                return {}
+            error = self._error(code, exc.details())
+            return {w.job_id: error for w in chunk}
+        self._batches = True
+        if len(answer.answers) != len(chunk) or any(
+            a.job_id != w.job_id for a, w in zip(answer.answers, chunk, strict=False)
+        ):
+            unusable = SbatchServiceUnavailable(
+                f"sbatch service at {self._target}: GetSBatches answered other jobs than those asked"
+            )
+            return {w.job_id: unusable for w in chunk}
+        outcomes: dict[str, FetchedScript | ScriptError] = {}
+        for w, one in zip(chunk, answer.answers, strict=True):
+            code = _status_code(one.code)
+            if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                continue  # the answer was full: asked for alone
+            try:
+                if code != grpc.StatusCode.OK:
+                    raise self._error(code, one.message)
+                outcomes[w.job_id] = _checked(one.sbatch, answer.grid_logger_url, w.batch_location_hash)
+            except ScriptError as error:
+                outcomes[w.job_id] = error
+        return outcomes
+
+    def _error(self, code: grpc.StatusCode | None, details: str | None) -> ScriptError:
+        if code in _PERMANENT:
+            return ScriptRefused(f"{_PERMANENT[code]} ({details})")
+        name = code.name if code is not None else "unknown status"
+        return SbatchServiceUnavailable(f"sbatch service at {self._target}: {name} {details or ''}".strip())
 
     async def _challenge(self) -> bytes:
         answer = await self._auth.Challenge(sbatch_pb2.ChallengeRequest(), timeout=self._timeout)
         return bytes(answer.challenge)
+
+    async def _fetch_many_once(self, chunk: Sequence[WantedScript]) -> sbatch_pb2.GetSBatchesResponse:
+        challenge = await self._challenge()
+        signature = self._signer.sign_message(challenge).signature
+        return await self._sbatch.GetSBatches(
+            sbatch_pb2.GetSBatchesRequest(
+                jobs=[
+                    sbatch_pb2.WantedSBatch(
+                        job_id=w.job_id,
+                        batch_location_hash=w.batch_location_hash,
+                        customer_address=bytes.fromhex(Web3.to_checksum_address(w.customer)[2:]),
+                    )
+                    for w in chunk
+                ],
+                signed_challenge=bytes(signature),
+                challenge=challenge,
+                provider_address=bytes.fromhex(self._signer.address[2:]),
+            ),
+            timeout=self._timeout,
+        )
 
     async def _fetch_once(self, job_id: str, customer: str, batch_location_hash: str) -> Any:
         challenge = await self._challenge()
@@ -143,3 +240,15 @@ class SbatchClient:
             ),
             timeout=self._timeout,
         )
+
+
+def _checked(script: str, grid_logger_url: str, batch_location_hash: str) -> FetchedScript:
+    digest = hashlib.sha256(script.encode()).hexdigest()
+    if digest != batch_location_hash.lower():
+        raise ScriptRefused(f"the script received hashes to {digest}, not to its key {batch_location_hash}")
+    return FetchedScript(script, grid_logger_url)
+
+
+def _status_code(value: int) -> grpc.StatusCode | None:
+    """The gRPC status of a number in an answer; None for one gRPC does not define."""
+    return next((code for code in grpc.StatusCode if code.value[0] == value), None)

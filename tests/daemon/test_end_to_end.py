@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -215,7 +216,7 @@ def test_refused_job_is_reassigned(provider_stack: ProviderStack, supervisor: Su
 def test_fifty_jobs_at_once_all_settle(provider_stack: ProviderStack, supervisor: SupervisorProcess) -> None:
     """Fifty jobs meta-scheduled in one block: claimed several to a transaction (`claimNextJobs`),
     never more at once than `max_queued_jobs` (8), none reverted; submitted in groups (the jobs of a
-    group share one durable write of their intents); each settled to the wei."""
+    group share one durable write of their intents and one GetSBatches); each settled to the wei."""
     stack, grid = provider_stack, provider_stack.grid
     key = stack.store_workflow("true", gpus=0)
     per_minute = credits_per_minute(1, 1, 1024, 0)
@@ -244,6 +245,9 @@ def test_fifty_jobs_at_once_all_settle(provider_stack: ProviderStack, supervisor
             if bytes.fromhex(job_id[2:]) in set(jobs)
         )
     assert sum(intents.values()) == len(jobs) and max(intents.values()) > 1
+    service_log = (stack.sbatch.database.parent / "sbatch.log").read_text()
+    asked_together = [int(n) for n in re.findall(r"scripts answered\s+jobs=(\d+)", service_log)]
+    assert max(asked_together) > 1, "a group's scripts are fetched in one GetSBatches"
     costs = [grid.job(job_id)["finalCost"] for job_id in jobs]
     assert all(
         cost == per_minute * max(stack.reported_duration(j, S.FINISHED), 1)

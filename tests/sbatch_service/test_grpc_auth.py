@@ -14,12 +14,21 @@ import grpc
 import pytest
 from eth_account.signers.local import LocalAccount
 
-from grid_protocol.proto import sbatch_pb2
+from grid_protocol.proto import sbatch_pb2, sbatch_pb2_grpc
 from grid_protocol.proto.sbatch_client import AsyncAuthAPI, AsyncSBatchAPI, async_stubs
+from sbatch_service import grpc_api
 from sbatch_service.auth import NonceBook
 from sbatch_service.chain import JobReader
-from sbatch_service.grpc_api import ScriptGate, start_grpc_server
+from sbatch_service.grpc_api import SBatchServicer, ScriptGate, start_grpc_server
 from sbatch_service.storage import ScriptStore
+from supervisor.chain.keys import Signer
+from supervisor.sbatch.client import (
+    FetchedScript,
+    SbatchClient,
+    SbatchServiceUnavailable,
+    ScriptRefused,
+    WantedScript,
+)
 from tests.fixtures.contracts import CREDIT, WORKED_EXAMPLE_DEFINITION, Grid
 from tests.fixtures.sbatch import sign_challenge
 
@@ -52,6 +61,7 @@ class Api:
     sbatch: AsyncSBatchAPI
     clock: Clock
     store: CountingStore
+    target: str = ""
 
 
 def job_with_key(grid: Grid, key: str) -> str:
@@ -94,7 +104,7 @@ async def api(grid: Grid, jobs: Jobs, tmp_path: Path) -> AsyncIterator[Api]:
     server, port = await start_grpc_server("127.0.0.1:0", nonces, gate, LOGGER_URL)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield Api(*async_stubs(channel), clock, store)
+        yield Api(*async_stubs(channel), clock, store, f"127.0.0.1:{port}")
     finally:
         await channel.close()
         await server.stop(grace=None)
@@ -310,8 +320,208 @@ async def test_an_unreachable_chain_is_unavailable(grid: Grid, jobs: Jobs, tmp_p
             api, jobs.with_script, key_of(SCRIPT), signer=provider, provider=provider, customer=customer
         )
         assert await refusal_code(api, message) == grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await api.sbatch.GetSBatches(
+                await many(
+                    api, [(jobs.with_script, key_of(SCRIPT), customer)], signer=provider, provider=provider
+                )
+            )
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         await channel.close()
         await server.stop(grace=None)
         await reader.close()
         store.close()
+
+
+# -- GetSBatches: several jobs for one challenge ------------------------------------------------
+
+
+async def many(
+    api: Api,
+    wanted: list[tuple[str, str, LocalAccount]],
+    *,
+    signer: LocalAccount,
+    provider: LocalAccount,
+    challenge: bytes | None = None,
+) -> sbatch_pb2.GetSBatchesRequest:
+    if challenge is None:
+        challenge = (await api.auth.Challenge(sbatch_pb2.ChallengeRequest())).challenge
+    return sbatch_pb2.GetSBatchesRequest(
+        jobs=[
+            sbatch_pb2.WantedSBatch(
+                job_id=job_id, batch_location_hash=key, customer_address=bytes.fromhex(customer.address[2:])
+            )
+            for job_id, key, customer in wanted
+        ],
+        signed_challenge=sign_challenge(signer, challenge),
+        challenge=challenge,
+        provider_address=bytes.fromhex(provider.address[2:]),
+    )
+
+
+def code_of(answer: sbatch_pb2.SBatchAnswer) -> grpc.StatusCode:
+    (code,) = (c for c in grpc.StatusCode if c.value[0] == answer.code)
+    return code
+
+
+async def test_get_sbatches_answers_each_job_as_get_sbatch_would(grid: Grid, jobs: Jobs, api: Api) -> None:
+    provider, customer, other_customer = grid.providers[0], grid.customers[0], grid.customers[1]
+    wanted = [
+        (jobs.with_script, key_of(SCRIPT), customer),
+        (jobs.unstored_key, UNSTORED_KEY, customer),
+        (jobs.other_script, key_of(SCRIPT), customer),
+        ("0x" + "ab" * 32, key_of(SCRIPT), customer),
+        ("0x12", key_of(SCRIPT), customer),
+        (
+            job_with_key(grid, key_of(OTHER_SCRIPT)).upper().replace("0X", "0x"),
+            key_of(OTHER_SCRIPT),
+            other_customer,
+        ),
+        ("0x" + "cd" * 32, "not-a-key", customer),
+    ]
+    message = await many(api, wanted, signer=provider, provider=provider)
+    answer = await api.sbatch.GetSBatches(message)
+    assert [a.job_id for a in answer.answers] == [job_id for job_id, _, _ in wanted]
+    assert [code_of(a) for a in answer.answers] == [
+        grpc.StatusCode.OK,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ]
+    assert answer.answers[0].sbatch == SCRIPT and answer.grid_logger_url == LOGGER_URL
+    assert all(a.sbatch == "" and a.message for a in answer.answers[1:])
+    with pytest.raises(grpc.aio.AioRpcError) as replayed:
+        await api.sbatch.GetSBatches(message)
+    assert replayed.value.code() == grpc.StatusCode.UNAUTHENTICATED, "one challenge buys one request"
+
+
+async def test_get_sbatches_serves_many_jobs_on_one_signature(grid: Grid, jobs: Jobs, api: Api) -> None:
+    provider, customer = grid.providers[0], grid.customers[0]
+    extra = [job_with_key(grid, key_of(OTHER_SCRIPT)) for _ in range(3)]
+    wanted = [(jobs.with_script, key_of(SCRIPT), customer)] + [
+        (j, key_of(OTHER_SCRIPT), customer) for j in extra
+    ]
+    answer = await api.sbatch.GetSBatches(await many(api, wanted, signer=provider, provider=provider))
+    assert [(a.code, a.sbatch) for a in answer.answers] == [(0, SCRIPT)] + [(0, OTHER_SCRIPT)] * 3
+
+
+async def test_get_sbatches_refuses_a_malformed_or_unsigned_request_whole(
+    grid: Grid, jobs: Jobs, api: Api
+) -> None:
+    provider, customer = grid.providers[0], grid.customers[0]
+    one = (jobs.with_script, key_of(SCRIPT), customer)
+    cases: list[tuple[list[tuple[str, str, LocalAccount]], LocalAccount, bytes | None, grpc.StatusCode]] = [
+        ([], provider, None, grpc.StatusCode.INVALID_ARGUMENT),
+        (
+            [(f"0x{i:064x}", key_of(SCRIPT), customer) for i in range(65)],
+            provider,
+            None,
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        ([one, one], provider, None, grpc.StatusCode.INVALID_ARGUMENT),
+        ([one], grid.providers[1], None, grpc.StatusCode.UNAUTHENTICATED),
+    ]
+    for wanted, signer, challenge, code in cases:
+        message = await many(api, wanted, signer=signer, provider=provider, challenge=challenge)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await api.sbatch.GetSBatches(message)
+        assert refused.value.code() == code, (len(wanted), signer.address)
+    message = await many(api, [one], signer=provider, provider=provider)
+    message.provider_address = b"\x01" * 19
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await api.sbatch.GetSBatches(message)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_the_client_fetches_many_in_one_request_and_full_answers_alone(
+    grid: Grid, jobs: Jobs, api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The supervisor's client: one GetSBatches for the jobs, each job's verdict its own; a job left
+    out of a full answer is asked for alone, and still served."""
+    monkeypatch.setattr(grpc_api, "MAX_ANSWER_BYTES", len(SCRIPT) + 1)
+    provider, customer = grid.providers[0], grid.customers[0]
+    client = SbatchClient(api.target, Signer(provider), timeout_s=10)
+    challenges = counted_challenges(client)
+    try:
+        outcomes = await client.fetch_many(
+            [
+                WantedScript(jobs.with_script, customer.address, key_of(SCRIPT)),
+                WantedScript(jobs.other_script, customer.address, key_of(OTHER_SCRIPT)),
+                WantedScript(jobs.unstored_key, customer.address, UNSTORED_KEY),
+            ]
+        )
+    finally:
+        await client.close()
+    assert outcomes[jobs.with_script] == FetchedScript(SCRIPT, LOGGER_URL)
+    assert outcomes[jobs.other_script] == FetchedScript(OTHER_SCRIPT, LOGGER_URL)
+    assert isinstance(outcomes[jobs.unstored_key], ScriptRefused)
+    assert challenges == [1, 1], "one request for the three, then the one left out of the full answer"
+
+
+def counted_challenges(client: SbatchClient) -> list[int]:
+    """Counts the client's challenges: one entry per request, 1 each."""
+    asked: list[int] = []
+    challenge = client._challenge
+
+    async def counting() -> bytes:
+        asked.append(1)
+        return await challenge()
+
+    client._challenge = counting  # type: ignore[method-assign]
+    return asked
+
+
+async def test_the_client_asks_one_job_a_call_of_a_service_without_get_sbatches(
+    grid: Grid, jobs: Jobs, tmp_path: Path
+) -> None:
+    """DeepSquare's sbatch service has GetSBatch only: UNIMPLEMENTED, then every job alone."""
+    store = CountingStore(tmp_path / "s.sqlite3")
+    store.put(SCRIPT, 3600)
+    store.put(OTHER_SCRIPT, 3600)
+    nonces = NonceBook()
+    reader = JobReader(grid.anvil.http_url, grid.deployment.meta_scheduler)
+    servicer = SBatchServicer(ScriptGate(nonces, reader, store, 86400), LOGGER_URL)
+    server = grpc.aio.server()
+    sbatch_pb2_grpc.add_AuthAPIServicer_to_server(grpc_api.AuthServicer(nonces), server)  # type: ignore[no-untyped-call]
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                "sbatchapi.v1alpha1.SBatchAPI",
+                {
+                    "GetSBatch": grpc.unary_unary_rpc_method_handler(
+                        servicer.GetSBatch,
+                        request_deserializer=sbatch_pb2.GetSBatchRequest.FromString,
+                        response_serializer=sbatch_pb2.GetSBatchResponse.SerializeToString,
+                    )
+                },
+            )
+        ]
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    provider, customer = grid.providers[0], grid.customers[0]
+    client = SbatchClient(f"127.0.0.1:{port}", Signer(provider), timeout_s=10)
+    challenges = counted_challenges(client)
+    try:
+        wanted = [
+            WantedScript(jobs.with_script, customer.address, key_of(SCRIPT)),
+            WantedScript(jobs.other_script, customer.address, key_of(SCRIPT)),
+        ]
+        first = await client.fetch_many(wanted)
+        assert first[jobs.with_script] == FetchedScript(SCRIPT, LOGGER_URL)
+        assert isinstance(first[jobs.other_script], ScriptRefused), "the key is not the job's"
+        assert len(challenges) == 3, "the batch request, then each job alone"
+        second = await client.fetch_many(wanted[:1])
+        assert second == {jobs.with_script: FetchedScript(SCRIPT, LOGGER_URL)}
+        assert len(challenges) == 4, "no second GetSBatches once the service said it has none"
+    finally:
+        await client.close()
+        await server.stop(grace=None)
+        await reader.close()
+        store.close()
+    stopped = await SbatchClient(f"127.0.0.1:{port}", Signer(provider), timeout_s=2).fetch_many(wanted)
+    assert all(isinstance(o, SbatchServiceUnavailable) for o in stopped.values()), stopped
