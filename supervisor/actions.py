@@ -45,7 +45,7 @@ log = structlog.get_logger("supervisor")
 REPORT_RETRY_S = 5.0
 REPORT_RETRY_MAX_S = 300.0
 #: sbatch processes the submitter's groups run at once (Slurm's controller answers a few at a time).
-SBATCH_CONCURRENCY = 4
+SBATCH_CONCURRENCY = 8
 
 
 @dataclass(frozen=True)

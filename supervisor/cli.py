@@ -103,6 +103,7 @@ def run(config: ConfigOption = None, log_level: LogLevelOption = None) -> None:
     from supervisor.ops.metrics import MetricsListener, OpsServer, OpsState
     from supervisor.ops.notify import SystemdNotifier
     from supervisor.service import Service
+    from supervisor.slurm.runner import wait_for_children_in_the_loop
 
     settings = _config(config)
     level = log_level or settings.log.level
@@ -122,6 +123,7 @@ def run(config: ConfigOption = None, log_level: LogLevelOption = None) -> None:
             typer.echo(f"supervisor cannot start: {redact_text(str(exc))}", err=True)
             raise typer.Exit(1) from exc
         listeners.append(MetricsListener(state))
+    wait_for_children_in_the_loop()
     try:
         asyncio.run(Service(settings, listeners=listeners).run())
     except LaneCrashed as exc:
