@@ -607,11 +607,12 @@ class Daemon:
         assert self._slurm is not None
         asked_at = time.monotonic()
         try:
-            if open_jobs.jobs:
-                result = await self._query_in_groups(open_jobs)
+            asked = await self._query_in_groups(open_jobs) if open_jobs.jobs else None
+            if asked is not None:
+                result = asked
             else:
-                # Nothing to look up: ask Slurm for the partition instead, so that no job is claimed
-                # while Slurm cannot take it.
+                # Nothing to look up (no job, or only the lane's fresh claims): ask Slurm for the
+                # partition instead, so that no job is claimed while Slurm cannot take it.
                 assert self._partition is not None
                 await self._partition.describe()
                 result = QueryResult({}, frozenset(), True, True)
@@ -634,15 +635,25 @@ class Daemon:
             asyncio.get_running_loop().call_later(SETTLE_INTERVAL_S, self._wake.set)
         return result
 
-    async def _query_in_groups(self, open_jobs: OpenJobs) -> QueryResult:
-        """One query for all jobs, except re-claimed ones: each of those has a later bound of its own."""
+    async def _query_in_groups(self, open_jobs: OpenJobs) -> QueryResult | None:
+        """One query for all jobs, except re-claimed ones (each of those has a later bound of its own)
+        and those the submitter lane holds: fresh claims, not in Slurm before the lane puts them there
+        (during a burst, hundreds of names that would be looked for, and then in accounting)."""
         assert self._slurm is not None
+        held = self._submitter.holding() if self._submitter is not None else frozenset()
+        regular = open_jobs.regular
+        if held:
+            regular = frozenset(
+                name
+                for job, name in zip(open_jobs.jobs, open_jobs.names, strict=True)
+                if name in open_jobs.regular and job.job_id not in held
+            )
+        if not regular and not open_jobs.reclaimed:
+            return None
         results = []
-        if open_jobs.regular:
+        if regular:
             results.append(
-                await self._slurm.query(
-                    open_jobs.regular, since=open_jobs.regular_since, slurm_ids=open_jobs.slurm_ids
-                )
+                await self._slurm.query(regular, since=open_jobs.regular_since, slurm_ids=open_jobs.slurm_ids)
             )
         for job, name in open_jobs.reclaimed:
             results.append(await self._slurm.query([name], since=since([job])))

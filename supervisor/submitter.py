@@ -64,6 +64,11 @@ class Submitter:
         lane (a lane that is not running leaves every job to the cycle)."""
         return self._running and (job_id in self._queued or job_id in self._busy)
 
+    def holding(self) -> frozenset[str]:
+        """The jobs `pending` says the running lane has: fresh claims, which Slurm cannot know yet
+        (or knows since a moment, before the lane records it)."""
+        return frozenset(self._queued | self._busy) if self._running else frozenset()
+
     def settled_before(self, job_id: str, moment: float) -> bool:
         """Whether no submission of the job was under way at `moment` (time.monotonic()) or since:
         only then does a Slurm answer asked for at that moment show whether Slurm has the job."""

@@ -350,7 +350,7 @@ class ProtocolContracts:
 
     async def provider_queues(self, provider: str) -> ProviderQueues:
         """Whether each of the provider's three queues holds a job, in one JSON-RPC batch: the
-        question every work cycle asks."""
+        claimer's first question."""
         queues = self.provider_job_queues
         functions = ("hasNextClaimableJob", "hasCancellingJob", "hasTopUpJob")
         requests = [

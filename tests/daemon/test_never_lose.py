@@ -17,7 +17,8 @@ from eth_abi import encode
 from eth_utils import function_signature_to_4byte_selector
 
 from grid_protocol.jobs import JobStatus as S
-from supervisor.chain.contracts import status_report_key
+from supervisor import claimer
+from supervisor.chain.contracts import ProtocolContracts, status_report_key
 from supervisor.config import load_config
 from supervisor.daemon import Daemon, LaneCrashed
 from supervisor.store import SQLITE_MAX_INT, OutboxState, Store, StoreError
@@ -239,6 +240,41 @@ async def test_claims_are_sized_by_the_jobs_still_claimable(stack: ProviderStack
     assert [(row["state"], row["error"], row["claims"]) for row in claims] == [("mined", None, 2)]
     assert [stack.status(job_id) for job_id in live] == [S.SCHEDULED, S.SCHEDULED]
     await seam.until("both jobs to finish", lambda: all(stack.status(j) == S.FINISHED for j in live))
+
+
+async def test_the_cycle_looks_at_the_queues_only_when_they_may_have_changed(
+    stack: ProviderStack, seam: DaemonSeam, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle cycle asks the chain nothing about the provider's queues; a block read since the last
+    look (a job meta-scheduled, whose hint was not answered) makes the next cycle look and claim it."""
+    looks: list[str] = []
+    ask = ProtocolContracts.provider_queues
+
+    async def counted(contracts: ProtocolContracts, provider: str) -> Any:
+        looks.append(provider)
+        return await ask(contracts, provider)
+
+    monkeypatch.setattr(ProtocolContracts, "provider_queues", counted)
+    await seam.follow()
+    await seam.cycle()
+    await seam.deliver()
+    await seam.follow()
+    await seam.cycle()  # the queues were empty at the block now read
+    first = len(looks)
+    for _ in range(3):
+        await seam.cycle()
+    assert len(looks) == first, "no block, an empty queue, the look interval not over: no look"
+    job_id = stack.request("true", 300)  # meta-scheduled to this provider in a new block
+    await seam.follow()
+    await seam.cycle()
+    assert len(looks) == first + 1 and seam.store.open_claims("claim_next_job") == 1
+    await seam.deliver()
+    await seam.follow()
+    await seam.until("the job to finish", lambda: stack.status(job_id) == S.FINISHED)
+    monkeypatch.setattr(claimer, "QUEUE_LOOK_S", 0.0)
+    before = len(looks)
+    await seam.cycle()
+    assert len(looks) == before + 1, "past the look interval, the cycle looks however quiet the chain"
 
 
 class BrokenListener:
