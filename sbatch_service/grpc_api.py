@@ -268,10 +268,7 @@ class SBatchServicer(sbatch_pb2_grpc.SBatchAPIServicer):
         try:
             script = await self._gate.fetch(request)
         except Refusal as refusal:
-            # The chain's errors may name the RPC URL, and with it an API key.
-            reason = redact_text(refusal.message)
-            log.info("script refused", job_id=request.job_id, code=refusal.code.name, reason=reason)
-            await context.abort(refusal.code, reason)
+            await context.abort(refusal.code, _logged(refusal, "script refused", job_id=request.job_id))
             raise AssertionError("unreachable: abort raises") from None
         log.info("script served", job_id=request.job_id, key=request.batch_location_hash)
         return sbatch_pb2.GetSBatchResponse(sbatch=script, grid_logger_url=self._logger_url)
@@ -282,15 +279,12 @@ class SBatchServicer(sbatch_pb2_grpc.SBatchAPIServicer):
         try:
             outcomes = await self._gate.fetch_many(request)
         except Refusal as refusal:
-            reason = redact_text(refusal.message)
-            log.info("scripts refused", jobs=len(request.jobs), code=refusal.code.name, reason=reason)
-            await context.abort(refusal.code, reason)
+            await context.abort(refusal.code, _logged(refusal, "scripts refused", jobs=len(request.jobs)))
             raise AssertionError("unreachable: abort raises") from None
         answers = []
         for entry, outcome in zip(request.jobs, outcomes, strict=True):
             if isinstance(outcome, Refusal):
-                reason = redact_text(outcome.message)
-                log.info("script refused", job_id=entry.job_id, code=outcome.code.name, reason=reason)
+                reason = _logged(outcome, "script refused", job_id=entry.job_id)
                 answers.append(
                     sbatch_pb2.SBatchAnswer(job_id=entry.job_id, code=outcome.code.value[0], message=reason)
                 )
@@ -300,6 +294,14 @@ class SBatchServicer(sbatch_pb2_grpc.SBatchAPIServicer):
         served = sum(1 for outcome in outcomes if isinstance(outcome, str))
         log.info("scripts answered", jobs=len(answers), served=served)
         return sbatch_pb2.GetSBatchesResponse(answers=answers, grid_logger_url=self._logger_url)
+
+
+def _logged(refusal: Refusal, event: str, **fields: object) -> str:
+    """The refusal's message as the client gets it, logged: the chain's errors may name the RPC URL,
+    and with it an API key."""
+    reason = redact_text(refusal.message)
+    log.info(event, **fields, code=refusal.code.name, reason=reason)
+    return reason
 
 
 async def start_grpc_server(

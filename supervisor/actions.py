@@ -312,12 +312,16 @@ class JobActions:
         return resources
 
     async def _nodes(self) -> list[Node] | None:
+        """The partition's nodes, described once; None while Slurm cannot describe them."""
         if self.partition.hardware is None:
             try:
                 await self.partition.describe()
             except SlurmError as exc:
                 log.error("cannot describe the partition yet: submission waits", error=str(exc))
                 return None
+        return self._described_nodes()
+
+    def _described_nodes(self) -> list[Node]:
         assert self.partition.hardware is not None
         return [Node(n.cpus, n.memory_mb, n.gpus) for n in self.partition.hardware.nodes]
 
@@ -343,10 +347,13 @@ class JobActions:
         """The Slurm submission of an admitted job and its script; None when the script is refused."""
         customer = job.customer or ""
         policy = self.config.policy
-        assert self.partition.hardware is not None and job.max_duration_minute  # as admitted
-        nodes = [Node(n.cpus, n.memory_mb, n.gpus) for n in self.partition.hardware.nodes]
+        assert job.max_duration_minute  # as admitted
         reason = refusal_reason(
-            resources, customer, nodes, denied_images=policy.denied_images, script=fetched.script
+            resources,
+            customer,
+            self._described_nodes(),
+            denied_images=policy.denied_images,
+            script=fetched.script,
         )
         if reason is not None:
             self.refuse(job, reason)
