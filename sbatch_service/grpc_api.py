@@ -164,8 +164,6 @@ class ScriptGate:
             jobs = await self.jobs.jobs([w.job_id for w in wanted]) if wanted else []
         except ChainUnavailable as error:
             raise Refusal(grpc.StatusCode.UNAVAILABLE, str(error)) from None
-        if len(jobs) != len(wanted):
-            raise Refusal(grpc.StatusCode.UNAVAILABLE, "the chain answered for another number of jobs")
         outcomes = iter(
             await asyncio.gather(
                 *(self._outcome(w, provider, job) for w, job in zip(wanted, jobs, strict=True))

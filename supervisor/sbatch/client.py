@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import structlog
@@ -26,6 +26,7 @@ from supervisor.grpc_tls import ClientTls, aio_channel
 from supervisor.retry import retry_call
 
 log = structlog.get_logger("supervisor.sbatch")
+T = TypeVar("T")
 
 #: Fresh challenges tried before an UNAUTHENTICATED answer counts as a refusal.
 CHALLENGE_ATTEMPTS = 3
@@ -117,16 +118,8 @@ class SbatchClient:
         before it counts as a refusal of this provider.
         """
         try:
-            answer = await retry_call(
-                lambda: self._fetch_once(job_id, customer, batch_location_hash),
-                retry=_challenge_refused,
-                attempts=CHALLENGE_ATTEMPTS,
-                initial_s=0.0,
-                max_s=0.0,
-                jitter_s=0.0,
-                on_retry=lambda failure: log.info(
-                    "sbatch service refused the challenge, asking with a new one", attempt=failure.attempt
-                ),
+            answer = await self._with_fresh_challenges(
+                lambda: self._fetch_once(job_id, customer, batch_location_hash)
             )
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc.code(), exc.details()) from None
@@ -155,14 +148,7 @@ class SbatchClient:
         """One GetSBatches for the chunk; the jobs it leaves out are to be asked for alone (all of them
         when the service has no GetSBatches or refuses the request's form)."""
         try:
-            answer = await retry_call(
-                lambda: self._fetch_many_once(chunk),
-                retry=_challenge_refused,
-                attempts=CHALLENGE_ATTEMPTS,
-                initial_s=0.0,
-                max_s=0.0,
-                jitter_s=0.0,
-            )
+            answer = await self._with_fresh_challenges(lambda: self._fetch_many_once(chunk))
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             if code == grpc.StatusCode.UNIMPLEMENTED:
@@ -195,6 +181,21 @@ class SbatchClient:
             except ScriptError as error:
                 outcomes[w.job_id] = error
         return outcomes
+
+    async def _with_fresh_challenges(self, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()` (which asks a challenge of its own) again on UNAUTHENTICATED, up to
+        CHALLENGE_ATTEMPTS times: the challenge may have been lost (the service restarted)."""
+        return await retry_call(
+            call,
+            retry=_challenge_refused,
+            attempts=CHALLENGE_ATTEMPTS,
+            initial_s=0.0,
+            max_s=0.0,
+            jitter_s=0.0,
+            on_retry=lambda failure: log.info(
+                "sbatch service refused the challenge, asking with a new one", attempt=failure.attempt
+            ),
+        )
 
     def _error(self, code: grpc.StatusCode | None, details: str | None) -> ScriptError:
         if code in _PERMANENT:
