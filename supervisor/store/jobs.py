@@ -21,6 +21,9 @@ from grid_protocol.jobs import JobStatus
 from supervisor.store.base import StoreBase
 from supervisor.store.schema import SQLITE_MAX_INT
 
+#: Job ids per query when rows written are read again (under SQLite's default bound of parameters).
+REREAD_CHUNK = 500
+
 
 @dataclass(frozen=True)
 class JobRecord:
@@ -85,6 +88,7 @@ class JobStore(StoreBase):
         # The previous attempt is read in the transaction that replaces it: the decision and the
         # writes (orphaned Slurm job, fresh row) are one change, seen whole or not at all.
         with self.transaction() as conn:
+            self._wrote(job_id)
             existing = self.get_job(job_id)
             if existing is not None and existing.claimed_block == claimed_block:
                 return False
@@ -140,6 +144,7 @@ class JobStore(StoreBase):
         """Create the job or update its chain status (other fields only when given)."""
         now = time.time()
         with self.transaction() as conn:
+            self._wrote(job_id)
             conn.execute(
                 "INSERT INTO job (job_id, status, customer, max_duration_minute, definition_json, "
                 "claimed_block, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
@@ -191,6 +196,7 @@ class JobStore(StoreBase):
         assignments = ", ".join(f"{name} = ?" for name in fields)
         values = [int(v) if isinstance(v, bool) else v for v in fields.values()]
         with self.transaction() as conn:
+            self._wrote(job_id)
             cur = conn.execute(
                 f"UPDATE job SET {assignments}, updated_at = ? WHERE job_id = ?",
                 (*values, time.time(), job_id),
@@ -201,37 +207,80 @@ class JobStore(StoreBase):
     def add_extra_minutes(self, job_id: str, minutes: int) -> None:
         """Minutes bought by a top-up (negative to undo one); the Slurm time limit follows the total."""
         with self.transaction() as conn:
+            self._wrote(job_id)
             conn.execute(
                 "UPDATE job SET extra_minutes = extra_minutes + ?, updated_at = ? WHERE job_id = ?",
                 (minutes, time.time(), job_id),
             )
 
-    _open_jobs_read: tuple[tuple[int, int], list[JobRecord]] | None = None
+    #: The open jobs as last read, keyed on `version()`, in their order.
+    _open_jobs_read: tuple[tuple[int, int], dict[str, JobRecord]] | None = None
+    #: Jobs this connection wrote since that read (committed or not): after commits of this
+    #: connection alone, only their rows are read again.
+    _jobs_written: set[str] | None = None
+
+    def _wrote(self, job_id: str) -> None:
+        if self._jobs_written is None:
+            self._jobs_written = set()
+        self._jobs_written.add(job_id)
 
     def open_jobs(self) -> list[JobRecord]:
         """Jobs the daemon still acts on (not closed), oldest first.
 
         Every work cycle asks, with thousands of jobs open and most of them unchanged: the records
-        (immutable) are read again only after something was committed.
+        (immutable) are read again only after something was committed, and after commits of this
+        connection only those of the jobs it wrote (a burst commits a group of jobs at a time).
         """
+        if self._in_transaction:  # what a transaction sees may still be undone: read, keep nothing
+            rows = self._conn.execute(
+                "SELECT * FROM job WHERE closed = 0 ORDER BY created_at, job_id"
+            ).fetchall()
+            return [_job_from_row(r) for r in rows]
         version = self.version()
-        if (
-            self._open_jobs_read is not None
-            and self._open_jobs_read[0] == version
-            and not self._in_transaction
-        ):
-            return list(self._open_jobs_read[1])
-        rows = self._conn.execute("SELECT * FROM job WHERE closed = 0 ORDER BY created_at, job_id").fetchall()
-        records = [_job_from_row(r) for r in rows]
-        if not self._in_transaction:  # what a transaction sees may still be undone
-            self._open_jobs_read = (version, records)
-        return list(records)
+        read = self._open_jobs_read
+        if read is not None and read[0] == version:
+            return list(read[1].values())
+        if read is not None and read[0][1] == version[1] and self._jobs_written is not None:
+            records = self._reread(read[1], self._jobs_written)
+        else:
+            rows = self._conn.execute(
+                "SELECT * FROM job WHERE closed = 0 ORDER BY created_at, job_id"
+            ).fetchall()
+            records = {str(r["job_id"]): _job_from_row(r) for r in rows}
+        self._open_jobs_read, self._jobs_written = (version, records), set()
+        return list(records.values())
+
+    def _reread(self, previous: dict[str, JobRecord], written: set[str]) -> dict[str, JobRecord]:
+        """`previous` with the rows of the `written` jobs read again, in the same order."""
+        fresh: dict[str, JobRecord] = {}
+        ids = sorted(written)
+        for start in range(0, len(ids), REREAD_CHUNK):
+            chunk = ids[start : start + REREAD_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            for row in self._conn.execute(
+                f"SELECT * FROM job WHERE closed = 0 AND job_id IN ({marks})", chunk
+            ).fetchall():
+                fresh[str(row["job_id"])] = _job_from_row(row)
+        records = {
+            job_id: fresh.pop(job_id) if job_id in written else record
+            for job_id, record in previous.items()
+            if job_id not in written or job_id in fresh
+        }
+        if not fresh:
+            return records
+        newest = _order(next(reversed(records.values()))) if records else None
+        arrivals = sorted(fresh.values(), key=_order)
+        if newest is not None and _order(arrivals[0]) < newest:
+            return {j.job_id: j for j in sorted([*records.values(), *arrivals], key=_order)}
+        records.update((j.job_id, j) for j in arrivals)
+        return records
 
     def _update_job(self, job_id: str, column: str, value: int) -> None:
         self.update_job(job_id, **{column: value})
 
     def delete_job(self, job_id: str) -> None:
         with self.transaction() as conn:
+            self._wrote(job_id)
             conn.execute("DELETE FROM job WHERE job_id = ?", (job_id,))
 
     def get_job(self, job_id: str) -> JobRecord | None:
@@ -248,6 +297,11 @@ class JobStore(StoreBase):
                 [int(s) for s in statuses],
             ).fetchall()
         return [_job_from_row(r) for r in rows]
+
+
+def _order(job: JobRecord) -> tuple[float, str]:
+    """Where a job stands among the open ones (`open_jobs`' ORDER BY)."""
+    return job.created_at, job.job_id
 
 
 def _job_from_row(row: sqlite3.Row) -> JobRecord:

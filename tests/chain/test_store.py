@@ -252,3 +252,45 @@ def test_open_jobs_follow_every_commit_of_this_connection_and_of_others(tmp_path
     assert store.open_jobs() == []
     other.close()
     store.close()
+
+
+def test_open_jobs_after_own_commits_read_again_only_the_jobs_written(tmp_path: Path) -> None:
+    """After this connection's commits, only the rows it wrote are read again; the list is the same
+    as a full read's, order included (a claim recorded, one closed, one deleted, one re-claimed)."""
+    store = Store.open(tmp_path / "state.db")
+    truth = Store.open(tmp_path / "state.db")  # another connection: reads every row each time
+    for n in range(1, 6):
+        store.record_claim(
+            f"0x{n:02x}", customer="0xc", max_duration_minute=5, definition={}, claimed_block=n
+        )
+    assert store.open_jobs() == truth.open_jobs()
+    statements: list[str] = []
+    store.connection.set_trace_callback(statements.append)
+    steps = [
+        lambda: store.update_job("0x03", status=int(JobStatus.RUNNING)),
+        lambda: store.update_job("0x02", closed=True),
+        lambda: store.delete_job("0x04"),
+        lambda: store.record_claim(
+            "0x06", customer="0xc", max_duration_minute=5, definition={}, claimed_block=6
+        ),
+        lambda: store.record_claim(
+            "0x01", customer="0xd", max_duration_minute=7, definition={}, claimed_block=9
+        ),
+        lambda: store.add_extra_minutes("0x05", 30),
+    ]
+    for step in steps:
+        step()
+        statements.clear()
+        assert store.open_jobs() == truth.open_jobs()
+        full_reads = [s for s in statements if "closed = 0 ORDER BY" in s]
+        assert full_reads == [], statements
+    assert [j.job_id for j in store.open_jobs()] == ["0x01", "0x03", "0x05", "0x06"]
+    assert store.open_jobs()[0].customer == "0xd" and store.open_jobs()[2].extra_minutes == 30
+    other = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    other.execute("UPDATE job SET note = 'elsewhere' WHERE job_id = '0x05'")
+    other.close()
+    statements.clear()
+    assert store.open_jobs()[2].note == "elsewhere"  # another's commit: everything read again
+    assert any("closed = 0 ORDER BY" in s for s in statements)
+    store.close()
+    truth.close()
