@@ -19,6 +19,7 @@ from web3.exceptions import ContractLogicError
 
 from grid_protocol.abi import ABI_DIR, load_abi
 from grid_protocol.jobs import Job
+from grid_protocol.rpc import MalformedBatchAnswer, answers_in_order
 
 T = TypeVar("T")
 #: JSON-RPC error code of a call that reverted (EIP-1474), as anvil and geth answer it.
@@ -82,11 +83,11 @@ class JobReader:
                 )
                 for job_id in job_ids
             ]
-            answers: Any = await self._w3.provider.make_batch_request(calls)  # type: ignore[arg-type]
-            if not isinstance(answers, list) or len(answers) != len(job_ids):
-                raise ChainUnavailable(f"the node answered {len(job_ids)} calls with {answers!r:.200}")
-            if all(isinstance(a, dict) and "id" in a for a in answers):
-                answers = sorted(answers, key=lambda a: int(a.get("id") or 0))
+            got = await self._w3.provider.make_batch_request(calls)  # type: ignore[arg-type]
+            try:
+                answers = answers_in_order(len(job_ids), got)
+            except MalformedBatchAnswer as bad:
+                raise ChainUnavailable(str(bad)) from None
             return [self._answer(job_id, answer) for job_id, answer in zip(job_ids, answers, strict=True)]
 
         return await self._retried(read, f"cannot read {len(job_ids)} jobs")

@@ -22,6 +22,7 @@ from web3.exceptions import (
     Web3RPCError,
 )
 
+from grid_protocol.rpc import MalformedBatchAnswer, answers_in_order
 from supervisor.chain.abi import LENIENT_CODEC
 from supervisor.redaction import redact_text
 from supervisor.retry import Failure, retry_call
@@ -129,11 +130,10 @@ async def batch_request(w3: AsyncWeb3[Any], requests: list[tuple[str, list[Any]]
     for start in range(0, len(requests), BATCH_LIMIT):
         chunk = requests[start : start + BATCH_LIMIT]
         got = await read(lambda c=chunk: w3.provider.make_batch_request(c))  # type: ignore[misc]
-        if not isinstance(got, list) or len(got) != len(chunk) or not all(isinstance(a, dict) for a in got):
-            raise BadResponseFormat(f"the node answered a batch of {len(chunk)} calls with {got!r:.200}")
-        if all("id" in a for a in got):
-            got = sorted(got, key=lambda a: int(a.get("id") or 0))
-        answers.extend(got)
+        try:
+            answers.extend(answers_in_order(len(chunk), got))
+        except MalformedBatchAnswer as bad:
+            raise BadResponseFormat(str(bad)) from None
     return answers
 
 

@@ -18,7 +18,8 @@ from web3 import Web3
 from web3.exceptions import ContractLogicError
 from web3.types import Wei
 
-from grid_protocol.jobs import JobDefinition, JobStatus
+from grid_protocol.jobs import Job, JobDefinition, JobStatus
+from sbatch_service.chain import JobReader
 from supervisor.chain.contracts import (
     DeploymentError,
     JobReadError,
@@ -289,9 +290,10 @@ async def test_job_views_read_many_jobs_in_batches_and_isolate_a_refusal(
 
 
 class MethodRecorder:
-    """An HTTP proxy in front of anvil that records the JSON-RPC methods asked through it."""
+    """An HTTP proxy in front of anvil that records the JSON-RPC methods asked through it (and, with
+    `reverse_batches`, answers each batch in the reverse order of its calls)."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, *, reverse_batches: bool = False) -> None:
         self.methods: list[str] = []
         recorder = self
 
@@ -303,6 +305,8 @@ class MethodRecorder:
                 request = urllib.request.Request(target, body, {"Content-Type": "application/json"})
                 with urllib.request.urlopen(request, timeout=10) as answer:
                     reply = answer.read()
+                if reverse_batches and isinstance(sent, list):  # JSON-RPC 2.0 allows any order
+                    reply = json.dumps(json.loads(reply)[::-1]).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(reply)))
@@ -338,3 +342,32 @@ async def test_reads_and_gas_estimates_cost_one_request_each(grid: Grid) -> None
     finally:
         await w3.provider.disconnect()
         recorder.close()
+
+
+async def test_batches_answered_in_any_order_are_matched_to_their_calls(clean_grid: Grid) -> None:
+    """A node may answer a batch out of order: the supervisor's reads and the sbatch service's job
+    reads match each answer to its call by id."""
+    grid = clean_grid
+    provider = grid.providers[0]
+    grid.register_provider(provider)
+    jobs = [grid.request_job(grid.customers[0], 100 * CREDIT) for _ in range(5)]
+    for job_id in jobs[:2]:
+        grid.schedule(job_id, provider)
+    recorder = MethodRecorder(grid.anvil.http_url, reverse_batches=True)
+    w3 = connect_http(recorder.url)
+    try:
+        contracts = await ProtocolContracts.discover(w3, grid.deployment.meta_scheduler)
+        contracts = replace(contracts, extensions=contracts.extensions - {"getStatusesAndProviders"})
+        ids = ["0x" + j.hex() for j in jobs]
+        views = await contracts.job_views(ids, batch_size=5)
+        read = await JobReader(recorder.url, grid.deployment.meta_scheduler).jobs(jobs)
+    finally:
+        await w3.provider.disconnect()
+        recorder.close()
+    assert [views[key] for key in ids] == [(JobStatus.META_SCHEDULED, provider.address)] * 2 + [
+        (JobStatus.PENDING, ZERO)
+    ] * 3
+    assert all(isinstance(job, Job) for job in read)
+    assert [(job.job_id, job.status) for job in read if isinstance(job, Job)] == list(
+        zip(ids, [JobStatus.META_SCHEDULED] * 2 + [JobStatus.PENDING] * 3, strict=True)
+    )
