@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from eth_account.signers.local import LocalAccount
 from web3 import Web3
 from web3.exceptions import ContractLogicError
 from web3.types import Wei
@@ -256,6 +257,16 @@ async def test_refusals_of_its_own_jobs_only(provider_side: tuple[Any, ...]) -> 
     assert nothing.error == "NoJob()"
 
 
+def requested_jobs(grid: Grid, count: int, *, scheduled: int) -> tuple[LocalAccount, list[bytes]]:
+    """`count` jobs requested by a customer, the first `scheduled` meta-scheduled to a registered provider."""
+    provider = grid.providers[0]
+    grid.register_provider(provider)
+    jobs = [grid.request_job(grid.customers[0], 100 * CREDIT) for _ in range(count)]
+    for job_id in jobs[:scheduled]:
+        grid.schedule(job_id, provider)
+    return provider, jobs
+
+
 @pytest.mark.parametrize(
     "read_with",
     ["getStatusesAndProviders", "getStatusAndProvider", "get"],
@@ -265,11 +276,7 @@ async def test_job_views_read_many_jobs_in_batches_and_isolate_a_refusal(
     clean_grid: Grid, read_with: str
 ) -> None:
     grid = clean_grid
-    provider = grid.providers[0]
-    grid.register_provider(provider)
-    jobs = [grid.request_job(grid.customers[0], 100 * CREDIT) for _ in range(7)]
-    for job_id in jobs[:3]:
-        grid.schedule(job_id, provider)
+    provider, jobs = requested_jobs(grid, 7, scheduled=3)
     w3 = connect_http(grid.anvil.http_url)
     try:
         contracts = await ProtocolContracts.discover(w3, grid.deployment.meta_scheduler)
@@ -348,11 +355,7 @@ async def test_batches_answered_in_any_order_are_matched_to_their_calls(clean_gr
     """A node may answer a batch out of order: the supervisor's reads and the sbatch service's job
     reads match each answer to its call by id."""
     grid = clean_grid
-    provider = grid.providers[0]
-    grid.register_provider(provider)
-    jobs = [grid.request_job(grid.customers[0], 100 * CREDIT) for _ in range(5)]
-    for job_id in jobs[:2]:
-        grid.schedule(job_id, provider)
+    provider, jobs = requested_jobs(grid, 5, scheduled=2)
     recorder = MethodRecorder(grid.anvil.http_url, reverse_batches=True)
     w3 = connect_http(recorder.url)
     try:
