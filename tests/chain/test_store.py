@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -266,7 +267,7 @@ def test_open_jobs_after_own_commits_read_again_only_the_jobs_written(tmp_path: 
     assert store.open_jobs() == truth.open_jobs()
     statements: list[str] = []
     store.connection.set_trace_callback(statements.append)
-    steps = [
+    steps: list[Callable[[], object]] = [
         lambda: store.update_job("0x03", status=int(JobStatus.RUNNING)),
         lambda: store.update_job("0x02", closed=True),
         lambda: store.delete_job("0x04"),
