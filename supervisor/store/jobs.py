@@ -15,6 +15,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from grid_protocol.jobs import JobStatus
@@ -63,6 +64,14 @@ class JobRecord:
 
 
 class JobStore(StoreBase):
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        super().__init__(conn, path)
+        #: The open jobs as last read, keyed on `version()`, in their order.
+        self._open_jobs_read: tuple[tuple[int, int], dict[str, JobRecord]] | None = None
+        #: Jobs this connection wrote since that read (committed or not): after commits of this
+        #: connection alone, only their rows are read again.
+        self._jobs_written: set[str] = set()
+
     def record_claim(
         self,
         job_id: str,
@@ -88,7 +97,7 @@ class JobStore(StoreBase):
         # The previous attempt is read in the transaction that replaces it: the decision and the
         # writes (orphaned Slurm job, fresh row) are one change, seen whole or not at all.
         with self.transaction() as conn:
-            self._wrote(job_id)
+            self._jobs_written.add(job_id)
             existing = self.get_job(job_id)
             if existing is not None and existing.claimed_block == claimed_block:
                 return False
@@ -144,7 +153,7 @@ class JobStore(StoreBase):
         """Create the job or update its chain status (other fields only when given)."""
         now = time.time()
         with self.transaction() as conn:
-            self._wrote(job_id)
+            self._jobs_written.add(job_id)
             conn.execute(
                 "INSERT INTO job (job_id, status, customer, max_duration_minute, definition_json, "
                 "claimed_block, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
@@ -196,7 +205,7 @@ class JobStore(StoreBase):
         assignments = ", ".join(f"{name} = ?" for name in fields)
         values = [int(v) if isinstance(v, bool) else v for v in fields.values()]
         with self.transaction() as conn:
-            self._wrote(job_id)
+            self._jobs_written.add(job_id)
             cur = conn.execute(
                 f"UPDATE job SET {assignments}, updated_at = ? WHERE job_id = ?",
                 (*values, time.time(), job_id),
@@ -207,22 +216,11 @@ class JobStore(StoreBase):
     def add_extra_minutes(self, job_id: str, minutes: int) -> None:
         """Minutes bought by a top-up (negative to undo one); the Slurm time limit follows the total."""
         with self.transaction() as conn:
-            self._wrote(job_id)
+            self._jobs_written.add(job_id)
             conn.execute(
                 "UPDATE job SET extra_minutes = extra_minutes + ?, updated_at = ? WHERE job_id = ?",
                 (minutes, time.time(), job_id),
             )
-
-    #: The open jobs as last read, keyed on `version()`, in their order.
-    _open_jobs_read: tuple[tuple[int, int], dict[str, JobRecord]] | None = None
-    #: Jobs this connection wrote since that read (committed or not): after commits of this
-    #: connection alone, only their rows are read again.
-    _jobs_written: set[str] | None = None
-
-    def _wrote(self, job_id: str) -> None:
-        if self._jobs_written is None:
-            self._jobs_written = set()
-        self._jobs_written.add(job_id)
 
     def open_jobs(self) -> list[JobRecord]:
         """Jobs the daemon still acts on (not closed), oldest first.
@@ -232,28 +230,26 @@ class JobStore(StoreBase):
         connection only those of the jobs it wrote (a burst commits a group of jobs at a time).
         """
         if self._in_transaction:  # what a transaction sees may still be undone: read, keep nothing
-            rows = self._conn.execute(
-                "SELECT * FROM job WHERE closed = 0 ORDER BY created_at, job_id"
-            ).fetchall()
-            return [_job_from_row(r) for r in rows]
+            return list(self._read_open_jobs().values())
         version = self.version()
         read = self._open_jobs_read
         if read is not None and read[0] == version:
             return list(read[1].values())
-        if read is not None and read[0][1] == version[1] and self._jobs_written is not None:
+        if read is not None and read[0][1] == version[1]:  # only this connection committed since
             records = self._reread(read[1], self._jobs_written)
         else:
-            rows = self._conn.execute(
-                "SELECT * FROM job WHERE closed = 0 ORDER BY created_at, job_id"
-            ).fetchall()
-            records = {str(r["job_id"]): _job_from_row(r) for r in rows}
+            records = self._read_open_jobs()
         self._open_jobs_read, self._jobs_written = (version, records), set()
         return list(records.values())
+
+    def _read_open_jobs(self) -> dict[str, JobRecord]:
+        rows = self._conn.execute("SELECT * FROM job WHERE closed = 0 ORDER BY created_at, job_id").fetchall()
+        return {str(r["job_id"]): _job_from_row(r) for r in rows}
 
     def _reread(self, previous: dict[str, JobRecord], written: set[str]) -> dict[str, JobRecord]:
         """`previous` with the rows of the `written` jobs read again, in the same order."""
         fresh: dict[str, JobRecord] = {}
-        ids = sorted(written)
+        ids = list(written)
         for start in range(0, len(ids), REREAD_CHUNK):
             chunk = ids[start : start + REREAD_CHUNK]
             marks = ", ".join("?" * len(chunk))
@@ -280,7 +276,7 @@ class JobStore(StoreBase):
 
     def delete_job(self, job_id: str) -> None:
         with self.transaction() as conn:
-            self._wrote(job_id)
+            self._jobs_written.add(job_id)
             conn.execute("DELETE FROM job WHERE job_id = ?", (job_id,))
 
     def get_job(self, job_id: str) -> JobRecord | None:
