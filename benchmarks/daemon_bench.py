@@ -346,7 +346,7 @@ class Bench:
     @contextlib.contextmanager
     def supervisor(self, *, rpc_url: str | None = None, **policy: Any) -> Iterator[Daemon]:
         """A supervisor with a fresh store, started and ready inside; stopped when leaving."""
-        slurm: dict[str, Any] = {}
+        slurm: dict[str, Any] = {"submitter": self.args.submitter}
         with contextlib.ExitStack() as exits:
             if self.args.wakeup:
                 target = f"127.0.0.1:{free_udp_port()}"
@@ -1049,6 +1049,12 @@ def main() -> int:
         dest="wakeup",
         action="store_false",
         help="leave Slurm's wake-up hook out of the config",
+    )
+    parser.add_argument(
+        "--submitter",
+        choices=("auto", "libslurm", "sbatch"),
+        default="auto",
+        help="the supervisor's slurm.submitter (default auto: libslurm's call where its binding is built)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the run's folder (supervisor logs, stores)")
     args = parser.parse_args()

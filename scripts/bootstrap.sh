@@ -111,7 +111,14 @@ install_python_env() {
     echo "$want" > "$stamp"
 }
 
+# The local backend's submissions without a process per job (slurm.submitter); sbatch without it.
+build_libslurm_binding() {
+    "$VENV/bin/grid-supervisor" build-libslurm >/dev/null \
+        || log "warning: the libslurm binding was not built: jobs will be submitted with sbatch"
+}
+
 install_debian_packages
 install_npm_tools
 install_python_env
+build_libslurm_binding
 log "ready: $VENV, $TOOLS/bin/anvil, $TOOLS/bin/solc"

@@ -116,6 +116,11 @@ pip=("$release/bin/pip" --quiet --disable-pip-version-check)
 "$release/bin/pip" check >/dev/null || die "the locked dependencies do not satisfy the package: regenerate $LOCK"
 "$release/bin/grid-supervisor" --help >/dev/null || die "the new release does not run; the old one stays in place"
 "$release/bin/grid-logger" write --help >/dev/null || die "the new release's log writer does not run"
+# The binding to this node's libslurm (slurm.submitter): without Slurm's headers jobs go through sbatch.
+if [ "$COMPUTE_NODE" -eq 0 ]; then
+    "$release/bin/grid-supervisor" build-libslurm >&2 \
+        || log "warning: the libslurm binding was not built (libslurm-dev missing?): jobs will be submitted with sbatch"
+fi
 # Jobs run the writer as their own users: the release must be theirs to read and run.
 chmod -R a+rX "$release"
 install -m 0644 "$SOURCE/README.md" "$PREFIX/README.md"

@@ -152,6 +152,32 @@ def doctor(config: ConfigOption = None) -> None:
     raise typer.Exit(exit_status(checks))
 
 
+@app.command("build-libslurm")
+def build_libslurm(
+    into: Annotated[
+        Path | None,
+        typer.Option("--into", help="Directory for the module (default: this Python's site-packages)."),
+    ] = None,
+    include_dir: Annotated[Path, typer.Option(help="Where slurm/slurm.h is.")] = Path("/usr/include"),
+    library_dir: Annotated[Path, typer.Option(help="Where libslurmfull.so is.")] = Path(
+        "/usr/lib/x86_64-linux-gnu/slurm-wlm"
+    ),
+) -> None:
+    """Compile the binding to libslurm's submission call against this login node's Slurm headers.
+
+    With it the local backend submits jobs without an sbatch process each (`slurm.submitter`). Run it
+    again after upgrading Slurm: the daemon refuses a binding built for another libslurm.
+    """
+    from supervisor.slurm.libslurm_build import build
+
+    try:
+        built = build(into, include_dir=include_dir, library_dir=library_dir)
+    except Exception as exc:  # the compiler's and the linker's errors come in several types
+        typer.echo(f"cannot build the libslurm binding: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"built {built.path} (libslurm API {built.api_version:#x})")
+
+
 @app.command()
 def status(config: ConfigOption = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Each deployment's view from its store: chain cursor, outbox, jobs by status.

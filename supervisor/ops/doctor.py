@@ -368,6 +368,7 @@ class Doctor:
                 )
             )
         if isinstance(backend, CommandSlurmBackend):
+            self._submitter(backend)
             await self._time_limit_permission(backend)
             await self._job_user(config, backend)
         else:
@@ -376,6 +377,27 @@ class Doctor:
                     "slurm time limits",
                     "not checked with the pyslurm backend",
                     "make the daemon's user a Slurm operator",
+                )
+            )
+
+    def _submitter(self, backend: CommandSlurmBackend) -> None:
+        name = "slurm submissions"
+        if backend.library is not None:
+            self.add(ok(name, "through libslurm's call, no process per job"))
+        elif backend.library_refusal is not None:
+            self.add(
+                warn(
+                    name,
+                    f"through sbatch, one process per job: {backend.library_refusal}",
+                    "build the binding (grid-supervisor build-libslurm, needs libslurm-dev), or set "
+                    'slurm.submitter = "sbatch" to say so',
+                )
+            )
+        else:
+            self.add(
+                ok(
+                    name,
+                    f"through sbatch ({backend.settings.backend} backend, submitter {backend.settings.submitter})",
                 )
             )
 

@@ -11,7 +11,7 @@ from typing import Protocol
 import structlog
 
 from supervisor.core.slurm_states import KNOWN_STATES
-from supervisor.slurm import commands, parsing
+from supervisor.slurm import commands, libslurm, parsing
 from supervisor.slurm.errors import (
     InvalidSubmission,
     JobAlreadySubmitted,
@@ -22,8 +22,9 @@ from supervisor.slurm.errors import (
 )
 from supervisor.slurm.folders import JobFolders, ensure_local_folder
 from supervisor.slurm.job_folders import FolderEntry
+from supervisor.slurm.libslurm import LibslurmSubmitter
 from supervisor.slurm.models import JobSubmission, ObservedJob, PartitionHardware, SlurmHealth
-from supervisor.slurm.runner import CommandResult, CommandRunner, current_user
+from supervisor.slurm.runner import CommandResult, CommandRunner, command_environment, current_user
 from supervisor.slurm.settings import SlurmSettings
 
 
@@ -138,6 +139,12 @@ class CommandSlurmBackend:
     #: The daemon is root on the login node itself (local backend): it submits with `sbatch --uid`
     #: and makes job folders in-process instead of running each command through `runuser`.
     root_on_login_node: bool = False
+    #: Submissions through libslurm's call instead of an sbatch process (local backend only), with
+    #: the operator's extra options as job description fields.
+    library: LibslurmSubmitter | None = None
+    library_options: Mapping[str, str] = field(default_factory=dict)
+    #: Why `library` is not used though the settings allow it (shown by `doctor`).
+    library_refusal: str | None = None
     _known_users: set[str] = field(default_factory=set)
     _accounting: bool | None = None
     _unknown_states: set[tuple[int, str]] = field(default_factory=set)
@@ -194,6 +201,12 @@ class CommandSlurmBackend:
             raise JobAlreadySubmitted(submission.name, existing)
         await self._check_user(submission.unix_user)
         login = self._submit_user(submission.unix_user)
+        if (
+            self.library is not None
+            and login is not None
+            and (self.root_on_login_node or login == current_user())
+        ):
+            return await self._submit_through_library(self.library, submission, script, login)
         if self.root_on_login_node and login is not None and login != current_user():
             return await self._submit_as_root(submission, script, login)
         if submission.private_workdir:
@@ -220,6 +233,37 @@ class CommandSlurmBackend:
         identity = {"HOME": entry.pw_dir, "USER": user, "LOGNAME": user}
         result = await self._run(argv, stdin=script, env=identity)
         return parsing.parse_sbatch(result.stdout)
+
+    async def _submit_through_library(
+        self, library: LibslurmSubmitter, submission: JobSubmission, script: str, user: str
+    ) -> int:
+        """No process at all: the folder made in-process (as root) and the job handed to libslurm,
+        described as sbatch would describe it."""
+        try:
+            entry = pwd.getpwnam(user)
+        except KeyError:
+            raise UnixUserMissing(user) from None
+        if submission.private_workdir:
+            if self.root_on_login_node:
+                ensure_local_folder(submission.workdir, entry)
+            else:
+                await self._folders().ensure(submission.workdir, submission.unix_user, user)
+        ids = (entry.pw_uid, entry.pw_gid)
+        slurm_conf = str(self.settings.slurm_conf) if self.settings.slurm_conf else None
+        await library.rlimits()
+        job = libslurm.BatchJob(
+            submission=submission,
+            script=script,
+            partition=self.settings.partition,
+            uid=entry.pw_uid,
+            gid=entry.pw_gid,
+            environment=library.environment(command_environment(user, slurm_conf), submission),
+            options=self.library_options,
+            submit_line=libslurm.submit_line(
+                submission, self.settings.partition, self.settings.extra_sbatch_args, ids
+            ),
+        )
+        return await library.submit(job)
 
     def _folders(self) -> JobFolders:
         return JobFolders(self.runner, self.settings.command_timeout_seconds)
@@ -411,4 +455,6 @@ class CommandSlurmBackend:
         )
 
     async def close(self) -> None:
+        if self.library is not None:
+            self.library.close()
         await self.runner.close()

@@ -58,6 +58,24 @@ def wait_for_children_in_the_loop() -> None:
         asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
 
 
+def command_environment(
+    user: str, slurm_conf: str | None, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of a Slurm command run as `user` on this machine (and so of the job sbatch
+    submits): the daemon's PATH and locale, the user's identity, the configured SLURM_CONF."""
+    env = {key: os.environ[key] for key in _KEPT_ENVIRONMENT if key in os.environ}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    try:
+        entry = pwd.getpwnam(user)
+        env.update(HOME=entry.pw_dir, USER=user, LOGNAME=user)
+    except KeyError:
+        env.update(USER=user, LOGNAME=user)
+    if slurm_conf:
+        env["SLURM_CONF"] = slurm_conf
+    env.update(extra or {})
+    return env
+
+
 class LocalRunner:
     """Commands as subprocesses on this machine; another user's commands go through `runuser` (root)."""
 
@@ -65,20 +83,6 @@ class LocalRunner:
         self._slurm_conf = slurm_conf
         self._prefix = tuple(command_prefix)
         self._me = current_user()
-
-    def _environment(self, user: str | None, extra: Mapping[str, str] | None) -> dict[str, str]:
-        env = {key: os.environ[key] for key in _KEPT_ENVIRONMENT if key in os.environ}
-        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-        target = user or self._me
-        try:
-            entry = pwd.getpwnam(target)
-            env.update(HOME=entry.pw_dir, USER=target, LOGNAME=target)
-        except KeyError:
-            env.update(USER=target, LOGNAME=target)
-        if self._slurm_conf:
-            env["SLURM_CONF"] = self._slurm_conf
-        env.update(extra or {})
-        return env
 
     async def run(
         self,
@@ -100,7 +104,7 @@ class LocalRunner:
                 stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                env=self._environment(user, env),
+                env=command_environment(user or self._me, self._slurm_conf, env),
                 start_new_session=True,
             )
         except OSError as exc:

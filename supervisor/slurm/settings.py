@@ -113,6 +113,11 @@ class SlurmSettings(_Strict):
     #: user's job with `sbatch --uid/--gid` and makes its folder in-process: one process per job
     #: instead of three through `runuser`. False keeps `runuser` (a site whose sbatch refuses --uid).
     submit_as_root: bool = True
+    #: How jobs reach Slurm on the local backend. `libslurm`: libslurm's own submission call in a
+    #: few worker threads, no process per job (needs the binding: `grid-supervisor build-libslurm`);
+    #: `sbatch`: one sbatch process per job; `auto`: libslurm where its binding loads and the extra
+    #: options have an equivalent there, else sbatch.
+    submitter: Literal["auto", "sbatch", "libslurm"] = "auto"
     #: `host:port` (UDP) where slurmctld's hook tells the daemon a job started or ended
     #: (scripts/slurmctld-wakeup.sh); unset: Slurm is only polled.
     wakeup_listen: str | None = Field(default=None, pattern=r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):\d{1,5}$")
@@ -147,5 +152,10 @@ class SlurmSettings(_Strict):
         if self.backend == "ssh" and self.ssh is None:
             raise ValueError(
                 "backend 'ssh' needs an [ssh] section (host, known_hosts, client_key, admin_user)"
+            )
+        if self.submitter == "libslurm" and (self.backend != "local" or self.command_prefix):
+            raise ValueError(
+                "submitter 'libslurm' needs the local backend without a command prefix (the daemon "
+                "calls the login node's own libslurm)"
             )
         return self

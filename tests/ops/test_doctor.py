@@ -82,11 +82,13 @@ def test_doctor_passes_on_a_working_provider(supervisor: SupervisorProcess) -> N
     assert status == 0, output
     expected = {
         "configuration", "provider key", "rpc", "contract", "slurm", "slurm accounting", "slurm partition",
-        "slurm time limits", "job users", "sbatch service", "state file", "registration", "wallet balance",
+        "slurm submissions", "slurm time limits", "job users", "sbatch service", "state file", "registration",
+        "wallet balance",
     }  # fmt: skip
     assert set(checks) == expected, output
     assert all(outcome == "OK" for outcome, _ in checks.values()), output
     assert "approved for scheduling" in checks["registration"][1]
+    assert "through libslurm's call" in checks["slurm submissions"][1]  # bootstrap built the binding
     assert "root" in checks["slurm time limits"][1]  # the local backend runs as root here
 
 
@@ -113,6 +115,19 @@ def test_doctor_names_each_failure(
     outcome, text = checks[check]
     assert outcome == "FAIL", output
     assert found in text and "-> " in text and fix in text.split("->", 1)[1], output
+
+
+def test_doctor_warns_when_jobs_go_through_sbatch_for_want_of_the_library(
+    supervisor: SupervisorProcess,
+) -> None:
+    status, checks, output = doctor(supervisor, GRID_SUPERVISOR_SLURM__EXTRA_SBATCH_ARGS='["--exclusive"]')
+    assert status == 0, output
+    outcome, text = checks["slurm submissions"]
+    assert outcome == "WARN", output
+    assert (
+        "through sbatch, one process per job" in text and "'--exclusive' has no libslurm equivalent" in text
+    )
+    assert "grid-supervisor build-libslurm" in text.split("->", 1)[1], output
 
 
 def test_doctor_refuses_a_key_file_others_can_read(
@@ -179,7 +194,14 @@ PER_CHAIN = (
     "registration",
     "wallet balance",
 )
-SLURM = ("slurm", "slurm accounting", "slurm partition", "slurm time limits", "job users")
+SLURM = (
+    "slurm",
+    "slurm accounting",
+    "slurm partition",
+    "slurm submissions",
+    "slurm time limits",
+    "job users",
+)
 
 
 def test_doctor_checks_every_chain_and_slurm_once(
@@ -290,3 +312,4 @@ def test_installed_release_runs_the_doctor(supervisor: SupervisorProcess, tmp_pa
     )  # fmt: skip
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "OK    contract" in checked.stdout
+    assert "through libslurm's call" in checked.stdout  # install.sh built the release's binding

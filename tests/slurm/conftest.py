@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.slurm import CommandSlurmBackend, ObservedJob, SlurmSettings, SshSettings
+from supervisor.slurm.factory import attach_library
 from supervisor.slurm.runner import CountingRunner, LocalRunner
 from supervisor.slurm.ssh import SshRunner
 from tests.fixtures.slurm import SlurmCluster
@@ -46,13 +47,16 @@ def settings_for(cluster: SlurmCluster, kind: str, **overrides: object) -> Slurm
 
 
 def make_backend(cluster: SlurmCluster, kind: str, **overrides: object) -> CommandSlurmBackend:
-    """`kind` "local", "ssh", or "local-root": the local backend of a daemon that is root on the
-    login node (sbatch --uid, folders made in-process)."""
-    as_root = kind == "local-root"
+    """`kind` "local", "ssh", "local-root": the local backend of a daemon that is root on the login
+    node (sbatch --uid, folders made in-process), or "local-libslurm": that backend submitting
+    through libslurm's call (the binding built by scripts/bootstrap.sh)."""
+    library = kind == "local-libslurm"
+    as_root = kind in ("local-root", "local-libslurm")
     if as_root:
         if os.geteuid() != 0 or cluster.command_prefix:
             pytest.skip("submitting as root needs a root daemon and Slurm's commands in this root")
         kind = "local"
+    overrides.setdefault("submitter", "libslurm" if library else "sbatch")
     settings = settings_for(cluster, kind, **overrides)
     if kind == "local":
         inner: LocalRunner | SshRunner = LocalRunner(
@@ -62,7 +66,10 @@ def make_backend(cluster: SlurmCluster, kind: str, **overrides: object) -> Comma
     else:
         assert settings.ssh is not None
         inner = SshRunner(settings.ssh)
-    return CommandSlurmBackend(CountingRunner(inner), settings, root_on_login_node=as_root)
+    backend = CommandSlurmBackend(CountingRunner(inner), settings, root_on_login_node=as_root)
+    if library:
+        attach_library(backend)
+    return backend
 
 
 def counting(backend: CommandSlurmBackend) -> CountingRunner:
@@ -71,7 +78,7 @@ def counting(backend: CommandSlurmBackend) -> CountingRunner:
     return runner
 
 
-@pytest.fixture(params=["local", "ssh"])
+@pytest.fixture(params=["local", "ssh", "local-libslurm"])
 async def backend(
     request: pytest.FixtureRequest, slurm_cluster: SlurmCluster
 ) -> AsyncIterator[CommandSlurmBackend]:

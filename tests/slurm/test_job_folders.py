@@ -169,8 +169,10 @@ def test_only_folders_of_jobs_ended_past_the_retention_are_removed() -> None:
 # -- on the cluster -------------------------------------------------------------------------------
 
 
-#: The folders made by the job's user (runuser, SSH login) and in-process by a root daemon.
-EVERY_WAY = pytest.mark.parametrize("backend", ["local", "local-root", "ssh"], indirect=True)
+#: The folders made by the job's user (runuser, SSH login) and in-process by a root daemon (sbatch --uid or libslurm).
+EVERY_WAY = pytest.mark.parametrize(
+    "backend", ["local", "local-root", "local-libslurm", "ssh"], indirect=True
+)
 
 
 @pytest.fixture
