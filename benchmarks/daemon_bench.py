@@ -87,7 +87,7 @@ from eth_account.signers.local import LocalAccount  # noqa: E402
 
 from grid_dev.anvil import Anvil, free_port, start_anvil  # noqa: E402
 from grid_protocol.jobs import JobStatus  # noqa: E402
-from supervisor.config import PolicySettings  # noqa: E402
+from supervisor.config import ChainSettings, PolicySettings  # noqa: E402
 from supervisor.slurm.settings import JobUserSettings  # noqa: E402
 from tests.fixtures.contracts import CREDIT, Grid, deploy_grid  # noqa: E402
 from tests.fixtures.slurm import SlurmCluster, ensure_cluster_up  # noqa: E402
@@ -353,7 +353,14 @@ class Bench:
                 exits.enter_context(self.cluster.wakeups_to(target))
                 slurm["wakeup_listen"] = target
             port = free_port()
-            process = self.stack.supervisor(rpc_url=rpc_url, metrics_port=port, slurm=slurm, **policy)
+            policy.setdefault("slurm_poll_seconds", self.args.slurm_poll)
+            process = self.stack.supervisor(
+                rpc_url=rpc_url,
+                metrics_port=port,
+                slurm=slurm,
+                chain_poll_seconds=self.args.chain_poll,
+                **policy,
+            )
             process.start()
             exits.callback(process.stop)
             daemon = Daemon(process, port)
@@ -799,20 +806,16 @@ def measure_idle(daemon: Daemon, proxy: CountingProxy, tracked: int, window: flo
 def part_tracked(bench: Bench, count: int, base: int, window: float) -> Table:
     grid, stack = bench.grid, bench.stack
     limit = min(max(count, base), MAX_QUEUED_LIMIT)
-    poll_s = bench.args.tracked_poll or 1
     table = Table(
         f"3. tracked jobs: {base}, then {count} jobs `sleep 3000` held by the supervisor, idle; "
-        f"slurm_poll_seconds {poll_s:g}"
+        f"slurm_poll_seconds {bench.args.slurm_poll:g}"
     )
     customer = grid.customers[2]
     proxy = CountingProxy(grid.anvil.http_url)
     idles: list[Idle] = []
     intake = ""
     try:
-        poll: dict[str, float] = {}
-        if bench.args.tracked_poll is not None:
-            poll["slurm_poll_seconds"] = bench.args.tracked_poll
-        with bench.supervisor(rpc_url=proxy.url, max_queued_jobs=limit, **poll) as daemon:
+        with bench.supervisor(rpc_url=proxy.url, max_queued_jobs=limit) as daemon:
             key = stack.store_workflow("sleep 3000", cpus=CPUS, mem=MEM_MB, gpus=GPUS)
             wanted: set[str] = set()
             previous = 0
@@ -933,7 +936,8 @@ def run(args: argparse.Namespace) -> int:
     for line in machine_facts(cluster, config):
         print(line)
     print(
-        "supervisor: chain poll_interval_seconds 0.5 with the WebSocket hint, slurm_poll_seconds 1, "
+        f"supervisor: chain poll_interval_seconds {args.chain_poll:g} with the WebSocket hint, "
+        f"slurm_poll_seconds {args.slurm_poll:g}, submitter {args.submitter}, "
         + (
             "Slurm's wake-up hook on (wakeup_listen)"
             if args.wakeup
@@ -1038,11 +1042,18 @@ def main() -> int:
         "--window", type=float, default=60, help="seconds of each idle measurement (default 60)"
     )
     parser.add_argument(
-        "--tracked-poll",
+        "--chain-poll",
         type=float,
-        default=None,
-        help="the tracked part's slurm_poll_seconds (default: the local grid's, 1 s); with Slurm's "
-        "wake-ups on, the poll is only the fallback",
+        default=ChainSettings.model_fields["poll_interval_seconds"].default,
+        help="the supervisor's chain poll_interval_seconds (default: the shipped default); the "
+        "WebSocket hint wakes it between polls",
+    )
+    parser.add_argument(
+        "--slurm-poll",
+        type=float,
+        default=PolicySettings.model_fields["slurm_poll_seconds"].default,
+        help="the supervisor's slurm_poll_seconds (default: the shipped default); with Slurm's wake-ups "
+        "on, the poll is only the fallback",
     )
     parser.add_argument(
         "--no-wakeup",
