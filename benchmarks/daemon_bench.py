@@ -37,6 +37,7 @@ their work dir (the stack's own jobs folder).
 
 Run: .venv/bin/python benchmarks/daemon_bench.py [--parts single,burst,tracked] [--single 20]
      [--jobs 500] [--max-queued N] [--tracked 5000] [--tracked-base 10] [--window 60] [--keep]
+     [--chain-poll S] [--slurm-poll S] [--submitter auto|libslurm|sbatch] (the shipped settings unless told)
 Quick: .venv/bin/python benchmarks/daemon_bench.py --single 5 --jobs 100 --tracked 300 --window 30
 """
 

@@ -18,6 +18,8 @@ import importlib
 import os
 import resource
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -182,8 +184,11 @@ def load(slurm_conf: str | None) -> Any:
         )
     # Without a path libslurm reads SLURM_CONF's file, else its default: the file is what counts.
     slurm_conf = os.path.realpath(slurm_conf or os.environ.get("SLURM_CONF") or DEFAULT_SLURM_CONF)
+    if not os.access(slurm_conf, os.R_OK):
+        raise BackendUnavailable(f"libslurm needs a readable slurm.conf, {slurm_conf} is not")
     with _init_lock:
         if not _initialised:
+            _probe_init(slurm_conf)
             lib.slurm_init(slurm_conf.encode())
             _initialised.append(slurm_conf)
         elif _initialised[0] != slurm_conf:
@@ -191,6 +196,40 @@ def load(slurm_conf: str | None) -> Any:
                 f"libslurm is already initialised with {_initialised[0]!r} in this process, not {slurm_conf!r}"
             )
     return module
+
+
+def _probe_init(slurm_conf: str) -> None:
+    """Initialise libslurm in a child process first: libslurm ends the whole process on a
+    configuration it cannot read, which must cost a fallback to sbatch, not the daemon."""
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-c", _PROBE, slurm_conf],
+            capture_output=True,
+            text=True,
+            timeout=PROBE_TIMEOUT_S,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BackendUnavailable(f"libslurm's initialisation could not be tried: {exc}") from exc
+    if probe.returncode != 0 or probe.stdout.strip() != "ok":
+        said = (probe.stderr or probe.stdout).strip()[-300:]
+        ended = (
+            f"killed by signal {-probe.returncode}"
+            if probe.returncode < 0
+            else f"exit status {probe.returncode}"
+        )
+        raise BackendUnavailable(f"libslurm cannot initialise with {slurm_conf} ({ended}): {said}")
+
+
+def initialise_here(slurm_conf: str) -> None:
+    """What the probe process runs: the binding loaded and libslurm initialised, nothing sent."""
+    module = importlib.import_module(MODULE_NAME)
+    ctypes.CDLL(module.ffi.string(module.lib.grid_library_path()).decode(), mode=ctypes.RTLD_GLOBAL)
+    module.lib.slurm_init(slurm_conf.encode())
+    print("ok")
+
+
+PROBE_TIMEOUT_S = 30
+_PROBE = "import sys\nfrom supervisor.slurm.libslurm import initialise_here\ninitialise_here(sys.argv[1])\n"
 
 
 class LibslurmSubmitter:

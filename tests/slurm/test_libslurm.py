@@ -163,6 +163,35 @@ def test_an_unreachable_controller_is_an_outage_not_a_refusal(
     assert "unavailable:" in done.stdout and "Unable to contact slurm controller" in done.stdout, done.stdout
 
 
+FALLBACK = """
+import sys
+from supervisor.slurm import SlurmSettings
+from supervisor.slurm.factory import create_backend
+
+backend = create_backend(SlurmSettings(partition="grid", slurm_conf=sys.argv[1]))
+print("library:", backend.library, "|", backend.library_refusal)
+"""
+
+
+@pytest.mark.parametrize("content", [None, "ClusterName=grid\nSlurmctldHost=\nNodeName=\n"])
+def test_a_slurm_conf_libslurm_cannot_read_costs_the_fallback_not_the_daemon(
+    tmp_path: Path, content: str | None
+) -> None:
+    """libslurm ends its process on a configuration it cannot read (here, one without a controller
+    ends it with SIGSEGV): auto tries it in a child first and keeps sbatch, saying why."""
+    conf = tmp_path / "slurm.conf"
+    if content is not None:
+        conf.write_text(content)
+    done = subprocess.run(
+        [sys.executable, "-c", FALLBACK, str(conf)], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert done.returncode == 0, done.stderr
+    said = (
+        f"cannot initialise with {conf}" if content is not None else f"a readable slurm.conf, {conf} is not"
+    )
+    assert "library: None |" in done.stdout and said in done.stdout, done.stdout
+
+
 def test_submitter_choice_follows_the_settings(slurm_cluster: SlurmCluster) -> None:
     """auto falls back to sbatch where an extra option has no equivalent; libslurm then refuses to
     start, naming it; sbatch never loads the library."""
