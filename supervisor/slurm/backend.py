@@ -237,8 +237,8 @@ class CommandSlurmBackend:
     async def _submit_through_library(
         self, library: LibslurmSubmitter, submission: JobSubmission, script: str, user: str
     ) -> int:
-        """No process at all: the folder made in-process (as root) and the job handed to libslurm,
-        described as sbatch would describe it."""
+        """No sbatch process: the folder made in-process by a root daemon (else as the job's user,
+        who is the daemon's), and the job handed to libslurm, described as sbatch would describe it."""
         try:
             entry = pwd.getpwnam(user)
         except KeyError:
