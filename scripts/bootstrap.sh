@@ -17,7 +17,9 @@ APT_PACKAGES=(slurm-wlm slurm-client slurmdbd munge libslurm-dev mariadb-server 
     # s5cmd, not in Debian), archives, namespaces and user-mode networking, WireGuard (wireguard-go
     # where the kernel has no module), netcat for the network tests, git for modules.
     awscli curl wget zip unzip file bzip2 xz-utils p7zip-full iproute2 slirp4netns passt wireguard-tools
-    wireguard-go netcat-openbsd git)
+    wireguard-go netcat-openbsd git
+    # The compiler of the libslurm binding (grid-supervisor build-libslurm).
+    gcc libc6-dev)
 
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
 
