@@ -13,6 +13,7 @@ built for another libslurm, `load` says why and the daemon submits with sbatch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import importlib
 import os
@@ -24,6 +25,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from supervisor.slurm import commands, parsing
@@ -102,9 +104,19 @@ class SubmitterProcess:
         for name in RLIMITS:
             soft = resource.getrlimit(getattr(resource, f"RLIMIT_{name}"))[0]
             limits[name] = _UNLIMITED if soft == resource.RLIM_INFINITY else soft
-        mask = os.umask(0o022)
-        os.umask(mask)
-        return cls(limits, os.getpriority(os.PRIO_PROCESS, 0), mask, os.getcwd(), socket.gethostname())
+        return cls(limits, os.getpriority(os.PRIO_PROCESS, 0), _umask(), os.getcwd(), socket.gethostname())
+
+
+def _umask() -> int:
+    """The process's umask, read where Linux shows it: setting it to read it back would change it
+    for a moment under the daemon's other threads."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split(":", 1)[1].strip(), 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def batch_environment(
