@@ -158,20 +158,29 @@ def build_libslurm(
         Path | None,
         typer.Option("--into", help="Directory for the module (default: this Python's site-packages)."),
     ] = None,
-    include_dir: Annotated[Path, typer.Option(help="Where slurm/slurm.h is.")] = Path("/usr/include"),
-    library_dir: Annotated[Path, typer.Option(help="Where libslurmfull.so is.")] = Path(
-        "/usr/lib/x86_64-linux-gnu/slurm-wlm"
-    ),
+    include_dir: Annotated[
+        Path | None, typer.Option(help="Where slurm/slurm.h is (default: /usr/include).")
+    ] = None,
+    library_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where libslurmfull.so is (default: Debian's /usr/lib/x86_64-linux-gnu/slurm-wlm)."
+        ),
+    ] = None,
 ) -> None:
     """Compile the binding to libslurm's submission call against this login node's Slurm headers.
 
     With it the local backend submits jobs without an sbatch process each (`slurm.submitter`). Run it
     again after upgrading Slurm: the daemon refuses a binding built for another libslurm.
     """
-    from supervisor.slurm.libslurm_build import build
+    from supervisor.slurm.libslurm_build import DEFAULT_INCLUDE_DIR, DEFAULT_LIBRARY_DIR, build
 
     try:
-        built = build(into, include_dir=include_dir, library_dir=library_dir)
+        built = build(
+            into,
+            include_dir=include_dir or DEFAULT_INCLUDE_DIR,
+            library_dir=library_dir or DEFAULT_LIBRARY_DIR,
+        )
     except Exception as exc:  # the compiler's and the linker's errors come in several types
         typer.echo(f"cannot build the libslurm binding: {exc}", err=True)
         raise typer.Exit(1) from exc

@@ -250,14 +250,13 @@ class CommandSlurmBackend:
                 await self._folders().ensure(submission.workdir, submission.unix_user, user)
         ids = (entry.pw_uid, entry.pw_gid)
         slurm_conf = str(self.settings.slurm_conf) if self.settings.slurm_conf else None
-        await library.rlimits()
         job = libslurm.BatchJob(
             submission=submission,
             script=script,
             partition=self.settings.partition,
             uid=entry.pw_uid,
             gid=entry.pw_gid,
-            environment=library.environment(command_environment(user, slurm_conf), submission),
+            base_environment=command_environment(user, slurm_conf),
             options=self.library_options,
             submit_line=libslurm.submit_line(
                 submission, self.settings.partition, self.settings.extra_sbatch_args, ids

@@ -152,7 +152,8 @@ class BatchJob:
     partition: str
     uid: int
     gid: int
-    environment: Sequence[str]
+    #: What the runner would give sbatch; the submitter adds what sbatch adds itself.
+    base_environment: Mapping[str, str]
     options: Mapping[str, str]
     submit_line: str
 
@@ -182,12 +183,10 @@ def load(slurm_conf: str | None) -> Any:
             "the libslurm binding was built by another release of grid-supervisor: run "
             "`grid-supervisor build-libslurm` again"
         )
-    library = module.ffi.string(lib.grid_library_path()).decode()
     try:
-        # Slurm's plugins resolve their symbols in the global namespace: load the library there first.
-        ctypes.CDLL(library, mode=ctypes.RTLD_GLOBAL)
+        library = _open_library(module)
     except OSError as exc:
-        raise BackendUnavailable(f"libslurm ({library}) does not load: {exc}") from exc
+        raise BackendUnavailable(f"libslurm does not load: {exc}") from exc
     built, running = int(lib.grid_built_api_version()), int(lib.slurm_api_version())
     if built != running:
         raise BackendUnavailable(
@@ -232,10 +231,18 @@ def _probe_init(slurm_conf: str) -> None:
         raise BackendUnavailable(f"libslurm cannot initialise with {slurm_conf} ({ended}): {said}")
 
 
+def _open_library(module: Any) -> str:
+    """Load the libslurm the binding was built against into the global namespace (Slurm's plugins
+    resolve their symbols there); its path."""
+    library = str(module.ffi.string(module.lib.grid_library_path()).decode())
+    ctypes.CDLL(library, mode=ctypes.RTLD_GLOBAL)
+    return library
+
+
 def initialise_here(slurm_conf: str) -> None:
     """What the probe process runs: the binding loaded and libslurm initialised, nothing sent."""
     module = importlib.import_module(MODULE_NAME)
-    ctypes.CDLL(module.ffi.string(module.lib.grid_library_path()).decode(), mode=ctypes.RTLD_GLOBAL)
+    _open_library(module)
     module.lib.slurm_init(slurm_conf.encode())
     print("ok")
 
@@ -255,18 +262,11 @@ class LibslurmSubmitter:
         self._process = SubmitterProcess.current()
         self._rlimits: tuple[str, ...] | None = None
 
-    def environment(self, base: Mapping[str, str], submission: JobSubmission) -> list[str]:
-        assert self._rlimits is not None, "rlimits() is read before the first job is described"
-        return batch_environment(base, submission, self._process, self._rlimits)
-
-    async def rlimits(self) -> tuple[str, ...]:
-        """Which limits the cluster propagates (slurmctld's configuration, asked once)."""
-        if self._rlimits is None:
-            self._rlimits = await self._in_thread(self._load_rlimits, "slurm_load_ctl_conf")
-        return self._rlimits
-
     async def submit(self, job: BatchJob) -> int:
-        return await self._in_thread(lambda: self._submit(job), _CALL)
+        if self._rlimits is None:  # which limits the cluster propagates: slurmctld's setting, asked once
+            self._rlimits = await self._in_thread(self._load_rlimits, "slurm_load_ctl_conf")
+        environment = batch_environment(job.base_environment, job.submission, self._process, self._rlimits)
+        return await self._in_thread(lambda: self._submit(job, environment), _CALL)
 
     async def _in_thread(self, call: Callable[[], T], name: str) -> T:
         loop = asyncio.get_running_loop()
@@ -299,7 +299,7 @@ class LibslurmSubmitter:
     def _text(self, value: Any) -> str | None:
         return None if value == self._ffi.NULL else self._ffi.string(value).decode(errors="replace")
 
-    def _submit(self, job: BatchJob) -> int:
+    def _submit(self, job: BatchJob, environment: Sequence[str]) -> int:
         ffi, lib = self._ffi, self._lib
         kept: list[Any] = []  # the C strings live until the call returns
 
@@ -328,9 +328,9 @@ class LibslurmSubmitter:
         for field, value in job.options.items():
             setattr(description, field, text(value))
         description.submit_line = text(job.submit_line)
-        environment = ffi.new("char *[]", [text(entry) for entry in job.environment] + [ffi.NULL])
-        description.environment = environment
-        description.env_size = len(job.environment)
+        entries = ffi.new("char *[]", [text(entry) for entry in environment] + [ffi.NULL])
+        description.environment = entries
+        description.env_size = len(environment)
         answer = ffi.new("submit_response_msg_t **")
         if lib.slurm_submit_batch_job(description, answer) != 0:
             raise self._failure(_CALL, "Batch job submission failed")

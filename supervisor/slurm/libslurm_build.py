@@ -27,17 +27,11 @@ DEFAULT_INCLUDE_DIR = Path("/usr/include")
 
 # Only what submission needs; "..." lets the compiler place each field where this release has it.
 _DECLARATIONS = """
-#define NO_VAL ...
-#define NO_VAL16 ...
-#define NO_VAL64 ...
 #define MEM_PER_CPU ...
-#define SLURM_VERSION_NUMBER ...
 typedef int... time_t;
 
 typedef struct job_descriptor {
     char *account;
-    uint32_t argc;
-    char **argv;
     char *comment;
     uint16_t cpus_per_task;
     char **environment;
@@ -63,8 +57,6 @@ typedef struct job_descriptor {
 
 typedef struct submit_response_msg {
     uint32_t job_id;
-    uint32_t error_code;
-    char *job_submit_user_msg;
     ...;
 } submit_response_msg_t;
 

@@ -30,12 +30,12 @@ PER_JOB_VARIABLES = frozenset(
     }
 )  # fmt: skip
 #: scontrol fields that differ between any two jobs: ids, names, times, order, output files, the
-#: submitting process's session.
+#: submitting process's session, which of the scheduler's passes started it.
 PER_JOB_FIELDS = frozenset(
     {
         "JobId", "JobName", "Priority", "SubmitTime", "EligibleTime", "AccrueTime", "StartTime",
         "EndTime", "Deadline", "LastSchedEval", "RunTime", "SuspendTime", "SecsPreSuspend",
-        "StdOut", "StdErr", "WorkDir", "AllocNode:Sid", "Reason", "Dependency",
+        "StdOut", "StdErr", "WorkDir", "AllocNode:Sid", "Reason", "Dependency", "Scheduler",
     }
 )  # fmt: skip
 
@@ -207,8 +207,9 @@ def test_submitter_choice_follows_the_settings(slurm_cluster: SlurmCluster) -> N
         attach_library(made)
         return made
 
-    assert backend("auto", "--qos=normal").library is not None
-    assert backend("auto", "--qos=normal").library_options == {"qos": "normal"}
+    mapped = backend("auto", "--qos=normal")
+    assert mapped.library is not None and mapped.library_options == {"qos": "normal"}
+    mapped.library.close()
     assert backend("auto", "--exclusive").library is None
     assert backend("sbatch").library is None
     with pytest.raises(BackendUnavailable, match=r"'--exclusive' has no libslurm equivalent"):
